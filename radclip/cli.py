@@ -1,0 +1,109 @@
+"""``radclip`` command line: the same functions the DVC stages call (pipelines/ call these commands).
+
+Every command reads params once (``--params``, ``--profile``), runs one library
+function and prints what it did. Progress goes to the terminal with rich.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from radclip.config import Params, ParamsError, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RadCLIP: train, tune, evaluate, track and ship.")
+console = Console(stderr=True)
+_state: dict = {}
+
+
+@app.callback()
+def _global_options(
+    params_file: Annotated[Optional[Path], typer.Option("--params", help="params file (default: ./params.yaml)")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="overlay params/<profile>.yaml (e.g. paper)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    _state.update(params_file=params_file, profile=profile, quiet=quiet)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _params() -> Params:
+    if "params" not in _state:
+        try:
+            _state["params"] = load_params(_state.get("params_file"), profile=_state.get("profile"))
+        except ParamsError as error:
+            console.print(f"[red]params error[/red]\n{error}")
+            raise typer.Exit(2) from None
+    return _state["params"]
+
+
+def _write_metrics(params: Params, name: str, data: dict) -> Path:
+    path = params.resolve(params.paths.reports) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+@app.command("params")
+def show_params() -> None:
+    """Print the effective params (after the profile overlay) as YAML, and their digest."""
+    import yaml
+
+    params = _params()
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+    console.print(f"params digest: {params.digest()}")
+
+
+@app.command()
+def phantoms() -> None:
+    """Write the synthetic phantom collection (real formats) to paths.raw."""
+    from radclip.data.phantoms import generate
+
+    params = _params()
+    summary = generate(params)
+    console.print(f"phantoms written to {params.resolve(params.paths.raw)}: {json.dumps(summary.get('totals', summary))}")
+
+
+@app.command()
+def curate() -> None:
+    """Curate every configured collection into shards + manifest + quarantine table."""
+    from radclip.data.curate import curate as run_curation
+
+    params = _params()
+    summary = run_curation(params, progress=not _state.get("quiet"))
+    metrics = {k: v for k, v in vars(summary).items() if k != "quarantine_reasons"}
+    _write_metrics(params, "curate.json", metrics)
+    console.print(
+        f"curated {summary.records} records ({summary.records_2d} 2D, {summary.records_3d} 3D) from {summary.items} "
+        f"inputs in {summary.seconds:.1f}s; quarantined {summary.quarantined} (duplicates {summary.duplicates})"
+    )
+    for reason, count in summary.quarantine_reasons.items():
+        console.print(f"  quarantine: {count} × {reason}")
+
+
+@app.command()
+def validate() -> None:
+    """Run the Great Expectations suite on the curated dataset; fails on a violation."""
+    from radclip.data.validation import ValidationFailed, validate_curated
+
+    params = _params()
+    try:
+        report = validate_curated(params)
+    except ValidationFailed as failure:
+        console.print(f"[red]validation failed[/red]\n{failure}")
+        raise typer.Exit(1) from None
+    console.print(f"validation passed: {len(report.checks)} checks; report in {params.resolve(params.paths.reports) / 'validation'}")
+
+
+def main() -> None:
+    app(prog_name="radclip")
+
+
+def run_stage(command: str) -> None:
+    """Entry for pipelines/<stage>.py: the DVC stage runs the CLI command of the same name."""
+    app([*sys.argv[1:], command], prog_name=f"pipelines/{command}.py")

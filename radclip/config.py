@@ -1,0 +1,349 @@
+"""The one typed params schema, read once and shared by DVC stages and the CLI.
+
+``params.yaml`` holds the embedded default. Its ``profile`` key names an overlay
+in ``params/<profile>.yaml`` (for example ``paper``) that is deep-merged on top,
+so ``dvc exp run -S profile=paper`` or ``radclip --profile paper ...`` switch the
+whole pipeline. Unknown or ill-typed keys are rejected with the key's dotted path.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+PROFILES_DIR = "params"
+
+
+class ParamsError(ValueError):
+    """params.yaml (or a profile overlay) is missing, malformed or has a bad key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- paths / ray
+
+
+class Paths(Strict):
+    raw: str = "data/raw"
+    curated: str = "data/curated"
+    reports: str = "reports"
+    tmp: str = ".tmp"  # Ray session files, scratch; keeps ~/.ray and /tmp clean
+
+
+class RayParams(Strict):
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": join a cluster
+    num_cpus: int | None = Field(default=None, ge=1)  # local Ray only; None: all cores
+
+
+# --------------------------------------------------------------------------- captions
+
+
+class CaptionTemplate(Strict):
+    """``[Region] [Modality] with [Condition]``; the normal case has its own template."""
+
+    template: str = "{region} {modality} with {condition}"
+    normal: str = "Normal {region} {modality}"
+    joiner: str = " and "  # between several conditions of a multi-label study
+
+    @field_validator("template")
+    @classmethod
+    def _needs_condition(cls, value: str) -> str:
+        if "{condition}" not in value:
+            raise ValueError("caption template must contain {condition}")
+        return value
+
+
+# --------------------------------------------------------------------------- collections
+
+
+class CollectionBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str
+    role: Literal["train", "eval"] = "train"
+    region: str = ""
+    modality: str = ""
+    caption: CaptionTemplate | None = None  # None: data.caption
+    # CT windowing for 2D output and before z-scoring volumes: (center, width) in HU.
+    window: tuple[float, float] | None = None
+
+
+class CsvCollection(CollectionBase):
+    """A CSV listing files (PNG/JPEG/DICOM file or series folder/NIfTI) with labels.
+
+    ``label_column`` holds one label or several separated by ``label_separator``;
+    ``labels`` maps raw values to condition names, null meaning normal. Values
+    not in ``labels`` are quarantined as unknown, unless ``labels`` is empty,
+    in which case raw values are used as condition names.
+    """
+
+    format: Literal["csv"] = "csv"
+    index: str = "index.csv"
+    path_column: str = "path"
+    label_column: str = "findings"
+    label_separator: str = "|"
+    patient_column: str | None = "patient_id"
+    region_column: str | None = None
+    modality_column: str | None = None
+    labels: dict[str, str | None] = {}
+    expect_kind: Literal["2d", "3d"] | None = None
+
+
+class FolderCollection(CollectionBase):
+    """One folder per class (Crystal Clean brain tumour MRI style)."""
+
+    format: Literal["image_folders"] = "image_folders"
+    subsets: list[str] = []  # e.g. ["Training", "Testing"]; [] = class folders at the root
+    labels: dict[str, str | None] = {}  # folder name -> condition (null: normal)
+
+
+class ChexpertCollection(CollectionBase):
+    """CheXpert CSV: Path column plus one column per observation (1, 0, -1, blank)."""
+
+    format: Literal["chexpert"] = "chexpert"
+    index: str = "CheXpert-v1.0-small/valid.csv"
+    root: str = "."  # what CSV paths are relative to
+    observations: list[str] = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    uncertainty: Literal["ones", "zeros", "ignore"] = "zeros"  # U-Ones / U-Zeros / drop the label
+    single_label: bool = False  # evaluation suites with one positive class per image (CheXpert 5x200)
+    frontal_only: bool = True
+
+
+class IxiCollection(CollectionBase):
+    """IXI: ``IXI-T1/IXI<id>-<site>-<n>-T1.nii.gz`` plus a demographics table."""
+
+    format: Literal["ixi"] = "ixi"
+    images: str = "IXI-T1"
+    table: str = "IXI.xls"
+    id_column: str = "IXI_ID"
+    label_column: str = "SEX_ID"
+    labels: dict[str, str | None] = {"1": "Male", "2": "Female"}
+
+
+class CovidCtMdCollection(CollectionBase):
+    """COVID-CT-MD: one DICOM folder per patient under a class folder, plus an index CSV."""
+
+    format: Literal["covid_ct_md"] = "covid_ct_md"
+    index: str = "Index.csv"
+    folder_column: str = "Folder/ID"
+    label_column: str = "Diagnosis"
+    class_folders: dict[str, str] = {"COVID-19": "COVID-19 Cases", "CAP": "CAP Cases", "Normal": "Normal Cases"}
+    labels: dict[str, str | None] = {"COVID-19": "COVID-19", "CAP": "Community-Acquired Pneumonia", "Normal": None}
+
+
+class MedmnistCollection(CollectionBase):
+    """A MedMNIST ``.npz`` (2D or 3D) from a local path; class names from params."""
+
+    format: Literal["medmnist"] = "medmnist"
+    splits: list[Literal["train", "val", "test"]] = ["train", "val", "test"]
+    class_names: list[str | None] = []  # index -> condition (null: normal)
+    multi_label: bool = False
+
+
+Collection = Annotated[
+    Union[CsvCollection, FolderCollection, ChexpertCollection, IxiCollection, CovidCtMdCollection, MedmnistCollection],
+    Field(discriminator="format"),
+]
+
+
+class DataParams(Strict):
+    caption: CaptionTemplate = CaptionTemplate()
+    collections: list[Collection] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "DataParams":
+        names = [c.name for c in self.collections]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"collection names must be unique, repeated: {duplicates}")
+        return self
+
+
+# --------------------------------------------------------------------------- phantoms
+
+
+class PhantomSuites(Strict):
+    """Per-class counts of the four held-out evaluation suites (paper-shaped)."""
+
+    chest_xray_5class: int = Field(default=40, ge=0)  # CheXpert layout
+    brain_mri_4class: int = Field(default=40, ge=0)  # Crystal Clean layout
+    brain_mri_3d_2class: int = Field(default=40, ge=0)  # IXI layout
+    chest_ct_3d_3class: int = Field(default=30, ge=0)  # COVID-CT-MD layout
+
+
+class PhantomParams(Strict):
+    enabled: bool = True  # false: real data only, the stage writes an empty folder
+    seed: int = 0
+    train_2d: int = Field(default=2000, ge=0)
+    train_3d: int = Field(default=200, ge=0)
+    image_size: int = Field(default=128, ge=16)  # raw 2D files
+    volume_shape: tuple[int, int, int] = (32, 64, 64)  # raw volumes: slices, rows, cols
+    lesion_slices: tuple[int, int] = (2, 4)  # a 3D finding spans this many slices (min, max)
+    dicom_fraction: float = Field(default=0.15, ge=0, le=1)
+    images_per_patient: int = Field(default=2, ge=1)
+    suites: PhantomSuites = PhantomSuites()
+    workers: int = Field(default=2, ge=1)
+
+
+# --------------------------------------------------------------------------- curation
+
+
+class PlaneShape(Strict):
+    slices: int = Field(ge=1)
+    size: int = Field(ge=4)
+
+
+class SplitFractions(Strict):
+    train: float = Field(default=0.8, ge=0)
+    val: float = Field(default=0.1, ge=0)
+    test: float = Field(default=0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total}")
+        return self
+
+
+class CurateParams(Strict):
+    engine: Literal["ray", "serial"] = "ray"
+    workers: int = Field(default=2, ge=1)  # concurrent tasks (local Ray CPUs, or tasks in flight on a cluster)
+    chunk_size: int = Field(default=128, ge=1)  # items per task; bounds each task's memory and shard size
+    image_size: int = Field(default=64, ge=4)  # 2D output, square
+    volume: dict[Literal["axial", "coronal", "sagittal"], PlaneShape] = {
+        "axial": PlaneShape(slices=32, size=64),
+        "coronal": PlaneShape(slices=32, size=64),
+        "sagittal": PlaneShape(slices=32, size=64),
+    }
+    split: SplitFractions = SplitFractions()
+    # Patient ids are hashed with a salt; set the environment variable for real data
+    # (a salt in a committed file is no secret). The param is the phantom fallback.
+    salt_env: str = "RADCLIP_PHI_SALT"
+    salt: str = "radclip-embedded-default"
+    min_pixels: int = Field(default=16, ge=1)  # smaller images (e.g. 1 pixel) are quarantined
+
+    @field_validator("volume")
+    @classmethod
+    def _all_planes(cls, value: dict) -> dict:
+        missing = {"axial", "coronal", "sagittal"} - set(value)
+        if missing:
+            raise ValueError(f"volume shapes missing for planes {sorted(missing)}")
+        return value
+
+
+class ValidateParams(Strict):
+    min_class_count: int = Field(default=5, ge=0)
+    max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
+    fail_on_violation: bool = True
+
+
+# --------------------------------------------------------------------------- root
+
+
+class Params(Strict):
+    profile: str = "default"
+    seed: int = 0
+    paths: Paths = Paths()
+    ray: RayParams = RayParams()
+    phantoms: PhantomParams = PhantomParams()
+    data: DataParams = DataParams()
+    curate: CurateParams = CurateParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def digest(self) -> str:
+        """Stable short hash of the effective params (a lineage tag)."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolve(self, path: str | Path) -> Path:
+        """A params path made absolute against the project root (DVC_ROOT when DVC runs us)."""
+        path = Path(path)
+        return path if path.is_absolute() else project_root() / path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def project_root() -> Path:
+    """DVC_ROOT when run by DVC (experiments run in a copy), else the current directory."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], *, source: str = PARAMS_FILE, root: Path | None = None) -> Params:
+    """Validate a params mapping, applying the overlay its ``profile`` names."""
+    profile = raw.get("profile", "default")
+    if profile != "default":
+        overlay_path = (root or project_root()) / PROFILES_DIR / f"{profile}.yaml"
+        if not overlay_path.exists():
+            raise ParamsError(f"{source}: key 'profile': no overlay file {overlay_path} for profile {profile!r}")
+        raw = _deep_merge(raw, _read_yaml(overlay_path))
+        raw["profile"] = profile
+        source = f"{source} + {overlay_path.name}"
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(source, exc)) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, profile: str | None, mtime: float) -> Params:
+    file = Path(path)
+    raw = _read_yaml(file)
+    if profile is not None:
+        raw["profile"] = profile
+    return parse_params(raw, source=str(file), root=file.parent)
+
+
+def load_params(path: str | Path | None = None, *, profile: str | None = None) -> Params:
+    """Read params.yaml once (cached per file and modification time) and validate it."""
+    file = Path(path) if path else project_root() / PARAMS_FILE
+    file = file.resolve()
+    mtime = file.stat().st_mtime if file.exists() else 0.0
+    return _load_cached(str(file), profile, mtime)

@@ -1,0 +1,1 @@
+"""Data layer: sources (adapters), phantoms, curation, shards, validation."""

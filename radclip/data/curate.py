@@ -1,0 +1,513 @@
+"""Curation (DVC stage ``curate``): raw collections → sharded arrays, Parquet manifest, quarantine table.
+
+Flow. The driver scans every configured collection lazily (paths and labels,
+no pixels) and cuts the items into chunks of ``curate.chunk_size``. Each chunk
+is one task — a Ray task on the local or configured cluster, or in-process
+with ``engine: serial`` — that loads its items, checks them, normalises them
+and writes its own shard files. The driver keeps at most ``2 × workers`` tasks
+in flight and consumes results in submission order, so memory stays flat
+whatever the dataset size and the output is identical whatever the worker
+count. It de-duplicates by content hash, assigns patient-level splits and
+streams manifest rows to Parquet.
+
+Output (``paths.curated``)::
+
+    manifest.parquet     one row per record (columns: MANIFEST_COLUMNS)
+    quarantine.parquet   every input not curated, with file and reason (also .csv)
+    summary.json         counts (also written to reports/curate.json for dvc metrics)
+    shards/2d-image-00000.npy         uint8   (n, image_size, image_size)
+    shards/3d-axial-00000.npy         float16 (n, slices, size, size), z-scored per volume
+
+PHI. Patient ids (index columns or DICOM PatientID) are salted-hashed inside the
+worker; no header value, UID or date is written anywhere: records are named by
+a hash of their source path, the manifest carries only the salted patient hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from radclip.config import CaptionTemplate, CollectionBase, CurateParams, Params, project_root
+from radclip.data.captions import make_caption
+from radclip.data.records import InputError, LoadedImage, SourceItem
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("collection", pa.string()),
+        ("role", pa.string()),
+        ("kind", pa.string()),
+        ("split", pa.string()),
+        ("source_path", pa.string()),
+        ("region", pa.string()),
+        ("modality", pa.string()),
+        ("conditions", pa.string()),
+        ("label", pa.string()),
+        ("caption", pa.string()),
+        ("patient_hash", pa.string()),
+        ("plane", pa.string()),
+        ("shard", pa.string()),
+        ("shard_index", pa.int64()),
+        ("slices", pa.int64()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        ("content_hash", pa.string()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+    ]
+)
+MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
+QUARANTINE_SCHEMA = pa.schema(
+    [("collection", pa.string()), ("source_path", pa.string()), ("reason", pa.string()), ("stage", pa.string())]
+)
+SPLIT_SALT = "radclip-split"
+
+
+# --------------------------------------------------------------------------- hashing / splits
+
+
+def salted_hash(salt: str, value: str) -> str:
+    return hashlib.blake2b(value.encode(), key=salt.encode()[:64], digest_size=8).hexdigest()
+
+
+def assign_split(patient_hash: str, role: str, fractions) -> str:
+    """Deterministic patient-level split: the same patient always lands in the same split."""
+    if role == "eval":
+        return "eval"
+    bucket = int(hashlib.sha256(f"{SPLIT_SALT}:{patient_hash}".encode()).hexdigest()[:12], 16) / 16**12
+    if bucket < fractions.train:
+        return "train"
+    if bucket < fractions.train + fractions.val:
+        return "val"
+    return "test"
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_item(item: SourceItem, window: tuple[float, float] | None) -> list[LoadedImage]:
+    """Read an item's pixels with the adapter its loader names."""
+    if item.loader == "image":
+        from radclip.data.images import load_image
+
+        return [load_image(item.path)]
+    if item.loader == "dicom":
+        from radclip.data.dicom import load_dicom
+
+        return load_dicom(item.path, window_2d=window)
+    if item.loader == "nifti":
+        from radclip.data.nifti import load_nifti
+
+        return [load_nifti(item.path)]
+    if item.loader == "npz":
+        from radclip.data.medmnist import load_member
+
+        return [load_member(item.path, item.member)]
+    raise InputError(item.path, f"no loader named {item.loader!r}")
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _to_display_range(pixels: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """2D intensities to [0, 1]: a CT window when given, 8-bit images as they are, else robust min-max."""
+    if window is not None:
+        center, width = window
+        low, high = center - width / 2, center + width / 2
+    elif pixels.min() >= 0 and pixels.max() <= 255:
+        low, high = 0.0, 255.0
+    else:
+        low, high = np.percentile(pixels, [0.5, 99.5])
+        if high <= low:
+            high = low + 1.0
+    return np.clip((pixels - low) / (high - low), 0.0, 1.0)
+
+
+def normalise_image(pixels: np.ndarray, size: int, window: tuple[float, float] | None) -> np.ndarray:
+    """2D → uint8 (size, size): windowed/scaled, resized with anti-aliasing."""
+    import torch
+    import torch.nn.functional as F
+
+    scaled = _to_display_range(pixels.astype(np.float32), window)
+    tensor = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))[None, None]
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return np.clip(np.rint(resized[0, 0].numpy() * 255.0), 0, 255).astype(np.uint8)
+
+
+def normalise_volume(
+    pixels: np.ndarray, slices: int, size: int, window: tuple[float, float] | None, source: str
+) -> np.ndarray:
+    """3D → float16 (slices, size, size): windowed (CT), z-scored, resampled per plane shape."""
+    import torch
+    import torch.nn.functional as F
+
+    volume = pixels.astype(np.float32)
+    if window is not None:
+        center, width = window
+        volume = np.clip(volume, center - width / 2, center + width / 2)
+    std = float(volume.std())
+    if not std > 1e-6:
+        raise InputError(source, "volume has constant intensity (cannot be z-scored)")
+    volume = (volume - float(volume.mean())) / std
+    tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
+    resized = F.interpolate(tensor, size=(slices, size, size), mode="trilinear", align_corners=False)
+    return resized[0, 0].numpy().astype(np.float16)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass
+class ChunkTask:
+    task_id: int
+    items: list[SourceItem]
+    shard_dir: str
+    curate: CurateParams
+    captions: dict[str, CaptionTemplate]  # per collection
+    windows: dict[str, tuple[float, float] | None]
+    roles: dict[str, str]
+    roots: dict[str, str]
+    salt: str
+
+
+@dataclass
+class ChunkResult:
+    task_id: int
+    records: list[dict] = field(default_factory=list)
+    quarantine: list[dict] = field(default_factory=list)
+    items: int = 0
+
+
+def _relative_to_collection(path: str, root: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name  # outside the collection: never echo absolute paths
+
+
+def _check_image(image: LoadedImage, item: SourceItem, params: CurateParams) -> None:
+    pixels = image.pixels
+    if item.expect_kind and image.kind != item.expect_kind:
+        raise InputError(item.path, f"{image.kind.upper()} data where {item.expect_kind.upper()} expected (shape {pixels.shape})")
+    expected_ndim = 2 if image.kind == "2d" else 3
+    if pixels.ndim != expected_ndim:
+        raise InputError(item.path, f"{pixels.ndim}D array where a {image.kind.upper()} image was expected")
+    if pixels.size == 0:
+        raise InputError(item.path, "empty image (zero pixels)")
+    in_plane = pixels.shape[-2:]
+    if min(in_plane) < params.min_pixels:
+        raise InputError(
+            item.path, f"image too small ({in_plane[0]}x{in_plane[1]} pixels, minimum {params.min_pixels} per side)"
+        )
+    if not np.isfinite(pixels).all():
+        raise InputError(item.path, "pixel values contain NaN or Inf")
+
+
+def curate_chunk(task: ChunkTask) -> ChunkResult:
+    """Load, check, normalise and shard one chunk of items (runs in a worker)."""
+    import torch
+
+    torch.set_num_threads(1)  # one task per core: no oversubscription
+    result = ChunkResult(task.task_id, items=len(task.items))
+    buffers: dict[str, list[np.ndarray]] = {}
+    pending: list[tuple[str, dict]] = []
+    for item in task.items:
+        root = task.roots[item.collection]
+        try:
+            images = load_item(item, task.windows[item.collection])
+            if not images:
+                raise InputError(item.path, "no image data found")
+            prepared = []
+            for image in images:
+                _check_image(image, item, task.curate)
+                prepared.append(_curate_image(image, item, task))
+        except InputError as error:
+            result.quarantine.append(
+                {"collection": item.collection, "source_path": _relative_to_collection(error.path, root),
+                 "reason": error.reason, "stage": "load"}
+            )
+            continue
+        except Exception as error:  # an adapter bug or an unforeseen format problem: quarantine, never drop
+            result.quarantine.append(
+                {"collection": item.collection, "source_path": item.rel_path,
+                 "reason": f"unreadable ({type(error).__name__}: {error})", "stage": "load"}
+            )
+            continue
+        for shard_key, array, row in prepared:
+            buffers.setdefault(shard_key, []).append(array)
+            pending.append((shard_key, row))
+    shard_names = {key: f"shards/{key}-{task.task_id:05d}.npy" for key in buffers}
+    counters: Counter = Counter()
+    for shard_key, row in pending:
+        row["shard"] = shard_names[shard_key]
+        row["shard_index"] = counters[shard_key]
+        counters[shard_key] += 1
+        result.records.append(row)
+    for key, arrays in buffers.items():
+        np.save(Path(task.shard_dir) / Path(shard_names[key]).name, np.stack(arrays))
+    return result
+
+
+def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tuple[str, np.ndarray, dict]:
+    params = task.curate
+    caption = make_caption(task.captions[item.collection], item.region, item.modality, item.conditions)
+    if not caption.strip() or not item.region.strip() or not item.modality.strip():
+        raise InputError(item.path, f"empty caption field (region={item.region!r}, modality={item.modality!r})")
+    window = task.windows[item.collection] or (image.window if image.kind == "2d" and image.dicom_modality == "CT" else None)
+    if image.kind == "2d":
+        array = normalise_image(image.pixels, params.image_size, window)
+        plane, shard_key = "", "2d-image"
+    else:
+        plane = image.plane or "axial"
+        shape = params.volume[plane]
+        array = normalise_volume(image.pixels, shape.slices, shape.size, task.windows[item.collection], item.path)
+        shard_key = f"3d-{plane}"
+    patient_key = image.patient_id or item.patient_id or f"{item.collection}/{item.rel_path}"
+    record_key = f"{item.collection}/{item.rel_path}/{item.member or ''}/{image.part}"
+    as_float = array.astype(np.float32)
+    row = {
+        "record_id": hashlib.sha256(record_key.encode()).hexdigest()[:16],
+        "collection": item.collection,
+        "role": task.roles[item.collection],
+        "kind": image.kind,
+        "split": "",  # assigned by the driver
+        "source_path": item.rel_path + (f"#{item.member}" if item.member else "") + (f"#{image.part}" if image.part else ""),
+        "region": item.region,
+        "modality": item.modality,
+        "conditions": "|".join(item.conditions),
+        "label": item.label or ("|".join(item.conditions) if item.conditions else "Normal"),
+        "caption": caption,
+        "patient_hash": salted_hash(task.salt, patient_key),
+        "plane": plane,
+        "slices": int(array.shape[0]) if image.kind == "3d" else 1,
+        "height": int(array.shape[-2]),
+        "width": int(array.shape[-1]),
+        "content_hash": content_hash(image.pixels),
+        "mean": float(as_float.mean()),
+        "std": float(as_float.std()),
+        "min": float(as_float.min()),
+        "max": float(as_float.max()),
+    }
+    return shard_key, array, row
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _run_serial(tasks: Iterable[ChunkTask], in_flight: int) -> Iterator[ChunkResult]:
+    for task in tasks:
+        yield curate_chunk(task)
+
+
+def _run_ray(tasks: Iterable[ChunkTask], in_flight: int) -> Iterator[ChunkResult]:
+    """Ray tasks with bounded look-ahead, results in submission order (deterministic output)."""
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(curate_chunk)
+    queue: deque = deque()
+    for task in tasks:
+        queue.append(remote.remote(task))
+        if len(queue) >= in_flight:
+            yield ray.get(queue.popleft())
+    while queue:
+        yield ray.get(queue.popleft())
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class CurationSummary:
+    items: int = 0
+    records: int = 0
+    records_2d: int = 0
+    records_3d: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    quarantine_rate: float = 0.0
+    seconds: float = 0.0
+    items_per_second: float = 0.0
+    by_split: dict = field(default_factory=dict)
+    by_collection: dict = field(default_factory=dict)
+    quarantine_reasons: dict = field(default_factory=dict)
+
+
+def _collection_root(collection: CollectionBase, root: Path) -> Path:
+    path = Path(collection.path)
+    return path if path.is_absolute() else root / path
+
+
+def _scan_all(params: Params, root: Path, on_scan_error: Callable[[dict], None]) -> Iterator[SourceItem]:
+    from radclip.data.sources import scan_collection
+
+    for collection in params.data.collections:
+        for item in scan_collection(collection, root):
+            if item.error:
+                on_scan_error(
+                    {"collection": item.collection, "source_path": item.rel_path, "reason": item.error, "stage": "scan"}
+                )
+            else:
+                yield item
+
+
+def _chunks(items: Iterator[SourceItem], size: int) -> Iterator[list[SourceItem]]:
+    chunk: list[SourceItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _TableWriter:
+    """Streams rows to Parquet in batches, so memory does not grow with the table."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 4096):
+        self.path, self.schema, self.batch_rows = path, schema, batch_rows
+        self.writer = pq.ParquetWriter(path, schema)
+        self.rows: list[dict] = []
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True) -> CurationSummary:
+    """Run curation for every collection in params; returns the summary it also writes."""
+    started = time.perf_counter()
+    root = project_root()
+    out = out_dir or params.resolve(params.paths.curated)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "shards").mkdir(parents=True)
+    settings = params.curate
+    salt = os.environ.get(settings.salt_env) or settings.salt
+    collections = {c.name: c for c in params.data.collections}
+
+    summary = CurationSummary()
+    manifest = _TableWriter(staging / "manifest.parquet", MANIFEST_SCHEMA)
+    quarantine = _TableWriter(staging / "quarantine.parquet", QUARANTINE_SCHEMA)
+    reasons: Counter = Counter()
+    per_collection: Counter = Counter()
+    per_split: Counter = Counter()
+
+    def add_quarantine(row: dict) -> None:
+        quarantine.append(row)
+        summary.quarantined += 1
+        reasons[row["reason"].split(" (")[0][:80]] += 1
+
+    def scan_error(row: dict) -> None:
+        summary.items += 1  # a scan-time reject is an input seen
+        add_quarantine(row)
+
+    tasks = (
+        ChunkTask(
+            task_id=index,
+            items=chunk,
+            shard_dir=str(staging / "shards"),
+            curate=settings,
+            captions={name: c.caption or params.data.caption for name, c in collections.items()},
+            windows={name: c.window for name, c in collections.items()},
+            roles={name: c.role for name, c in collections.items()},
+            roots={name: str(_collection_root(c, root)) for name, c in collections.items()},
+            salt=salt,
+        )
+        for index, chunk in enumerate(_chunks(_scan_all(params, root, scan_error), settings.chunk_size))
+    )
+    seen_content: dict[str, str] = {}  # content hash -> record id (16+16 bytes per record)
+    run = _run_serial if settings.engine == "serial" else _run_ray
+    bar = _progress(progress)
+    with bar:
+        task_bar = bar.add_task("curate", total=None)
+        with _engine_session(params, settings):
+            for result in run(tasks, in_flight=2 * settings.workers):
+                summary.items += result.items
+                for row in result.quarantine:
+                    add_quarantine(row)
+                for row in result.records:
+                    first = seen_content.get(row["content_hash"])
+                    if first is not None:
+                        summary.duplicates += 1
+                        add_quarantine({"collection": row["collection"], "source_path": row["source_path"],
+                                        "reason": f"duplicate of record {first} (identical pixels)", "stage": "dedupe"})
+                        continue
+                    seen_content[row["content_hash"]] = row["record_id"]
+                    row["split"] = assign_split(row["patient_hash"], row["role"], settings.split)
+                    manifest.append(row)
+                    summary.records += 1
+                    summary.records_2d += row["kind"] == "2d"
+                    summary.records_3d += row["kind"] == "3d"
+                    per_collection[row["collection"]] += 1
+                    per_split[row["split"]] += 1
+                bar.update(task_bar, advance=result.items, description=f"curate: {summary.records} records")
+    manifest.close()
+    quarantine.close()
+    pq.read_table(staging / "quarantine.parquet").to_pandas().to_csv(staging / "quarantine.csv", index=False)
+
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.items_per_second = round(summary.items / summary.seconds, 2) if summary.seconds else 0.0
+    # Duplicates are listed in quarantine too, but they are not bad inputs: the rate counts rejects.
+    rejected = summary.quarantined - summary.duplicates
+    summary.quarantine_rate = round(rejected / summary.items, 6) if summary.items else 0.0
+    summary.by_split = dict(sorted(per_split.items()))
+    summary.by_collection = dict(sorted(per_collection.items()))
+    summary.quarantine_reasons = dict(reasons.most_common())
+    (staging / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return summary
+
+
+def _engine_session(params: Params, settings: CurateParams):
+    if settings.engine == "serial":
+        import contextlib
+
+        return contextlib.nullcontext()
+    from radclip.raycluster import ray_session
+
+    return ray_session(params, num_cpus=settings.workers if not params.ray.address else None)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not enabled, transient=False,
+    )

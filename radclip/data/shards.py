@@ -1,0 +1,43 @@
+"""Reading the curated dataset: the Parquet manifest plus memory-mapped shards.
+
+Arrays are never loaded whole: each shard is opened with ``np.load(mmap_mode="r")``
+on first use (a few stay open), so a reader touches only the records it asks for.
+Training data loaders select rows of the manifest (split, kind, collection) and
+read them through :class:`CuratedDataset`; sharding across workers is a slice of
+those rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+class CuratedDataset:
+    def __init__(self, curated_dir: str | Path, *, query: str | None = None):
+        self.root = Path(curated_dir)
+        manifest_path = self.root / "manifest.parquet"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path}: curated manifest not found (run `dvc repro curate`)")
+        manifest = pd.read_parquet(manifest_path)
+        self.manifest = manifest.query(query).reset_index(drop=True) if query else manifest
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @functools.lru_cache(maxsize=16)
+    def shard(self, name: str) -> np.ndarray:
+        path = self.root / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
+        return np.load(path, mmap_mode="r")
+
+    def array(self, index: int) -> np.ndarray:
+        row = self.manifest.iloc[index]
+        return np.asarray(self.shard(row["shard"])[int(row["shard_index"])])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, dict]:
+        return self.array(index), self.manifest.iloc[index].to_dict()

@@ -1,0 +1,108 @@
+"""Ray start-up in one place: join a configured cluster, or start a local one that stays on loopback.
+
+A local Ray started naively sends traffic beyond loopback even with usage stats
+off: its usage-stats dashboard module probes cloud metadata servers
+(169.254.169.254, metadata.google.internal) unless ``~/ray_bootstrap_config.yaml``
+exists, a "disabled" usage report goes out for clusters started by ``ray start``,
+and nodes advertise the machine's public interface address instead of 127.0.0.1.
+:func:`ray_session` closes each of these for the processes it starts:
+
+- ``HOME`` of the Ray processes points at ``<tmp>/ray-home`` holding a
+  ``ray_bootstrap_config.yaml`` (``provider: local``), so no metadata probe runs;
+  ``HF_HOME`` keeps pointing at the user's Hugging Face cache.
+- ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes a single-node Ray bind and
+  advertise 127.0.0.1.
+- usage stats off, and their report URL set to a closed loopback port.
+
+On a cluster (``ray.address`` set) the cluster's own start-up is in charge;
+README's "Scaling out" shows the same settings for ``ray start``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from radclip.config import Params
+
+LOCAL_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",  # discard port: nothing leaves the machine
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single node on 127.0.0.1
+}
+
+# Unix socket paths are limited to 107 bytes; Ray nests several levels under its temp dir.
+_MAX_TEMP_DIR_LENGTH = 48
+
+
+def _ray_temp_dir(params: Params) -> Path:
+    preferred = params.resolve(params.paths.tmp) / "ray"
+    if len(str(preferred)) <= _MAX_TEMP_DIR_LENGTH:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"radclip-ray-{digest}"
+
+
+def _ray_home(params: Params) -> Path:
+    home = params.resolve(params.paths.tmp) / "ray-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text(
+        "# Read by Ray's usage-stats module instead of probing cloud metadata servers.\n"
+        "provider:\n  type: local\n"
+    )
+    return home
+
+
+@contextlib.contextmanager
+def _patched_environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def ray_session(params: Params, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Run the body with Ray initialised (and shut down after, if we started it)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if params.ray.address:
+        ray.init(address=params.ray.address, configure_logging=False, log_to_driver=True)
+    else:
+        real_home = Path.home()
+        env = dict(LOCAL_RAY_ENV)
+        env["HOME"] = str(_ray_home(params))
+        env["HF_HOME"] = os.environ.get("HF_HOME") or str(real_home / ".cache" / "huggingface")
+        # Ray workers import radclip from the project, also when it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p
+        )
+        from ray._private import ray_constants
+
+        # Read by the driver at call time (the env var only reaches the processes Ray starts).
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        with _patched_environ(env):
+            ray.init(
+                num_cpus=num_cpus or params.ray.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                _temp_dir=str(_ray_temp_dir(params)),
+                configure_logging=False,
+                log_to_driver=True,
+            )
+    try:
+        yield
+    finally:
+        ray.shutdown()
