@@ -91,7 +91,7 @@ class CsvCollection(CollectionBase):
     path_column: str = "path"
     label_column: str = "findings"
     label_separator: str = "|"
-    patient_column: str | None = "patient_id"
+    patient_column: str | None = None  # None: from DICOM PatientID, else one patient per file
     region_column: str | None = None
     modality_column: str | None = None
     labels: dict[str, str | None] = {}

@@ -133,12 +133,12 @@ def load_item(item: SourceItem, window: tuple[float, float] | None) -> list[Load
 # --------------------------------------------------------------------------- normalisation
 
 
-def _to_display_range(pixels: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+def _to_display_range(pixels: np.ndarray, window: tuple[float, float] | None, eight_bit: bool) -> np.ndarray:
     """2D intensities to [0, 1]: a CT window when given, 8-bit images as they are, else robust min-max."""
     if window is not None:
         center, width = window
         low, high = center - width / 2, center + width / 2
-    elif pixels.min() >= 0 and pixels.max() <= 255:
+    elif eight_bit:
         low, high = 0.0, 255.0
     else:
         low, high = np.percentile(pixels, [0.5, 99.5])
@@ -147,12 +147,12 @@ def _to_display_range(pixels: np.ndarray, window: tuple[float, float] | None) ->
     return np.clip((pixels - low) / (high - low), 0.0, 1.0)
 
 
-def normalise_image(pixels: np.ndarray, size: int, window: tuple[float, float] | None) -> np.ndarray:
+def normalise_image(pixels: np.ndarray, size: int, window: tuple[float, float] | None, eight_bit: bool = False) -> np.ndarray:
     """2D → uint8 (size, size): windowed/scaled, resized with anti-aliasing."""
     import torch
     import torch.nn.functional as F
 
-    scaled = _to_display_range(pixels.astype(np.float32), window)
+    scaled = _to_display_range(pixels.astype(np.float32), window, eight_bit)
     tensor = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))[None, None]
     resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return np.clip(np.rint(resized[0, 0].numpy() * 255.0), 0, 255).astype(np.uint8)
@@ -279,7 +279,8 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
         raise InputError(item.path, f"empty caption field (region={item.region!r}, modality={item.modality!r})")
     window = task.windows[item.collection] or (image.window if image.kind == "2d" and image.dicom_modality == "CT" else None)
     if image.kind == "2d":
-        array = normalise_image(image.pixels, params.image_size, window)
+        eight_bit = image.extra.get("bit_depth") == 8  # PNG/JPEG: already display values
+        array = normalise_image(image.pixels, params.image_size, window, eight_bit)
         plane, shard_key = "", "2d-image"
     else:
         plane = image.plane or "axial"
@@ -368,7 +369,8 @@ def _scan_all(params: Params, root: Path, on_scan_error: Callable[[dict], None])
         for item in scan_collection(collection, root):
             if item.error:
                 on_scan_error(
-                    {"collection": item.collection, "source_path": item.rel_path, "reason": item.error, "stage": "scan"}
+                    {"collection": item.collection, "source_path": item.rel_path + (f"#{item.member}" if item.member else ""),
+                     "reason": item.error, "stage": "scan"}
                 )
             else:
                 yield item

@@ -1,0 +1,762 @@
+"""Scanning raw collections: index files and folder listings in, :class:`SourceItem` out.
+
+``scan_collection(collection, root)`` reads a collection's index file or lists its
+folders and yields one :class:`SourceItem` per image, volume or DICOM series. It
+never opens pixel data, and it streams: CSV rows are read one at a time, so a
+220k-row CheXpert CSV or a 1.2M-row user index costs little memory. Relative
+collection paths are resolved against ``root`` (the project root); absolute
+paths are used as they are.
+
+Two kinds of problems, two behaviours:
+
+* The collection itself is unusable (folder, index file or table missing, a
+  configured column absent from the header, an Excel table without its reader
+  package): :class:`InputError` naming the path, raised when ``scan_collection``
+  is called (before any item is yielded) so the stage fails early.
+* One item is unusable (unknown label, file listed but missing, unsupported
+  file type, empty region/modality, a CheXpert row left with no usable label):
+  the item is still yielded, with ``error`` set to the reason, so curation
+  quarantines it and reports it. Nothing is dropped silently; the exceptions are
+  hidden files (names starting with ``.``, e.g. ``.DS_Store``), which are OS
+  metadata, and CheXpert lateral views under ``frontal_only`` (see below).
+
+How each item is loaded follows from its path: ``.png``/``.jpg``/``.jpeg`` ->
+``image``; ``.dcm``, a folder (a DICOM series) or an extension-less file that
+starts with the DICOM preamble (``DICM`` at byte 128, only those 132 bytes are
+read) -> ``dicom``; ``.nii``/``.nii.gz`` -> ``nifti``; ``.npz`` -> ``npz``;
+anything else -> an error item "unsupported file type". Suffixes are matched
+case-insensitively.
+
+Layouts, as you prepare real data (``<path>`` is the collection's ``path``)
+============================================================================
+
+``format: csv`` -- any files listed in a CSV::
+
+    <path>/<index>                  (default index.csv, UTF-8, header row)
+    <path>/images/a.png             (paths in the CSV are relative to <path>,
+    <path>/series/ct_042/*.dcm       or absolute; a folder = one DICOM series)
+
+  Columns: ``path_column`` (required), ``label_column`` (required; several labels
+  separated by ``label_separator``; a blank cell = normal), ``patient_column``
+  (optional, set it to null if the CSV has none; a blank cell = take the
+  patient id from the DICOM tags), ``region_column``/``modality_column``
+  (optional; a blank cell falls back to the collection's ``region``/``modality``).
+  ``labels`` maps raw values to condition names (null = normal) and a value
+  not in it is an error item "unknown label 'x'"; with ``labels`` empty the raw
+  values are the condition names. Matching is exact (case-sensitive).
+
+``format: image_folders`` -- one folder per class (Crystal Clean brain tumour MRI)::
+
+    <path>/Training/glioma/Tr-gl_0010.jpg
+    <path>/Testing/notumor/Te-no_0011.jpg
+
+  One level per entry of ``subsets`` (class folders sit directly in ``<path>``
+  when ``subsets`` is empty). ``labels`` maps class folder names to conditions
+  (null = normal); the images of a folder not in ``labels`` are error items
+  "unknown label"; with ``labels`` empty the folder names are the conditions.
+  A file directly in a subset folder (not in a class folder) is an error item.
+  This dataset has no patient ids: each image's file stem is its patient id,
+  so the patient-level split is an image-level split here.
+
+``format: chexpert`` -- the CheXpert CSV as distributed::
+
+    <path>/<root>/CheXpert-v1.0-small/valid.csv
+    <path>/<root>/CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg
+
+  ``index`` is relative to ``<path>``; the ``Path`` column is relative to
+  ``<path>/<root>`` and the patient id is its ``patientNNNNN`` component. Only
+  the ``observations`` columns are used: 1.0 positive, 0.0 or blank negative
+  (blank = not mentioned, the CheXpert convention), -1.0 uncertain, mapped by
+  ``uncertainty``: ``ones`` -> positive, ``zeros`` -> negative, ``ignore`` ->
+  unknown. Multi-label (default): conditions = all positives, none positive =
+  normal; a row with no positive but an unknown observation is an error item
+  (its normal state is unknown). ``single_label: true``: exactly one positive
+  is required (else an error item "expected exactly one positive among ..."),
+  and under ``ignore`` no other observation may be unknown. With
+  ``frontal_only`` lateral views (``Frontal/Lateral`` = Lateral, or a file name
+  containing "lateral" when that column is absent) are skipped by design, not
+  quarantined: their number is logged at INFO level by the
+  ``radclip.data.sources`` logger when the scan completes (``extra`` carries
+  ``collection`` and ``skipped_lateral``).
+
+``format: ixi`` -- IXI T1 volumes plus the demographics table::
+
+    <path>/IXI-T1/IXI002-Guys-0828-T1.nii.gz      (``images``)
+    <path>/IXI.xls                                (``table``: .csv, .xls or .xlsx)
+
+  The integer id in the file name (IXI002 -> 2) is joined to ``id_column``; the
+  label comes from ``label_column`` through ``labels`` (keys are strings; table
+  values 1, 1.0 and "1" all match the key "1"). An image with no table row, a
+  blank label or conflicting duplicate rows is an error item. ``.xls`` needs the
+  ``xlrd`` package and ``.xlsx`` needs ``openpyxl`` (or save the table as CSV).
+  The patient id is the file's ``IXI<id>`` prefix as written (e.g. "IXI002").
+
+``format: covid_ct_md`` -- COVID-CT-MD, one DICOM folder per patient::
+
+    <path>/Index.csv                              (``index``)
+    <path>/COVID-19 Cases/P001/IM0001.dcm         (``class_folders[diagnosis]``)
+    <path>/CAP Cases/cap001/...
+    <path>/Normal Cases/normal001/...
+
+  One item (a 3D DICOM series) per index row: ``folder_column`` names the
+  folder, ``label_column`` the diagnosis (mapped through ``labels``). A listed
+  folder that is missing, or a diagnosis without a class folder, is an error
+  item. The patient id is the folder name.
+
+``format: medmnist`` -- ``<path>`` is the MedMNIST ``.npz`` itself (e.g.
+  ``pneumoniamnist.npz`` with ``train_images``/``train_labels``...). One item per
+  image of each of ``splits``; ``class_names[i]`` names class index i (null =
+  normal); ``multi_label`` reads the label vector as positives. The item's
+  ``member`` is e.g. "train:12", its ``rel_path`` the file name and its patient
+  id "<file stem>:train:12" (MedMNIST has no patient ids: one image, one patient).
+
+Every item needs a region and a modality for its caption (from the collection
+or its columns); an item without them is an error item.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from radclip.config import (
+    ChexpertCollection,
+    Collection,
+    CovidCtMdCollection,
+    CsvCollection,
+    FolderCollection,
+    IxiCollection,
+    MedmnistCollection,
+)
+from radclip.data.records import InputError, Kind, SourceItem
+
+log = logging.getLogger(__name__)
+
+NORMAL_LABEL = "Normal"  # the evaluation label of a study with no condition
+LABEL_JOINER = "|"  # joins the conditions of a multi-label item into one label
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SUPPORTED_TYPES = ".png/.jpg/.jpeg, .dcm or a DICOM folder, .nii/.nii.gz, .npz"
+# SourceItem.loader cannot be None; an item whose type is unsupported is an error
+# item (never loaded), so it carries this placeholder.
+UNKNOWN_LOADER = "image"
+
+IXI_NAME = re.compile(r"^(IXI(\d+))-([A-Za-z]+)-(\d+)-([A-Za-z0-9]+)\.nii(?:\.gz)?$", re.IGNORECASE)
+CHEXPERT_PATIENT = re.compile(r"^patient\d+$")
+
+
+def scan_collection(collection: Collection, root: str | Path) -> Iterator[SourceItem]:
+    """Items of one collection, lazily; raises :class:`InputError` at once if the
+    collection folder, index or table is missing or lacks a configured column."""
+    base = (Path(root) / collection.path).absolute()  # an absolute collection.path wins
+    scanners: dict[type, Callable[[Any, Path], Iterator[SourceItem]]] = {
+        CsvCollection: _scan_csv,
+        FolderCollection: _scan_image_folders,
+        ChexpertCollection: _scan_chexpert,
+        IxiCollection: _scan_ixi,
+        CovidCtMdCollection: _scan_covid_ct_md,
+        MedmnistCollection: _scan_medmnist,
+    }
+    scanner = scanners.get(type(collection))
+    if scanner is None:
+        raise TypeError(f"no scanner for collection format {getattr(collection, 'format', type(collection))!r}")
+    return scanner(collection, base)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def loader_for(path: Path, is_dir: bool | None = None) -> tuple[str | None, str | None]:
+    """``(loader, error)`` for a path named by an index or a listing.
+
+    Stats the path once (``is_dir`` known from a directory listing skips that);
+    a missing path keeps the loader its suffix implies, with an error.
+    """
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        loader: str | None = "nifti"
+    elif name.endswith(IMAGE_SUFFIXES):
+        loader = "image"
+    elif name.endswith(".dcm"):
+        loader = "dicom"
+    elif name.endswith(".npz"):
+        loader = "npz"
+    else:
+        loader = None
+    if is_dir is None:
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except FileNotFoundError:
+            return loader, "listed but not found on disk"
+        except OSError as exc:
+            return loader, f"cannot access: {exc.strerror or exc}"
+    if is_dir:
+        return "dicom", None  # a folder is one DICOM series
+    if loader is not None:
+        return loader, None
+    if _has_dicom_preamble(path):
+        return "dicom", None  # DICOM files are often named by UID or number, no .dcm
+    suffix = "".join(path.suffixes[-1:]) or "no extension"
+    return None, f"unsupported file type '{suffix}' (supported: {SUPPORTED_TYPES})"
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(str(path), f"{what} not found")
+    if not path.is_dir():
+        raise InputError(str(path), f"{what} is not a folder")
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(str(path), f"{what} not found")
+    if not path.is_file():
+        raise InputError(str(path), f"{what} is not a file")
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _stem(name: str) -> str:
+    """File name without its extension (both parts of ``.nii.gz``)."""
+    lower = name.lower()
+    for suffix in (".nii.gz", ".tar.gz"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if not _is_hidden(e.name)), key=lambda e: e.name)
+
+
+def _map_labels(raw_values: Iterable[str], labels: Mapping[str, str | None], where: str) -> tuple[list[str], list[str]]:
+    """``(conditions, errors)``: raw values through ``labels`` (empty: raw values are conditions)."""
+    conditions: list[str] = []
+    errors: list[str] = []
+    for raw in raw_values:
+        if not labels:
+            conditions.append(raw)
+        elif raw not in labels:
+            known = ", ".join(repr(k) for k in list(labels)[:12])
+            errors.append(f"unknown label {raw!r} in {where} (labels: {known})")
+        else:
+            condition = labels[raw]
+            if condition is None:
+                continue  # maps to normal
+            if not condition.strip():
+                errors.append(f"label {raw!r} maps to an empty condition name (use null for normal)")
+            else:
+                conditions.append(condition.strip())
+    return conditions, errors
+
+
+def _label_for(conditions: Sequence[str]) -> str:
+    return LABEL_JOINER.join(conditions) if conditions else NORMAL_LABEL
+
+
+def _item(
+    collection: Any,
+    *,
+    path: Path | str,
+    rel_path: str,
+    loader: str | None,
+    region: str,
+    modality: str,
+    conditions: Sequence[str] = (),
+    errors: Sequence[str] = (),
+    patient_id: str | None = None,
+    member: str | None = None,
+    expect_kind: Kind | None = None,
+) -> SourceItem:
+    region, modality = region.strip(), modality.strip()
+    errors = list(errors)
+    missing = [part for part, value in (("region", region), ("modality", modality)) if not value]
+    if missing:
+        errors.append(
+            f"empty caption part: no {' or '.join(missing)} (set it on the collection or in its column)"
+        )
+    unique = tuple(dict.fromkeys(conditions))  # keep order, drop repeats ("Edema|Edema")
+    return SourceItem(
+        collection=collection.name,
+        path=str(path),
+        rel_path=rel_path,
+        loader=loader or UNKNOWN_LOADER,  # type: ignore[arg-type]
+        region=region,
+        modality=modality,
+        conditions=unique,
+        label=_label_for(unique),
+        patient_id=patient_id,
+        member=member,
+        expect_kind=expect_kind,
+        error="; ".join(errors) or None,
+    )
+
+
+# --------------------------------------------------------------------------- CSV reading
+
+
+def _open_text(path: Path):
+    return open(path, newline="", encoding="utf-8-sig")  # -sig: Excel writes a BOM
+
+
+def _read_header(index: Path, required: Sequence[str]) -> list[str]:
+    """The stripped header row; InputError if it is missing any required column."""
+    try:
+        with _open_text(index) as handle:
+            header = next(csv.reader(handle), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(str(index), f"cannot read the header row: {exc}") from None
+    if not header:
+        raise InputError(str(index), "index file is empty (no header row)")
+    header = [name.strip() for name in header]
+    missing = [name for name in dict.fromkeys(required) if name not in header]
+    if missing:
+        raise InputError(str(index), f"missing column(s) {missing}; the header has {header}")
+    return header
+
+
+def _rows(index: Path, header: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, {column: stripped cell})`` per data row, streamed."""
+    with _open_text(index) as handle:
+        reader = csv.reader(handle)
+        try:
+            next(reader, None)  # header, already validated
+            for cells in reader:
+                if not any(cell.strip() for cell in cells):
+                    continue  # a blank line is not a row
+                row = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
+                yield reader.line_num, row
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(str(index), f"cannot read line {reader.line_num + 1}: {exc}") from None
+
+
+def _index_rel(base: Path, cell: str) -> tuple[Path, str]:
+    """Absolute path and POSIX rel_path of a path cell relative to ``base`` (or absolute)."""
+    if os.path.isabs(cell):
+        full = Path(cell)
+        try:
+            return full, full.relative_to(base).as_posix()
+        except ValueError:
+            return full, full.as_posix()  # outside the collection folder: show it whole
+    rel = posixpath.normpath(cell.replace(os.sep, "/"))
+    return base / rel, rel
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def _scan_csv(collection: CsvCollection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    index = base / collection.index
+    _require_file(index, "index file")
+    optional = [collection.patient_column, collection.region_column, collection.modality_column]
+    required = [collection.path_column, collection.label_column, *(c for c in optional if c)]
+    header = _read_header(index, required)
+    return _csv_items(collection, base, index, header)
+
+
+def _csv_items(collection: CsvCollection, base: Path, index: Path, header: list[str]) -> Iterator[SourceItem]:
+    index_name = Path(collection.index).as_posix()
+    for line, row in _rows(index, header):
+        # blank cells fall back to the collection's values (patient: None = from DICOM tags)
+        region = (row[collection.region_column] if collection.region_column else "") or collection.region
+        modality = (row[collection.modality_column] if collection.modality_column else "") or collection.modality
+        patient_id = (row[collection.patient_column] if collection.patient_column else "") or None
+        raw_labels = [v.strip() for v in row[collection.label_column].split(collection.label_separator) if v.strip()]
+        conditions, errors = _map_labels(raw_labels, collection.labels, f"column {collection.label_column!r}")
+        cell = row[collection.path_column]
+        if not cell:
+            errors.insert(0, f"blank {collection.path_column!r} cell")
+            full, rel, loader = base, f"{index_name} line {line}", None
+        else:
+            full, rel = _index_rel(base, cell)
+            loader, problem = loader_for(full)
+            if problem:
+                errors.insert(0, problem)
+        yield _item(
+            collection,
+            path=full,
+            rel_path=rel,
+            loader=loader,
+            region=region,
+            modality=modality,
+            conditions=conditions,
+            errors=errors,
+            patient_id=patient_id,
+            expect_kind=collection.expect_kind,
+        )
+
+
+# --------------------------------------------------------------------------- image_folders
+
+
+def _scan_image_folders(collection: FolderCollection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    subsets = collection.subsets or [""]
+    for subset in subsets:
+        if subset:
+            _require_dir(base / subset, f"subset folder {subset!r}")
+    return _folder_items(collection, base, subsets)
+
+
+def _folder_items(collection: FolderCollection, base: Path, subsets: list[str]) -> Iterator[SourceItem]:
+    for subset in subsets:
+        subset_dir = base / subset if subset else base
+        for class_entry in _sorted_entries(subset_dir):
+            class_rel = posixpath.join(subset, class_entry.name) if subset else class_entry.name
+            if not class_entry.is_dir():
+                loader, problem = loader_for(Path(class_entry.path), is_dir=False)
+                errors = [problem] if problem else []
+                errors.append("not inside a class folder")
+                yield _item(
+                    collection, path=class_entry.path, rel_path=class_rel, loader=loader,
+                    region=collection.region, modality=collection.modality, errors=errors,
+                    patient_id=_stem(class_entry.name),
+                )
+                continue
+            conditions, label_errors = _map_labels([class_entry.name], collection.labels, f"class folder {class_rel!r}")
+            entries = _sorted_entries(Path(class_entry.path))
+            if not entries:
+                log.warning("%s: class folder %s is empty", collection.name, class_rel)
+            for entry in entries:
+                loader, problem = loader_for(Path(entry.path), is_dir=entry.is_dir())
+                errors = ([problem] if problem else []) + label_errors
+                yield _item(
+                    collection,
+                    path=entry.path,
+                    rel_path=posixpath.join(class_rel, entry.name),
+                    loader=loader,
+                    region=collection.region,
+                    modality=collection.modality,
+                    conditions=conditions,
+                    errors=errors,
+                    patient_id=_stem(entry.name),  # no patient ids in this layout: one image, one patient
+                    expect_kind="2d" if loader == "image" else None,
+                )
+
+
+# --------------------------------------------------------------------------- chexpert
+
+
+def _scan_chexpert(collection: ChexpertCollection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    index = base / collection.index
+    _require_file(index, "CheXpert CSV")
+    if not collection.observations:
+        raise InputError(str(index), "no observations configured: list the CheXpert columns to use")
+    header = _read_header(index, ["Path", *collection.observations])
+    return _chexpert_items(collection, base, index, header)
+
+
+def _chexpert_state(raw: str, policy: str) -> bool | None | str:
+    """True positive, False negative, None unknown (ignored uncertainty), str: a bad value."""
+    if raw == "":
+        return False  # not mentioned in the report: negative by CheXpert convention
+    try:
+        value = float(raw)
+    except ValueError:
+        return f"unexpected value {raw!r} (expected 1.0, 0.0, -1.0 or blank)"
+    if value == 1.0:
+        return True
+    if value == 0.0:
+        return False
+    if value == -1.0:
+        return {"ones": True, "zeros": False, "ignore": None}[policy]
+    return f"unexpected value {raw!r} (expected 1.0, 0.0, -1.0 or blank)"
+
+
+def _is_lateral(row: dict[str, str], csv_path: str) -> bool:
+    view = row.get("Frontal/Lateral", "")
+    if view:
+        return view.lower() == "lateral"
+    return "lateral" in posixpath.basename(csv_path).lower()
+
+
+def _chexpert_items(collection: ChexpertCollection, base: Path, index: Path, header: list[str]) -> Iterator[SourceItem]:
+    observations = list(collection.observations)
+    skipped_lateral = 0
+    for line, row in _rows(index, header):
+        csv_path = row["Path"]
+        if collection.frontal_only and _is_lateral(row, csv_path):
+            skipped_lateral += 1  # filtered by design (frontal_only), counted in the log
+            continue
+        errors: list[str] = []
+        positives: list[str] = []
+        unknown: list[str] = []
+        for observation in observations:
+            state = _chexpert_state(row[observation], collection.uncertainty)
+            if isinstance(state, str):
+                errors.append(f"{observation}: {state}")
+            elif state is None:
+                unknown.append(observation)
+            elif state:
+                positives.append(observation)
+        if not errors:
+            if collection.single_label:
+                if len(positives) != 1:
+                    found = f": {', '.join(positives)}" if positives else ""
+                    errors.append(f"expected exactly one positive among {observations}, found {len(positives)}{found}")
+                elif unknown:
+                    errors.append(
+                        f"uncertain {unknown} ignored: cannot tell whether {positives[0]} is the only positive"
+                    )
+            elif not positives and unknown:
+                errors.append(f"no positive observation and uncertain {unknown} ignored: normal state unknown")
+        if not csv_path:
+            errors.insert(0, "blank 'Path' cell")
+            full, rel, loader, patient_id = base, f"{Path(collection.index).as_posix()} line {line}", None, None
+        else:
+            rel = posixpath.normpath(posixpath.join(collection.root, csv_path))
+            full = base / rel
+            loader, problem = loader_for(full)
+            if problem:
+                errors.insert(0, problem)
+            patient_id = next((p for p in csv_path.split("/") if CHEXPERT_PATIENT.match(p)), None)
+            if patient_id is None:
+                errors.append("no patientNNNNN folder in the path: cannot tell the patient")
+        yield _item(
+            collection,
+            path=full,
+            rel_path=rel,
+            loader=loader,
+            region=collection.region,
+            modality=collection.modality,
+            conditions=positives,
+            errors=errors,
+            patient_id=patient_id,
+            expect_kind="2d",
+        )
+    if skipped_lateral:
+        log.info(
+            "%s: skipped %d lateral view(s) (frontal_only)",
+            collection.name,
+            skipped_lateral,
+            extra={"collection": collection.name, "skipped_lateral": skipped_lateral},
+        )
+
+
+# --------------------------------------------------------------------------- ixi
+
+
+def normal_key(value: Any) -> str | None:
+    """A table cell as a label key: 1, 1.0, "1" and " 1.0 " all give "1"; blank/NaN give None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)) or hasattr(value, "dtype"):  # numpy scalars too
+        number = float(value)
+        if math.isnan(number):
+            return None
+        return str(int(number)) if number.is_integer() else repr(number)
+    text = str(value).strip()
+    if not text or text.lower() == "nan":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() and math.isfinite(number) else text
+
+
+def _read_table(path: Path):
+    import pandas as pd  # only IXI needs pandas; keep the import off the common path
+
+    suffix = path.suffix.lower()
+    engines = {".xls": "xlrd", ".xlsx": "openpyxl"}
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, encoding="utf-8-sig")
+        if suffix in engines:
+            return pd.read_excel(path)
+    except ImportError:
+        package = engines.get(suffix, "?")
+        raise InputError(
+            str(path),
+            f"reading a {suffix} table needs the '{package}' package (pip install {package}), "
+            f"or save it as .csv and point 'table' at that",
+        ) from None
+    except Exception as exc:  # pandas raises many types for a malformed table
+        raise InputError(str(path), f"cannot read the table: {exc}") from None
+    raise InputError(str(path), f"unsupported table type {suffix!r} (use .csv, .xls or .xlsx)")
+
+
+def _scan_ixi(collection: IxiCollection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    images = base / collection.images
+    _require_dir(images, "images folder")
+    table_path = base / collection.table
+    _require_file(table_path, "demographics table")
+    table = _read_table(table_path)
+    columns = [str(c).strip() for c in table.columns]
+    table.columns = columns
+    missing = [c for c in (collection.id_column, collection.label_column) if c not in columns]
+    if missing:
+        raise InputError(str(table_path), f"missing column(s) {missing}; the table has {columns}")
+    # id -> the distinct non-blank label keys of its rows (IXI.xls repeats some ids)
+    labels_by_id: dict[int, set[str]] = {}
+    for raw_id, raw_label in zip(table[collection.id_column], table[collection.label_column]):
+        key = normal_key(raw_id)
+        digits = re.search(r"\d+", key) if key else None
+        if digits is None:
+            continue  # a table row without an id names no image
+        found = labels_by_id.setdefault(int(digits.group()), set())
+        label = normal_key(raw_label)
+        if label is not None:
+            found.add(label)
+    return _ixi_items(collection, base, images, labels_by_id)
+
+
+def _ixi_items(
+    collection: IxiCollection, base: Path, images: Path, labels_by_id: dict[int, set[str]]
+) -> Iterator[SourceItem]:
+    labels = {normal_key(k) or k: v for k, v in collection.labels.items()}
+    where = f"{collection.label_column!r}"
+    for entry in _sorted_entries(images):
+        rel = posixpath.join(Path(collection.images).as_posix(), entry.name)
+        loader, problem = loader_for(Path(entry.path), is_dir=entry.is_dir())
+        errors = [problem] if problem else []
+        conditions: list[str] = []
+        match = IXI_NAME.match(entry.name)
+        patient_id = match.group(1) if match else _stem(entry.name)
+        if not problem and (loader != "nifti" or match is None):
+            errors.append("name does not match IXI<id>-<site>-<n>-<contrast>.nii.gz")
+        if match:
+            ixi_id = int(match.group(2))
+            found = labels_by_id.get(ixi_id)
+            if found is None:
+                errors.append(f"no row with {collection.id_column} = {ixi_id} in {collection.table}")
+            elif not found:
+                errors.append(f"blank {where} for {collection.id_column} = {ixi_id} in {collection.table}")
+            elif len(found) > 1:
+                errors.append(f"conflicting {where} values {sorted(found)} for {collection.id_column} = {ixi_id}")
+            else:
+                conditions, label_errors = _map_labels(found, labels, where)
+                errors += label_errors
+        yield _item(
+            collection,
+            path=entry.path,
+            rel_path=rel,
+            loader=loader,
+            region=collection.region,
+            modality=collection.modality,
+            conditions=conditions,
+            errors=errors,
+            patient_id=patient_id,
+            expect_kind="3d",
+        )
+
+
+# --------------------------------------------------------------------------- covid_ct_md
+
+
+def _scan_covid_ct_md(collection: CovidCtMdCollection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    index = base / collection.index
+    _require_file(index, "index file")
+    header = _read_header(index, [collection.folder_column, collection.label_column])
+    return _covid_items(collection, base, index, header)
+
+
+def _covid_items(collection: CovidCtMdCollection, base: Path, index: Path, header: list[str]) -> Iterator[SourceItem]:
+    for line, row in _rows(index, header):
+        folder = row[collection.folder_column]
+        diagnosis = row[collection.label_column]
+        errors: list[str] = []
+        conditions: list[str] = []
+        if not diagnosis:
+            errors.append(f"blank {collection.label_column!r}")
+        else:
+            conditions, errors = _map_labels([diagnosis], collection.labels, f"column {collection.label_column!r}")
+        class_folder = collection.class_folders.get(diagnosis)
+        if not folder:
+            errors.insert(0, f"blank {collection.folder_column!r} cell")
+            full, rel = base, f"{Path(collection.index).as_posix()} line {line}"
+        elif class_folder is None:
+            known = ", ".join(repr(k) for k in collection.class_folders)
+            errors.insert(0, f"no class folder for diagnosis {diagnosis!r} (class_folders: {known})")
+            full, rel = base / folder, folder
+        else:
+            rel = posixpath.join(class_folder, folder)
+            full = base / rel
+            if not full.is_dir():
+                errors.insert(0, "listed but not found on disk" if not full.exists() else "expected a DICOM folder")
+        yield _item(
+            collection,
+            path=full,
+            rel_path=rel,
+            loader="dicom",
+            region=collection.region,
+            modality=collection.modality,
+            conditions=conditions,
+            errors=errors,
+            patient_id=folder or None,
+            expect_kind="3d",
+        )
+
+
+# --------------------------------------------------------------------------- medmnist
+
+
+def _scan_medmnist(collection: MedmnistCollection, base: Path) -> Iterator[SourceItem]:
+    _require_file(base, "MedMNIST .npz")
+    if not collection.class_names:
+        raise InputError(str(base), "class_names is empty: list one name per class index (null for normal)")
+    from radclip.data.medmnist import list_members  # reads the label arrays only
+
+    members = list_members(base, list(collection.splits))
+    return _medmnist_items(collection, base, members)
+
+
+def _medmnist_conditions(collection: MedmnistCollection, vector: Sequence[int]) -> tuple[list[str], list[str]]:
+    names = collection.class_names
+    if collection.multi_label:
+        if len(vector) != len(names):
+            return [], [f"label vector has {len(vector)} entries, class_names has {len(names)}"]
+        return [names[i] for i, v in enumerate(vector) if v and names[i]], []
+    if len(vector) != 1:
+        return [], [f"expected one class index, got {list(vector)} (multi_label is false)"]
+    index = int(vector[0])
+    if not 0 <= index < len(names):
+        return [], [f"class index {index} has no entry in class_names ({len(names)} names)"]
+    return ([names[index]] if names[index] else []), []
+
+
+def _medmnist_items(
+    collection: MedmnistCollection, base: Path, members: list[tuple[str, list[int]]]
+) -> Iterator[SourceItem]:
+    for member, vector in members:
+        conditions, errors = _medmnist_conditions(collection, vector)
+        yield _item(
+            collection,
+            path=base,
+            rel_path=base.name,  # one file, many members: reports show rel_path + "#" + member
+            loader="npz",
+            region=collection.region,
+            modality=collection.modality,
+            conditions=conditions,
+            errors=errors,
+            patient_id=f"{base.stem}:{member}",
+            member=member,
+        )
