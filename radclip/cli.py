@@ -29,7 +29,9 @@ def _global_options(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     _state.update(params_file=params_file, profile=profile, quiet=quiet)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; libraries (GE is chatty at INFO) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("radclip").setLevel(logging.INFO)
 
 
 def _params() -> Params:

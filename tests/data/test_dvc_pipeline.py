@@ -1,0 +1,93 @@
+"""The data stages under DVC: repro, no-op second repro, param-scoped reruns, push/pull into a fresh clone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import PROJECT_ROOT, tiny_params_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory) -> Path:
+    """A copy of the project (pipeline, stages, library sources) with tiny params, reproduced once."""
+    project = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "pipelines", "radclip", "params"):
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / name)
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict("data"), sort_keys=False))
+    remote = tmp_path_factory.mktemp("remote")
+    _run(["git", "init", "-q"], project)
+    _run(["git", "config", "user.email", "ci@example.invalid"], project)
+    _run(["git", "config", "user.name", "ci"], project)
+    _run(["dvc", "init", "-q"], project)
+    _run(["dvc", "config", "core.analytics", "false"], project)
+    _run(["dvc", "remote", "add", "-d", "storage", str(remote)], project)
+    _run(["dvc", "repro"], project)
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-qm", "pipeline"], project)
+    return project
+
+
+def test_repro_writes_every_stage_output(dvc_project):
+    assert (dvc_project / "data/raw/train/index.csv").exists()
+    assert (dvc_project / "data/curated/manifest.parquet").exists()
+    assert (dvc_project / "data/reports/validation/report.md").exists()
+    assert (dvc_project / "dvc.lock").exists()
+
+
+def test_second_repro_does_nothing(dvc_project):
+    out = _run(["dvc", "repro"], dvc_project)
+    assert "Running stage" not in out
+    assert "up to date" in _run(["dvc", "status"], dvc_project)
+
+
+def test_changing_one_param_reruns_only_its_stages(dvc_project):
+    params_file = dvc_project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["validate"]["max_quarantine_rate"] = 0.5
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = _run(["dvc", "repro"], dvc_project)
+        assert "Running stage 'validate'" in out
+        assert "Running stage 'curate'" not in out and "Running stage 'phantoms'" not in out
+    finally:
+        params_file.write_text(original)
+        _run(["dvc", "repro"], dvc_project)
+
+
+def test_push_then_pull_restores_curated_data_in_a_fresh_clone(dvc_project, tmp_path):
+    _run(["dvc", "push"], dvc_project)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(dvc_project), str(clone)], tmp_path)
+    _run(["dvc", "pull"], clone)
+    original = dvc_project / "data/curated"
+    for path in sorted(p for p in original.rglob("*") if p.is_file()):
+        restored = clone / "data/curated" / path.relative_to(original)
+        assert _digest(restored) == _digest(path), f"{restored} differs after dvc pull"
+    status = _run(["dvc", "status"], clone)
+    assert "up to date" in status, status  # nothing to re-run: curation is not repeated

@@ -1,0 +1,360 @@
+"""Phantom generator: byte-deterministic, laid out exactly as params.yaml's collections
+read it, and with findings that show in the pixels (in volumes: in a few slices only)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from helpers import PROJECT_ROOT, tiny_params
+from radclip.config import Params, load_params
+from radclip.data.dicom_write import PHI_TAGS
+from radclip.data.phantoms import (
+    CHEXPERT_5,
+    CHEXPERT_OBSERVATIONS,
+    SCENES,
+    TRAIN_2D_MIX,
+    RenderSettings,
+    Slab,
+    generate,
+    image_grid,
+    plan_suites,
+    plan_training,
+    synthesize,
+)
+from radclip.data.sources import IXI_NAME, scan_collection
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".dcm", ".nii.gz")
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _first_dicom(path: Path) -> Path:
+    return sorted(path.iterdir())[0] if path.is_dir() else path
+
+
+def _raw(params: Params) -> Path:
+    return params.resolve(params.paths.raw)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Params, Path, dict]:
+    params = tiny_params(tmp_path_factory.mktemp("phantoms"))
+    summary = generate(params)
+    return params, _raw(params), summary
+
+
+@pytest.fixture(scope="module")
+def default_params() -> Params:
+    return load_params(PROJECT_ROOT / "params.yaml")
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_gives_identical_bytes_for_any_worker_count(generated, tmp_path):
+    params, root, _ = generated
+    other_workers = 2 if params.phantoms.workers == 1 else 1
+    again = tiny_params(tmp_path, phantoms={"workers": other_workers})
+    generate(again)
+    assert _hashes(_raw(again)) == _hashes(root)
+
+
+def test_another_seed_draws_other_studies(generated, tmp_path):
+    _, root, _ = generated
+    other = tiny_params(tmp_path, phantoms={"seed": 1})
+    generate(other)
+    first, second = _hashes(root), _hashes(_raw(other))
+    common = [name for name in set(first) & set(second) if name.endswith(IMAGE_SUFFIXES)]
+    assert len(common) > 20
+    assert sum(first[name] != second[name] for name in common) == len(common)
+
+
+def test_nifti_gzip_headers_carry_no_timestamp(generated):
+    _, root, _ = generated
+    volumes = list(root.rglob("*.nii.gz"))
+    assert volumes
+    for path in volumes:
+        header = path.read_bytes()[:10]
+        assert header[:2] == b"\x1f\x8b" and header[4:8] == b"\0\0\0\0", path
+
+
+# --------------------------------------------------------------------------- layout and counts
+
+
+def test_training_index_matches_params_and_points_to_files(generated):
+    params, root, summary = generated
+    ph = params.phantoms
+    rows = _read_csv(root / "train" / "index.csv")
+    assert list(rows[0]) == ["path", "patient_id", "region", "modality", "findings"]
+    assert len(rows) == ph.train_2d + ph.train_3d == summary["totals"]["train"]
+
+    dicom = [r for r in rows if r["path"].startswith("dicom/")]
+    assert len(dicom) == round(ph.dicom_fraction * ph.train_2d) + round(ph.dicom_fraction * ph.train_3d)
+    assert all(r["patient_id"] == "" for r in dicom)  # the id comes from the PatientID tag
+    assert all(r["patient_id"].startswith("PH-T-") for r in rows if r not in dicom)
+
+    for row in rows:
+        path = root / "train" / row["path"]
+        assert path.exists(), row
+        if path.is_dir():  # a CT series: one file per slice
+            assert len(list(path.iterdir())) == ph.volume_shape[0]
+        elif path.suffix == ".png":
+            image = Image.open(path)
+            assert image.mode == "L" and image.size == (ph.image_size, ph.image_size)
+        elif path.name.endswith(".nii.gz"):
+            assert nib.load(path).shape == tuple(reversed(ph.volume_shape))  # (columns, rows, slices)
+    kinds = Counter(row["path"].split("/")[0] for row in rows)
+    assert kinds["png"] + kinds["nifti"] + kinds["dicom"] == len(rows) and kinds["png"] and kinds["nifti"]
+
+
+def test_patients_hold_images_per_patient_studies(generated):
+    params, root, _ = generated
+    rows = _read_csv(root / "train" / "index.csv")
+    ids = [row["patient_id"] or pydicom.dcmread(_first_dicom(root / "train" / row["path"])).PatientID for row in rows]
+    assert max(Counter(ids).values()) <= params.phantoms.images_per_patient
+    assert all(re.fullmatch(r"PH-T-\d{6}", pid) for pid in ids)
+
+
+def test_summary_counts_match_the_files(generated):
+    params, root, summary = generated
+    assert json.loads((root / "phantoms.json").read_text()) == summary
+    rows = _read_csv(root / "train" / "index.csv")
+    conditions = Counter(c for row in rows for c in (row["findings"].split("|") if row["findings"] else ["Normal"]))
+    assert summary["train"]["by_condition"] == dict(conditions)
+    suites = params.phantoms.suites
+    assert summary["suites"]["chest_xray_5class"]["total"] == 5 * suites.chest_xray_5class
+    assert summary["totals"]["eval"] == (
+        5 * suites.chest_xray_5class
+        + 4 * suites.brain_mri_4class
+        + 2 * suites.brain_mri_3d_2class
+        + 3 * suites.chest_ct_3d_3class
+    )
+    readme = (root / "README.txt").read_text()
+    assert "index.csv" in readme and "eval/chest_ct_3d_3class/" in readme
+
+
+def test_configured_collections_scan_without_errors(generated):
+    params, root, _ = generated
+    for collection in params.data.collections:
+        items = list(scan_collection(collection, root))
+        assert items, collection.name
+        assert [item.error for item in items if item.error] == [], collection.name
+
+
+# --------------------------------------------------------------------------- evaluation suites
+
+
+def test_chexpert_suite_has_one_positive_per_image_and_balanced_classes(generated):
+    params, root, _ = generated
+    suite = root / "eval" / "chest_xray_5class"
+    rows = _read_csv(suite / "CheXpert-v1.0-small" / "valid.csv")
+    assert list(rows[0])[:5] == ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
+    positives = []
+    for row in rows:
+        assert re.fullmatch(r"CheXpert-v1.0-small/valid/patient\d+/study1/view1_frontal.jpg", row["Path"])
+        assert (suite / row["Path"]).is_file() and row["Frontal/Lateral"] == "Frontal"
+        assert {row[name] for name in CHEXPERT_OBSERVATIONS} <= {"1.0", "0.0", "-1.0", ""}
+        hits = [name for name in CHEXPERT_5 if row[name] == "1.0"]
+        assert len(hits) == 1 and all(row[name] != "-1.0" for name in CHEXPERT_5)
+        positives += hits
+    assert Counter(positives) == {name: params.phantoms.suites.chest_xray_5class for name in CHEXPERT_5}
+
+
+def test_chexpert_rows_carry_uncertain_and_blank_values_like_the_real_file(default_params, tmp_path):
+    suite = plan_suites(default_params, tmp_path)[0]
+    (header, rows), = suite.tables.values()
+    others = [header.index(name) for name in CHEXPERT_OBSERVATIONS if name not in CHEXPERT_5]
+    cells = [row[i] for row in rows for i in others]
+    assert "-1.0" in cells and "" in cells
+
+
+def test_brain_suites_are_balanced(generated):
+    params, root, _ = generated
+    per_class = params.phantoms.suites
+    testing = root / "eval" / "brain_mri_4class" / "Testing"
+    counts = {folder.name: len(list(folder.glob("Te-*.jpg"))) for folder in testing.iterdir()}
+    assert counts == {name: per_class.brain_mri_4class for name in ("glioma", "meningioma", "notumor", "pituitary")}
+
+    ixi = root / "eval" / "brain_mri_3d_2class"
+    table = _read_csv(ixi / "IXI.csv")
+    assert list(table[0]) == ["IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "AGE", "FINDING"]
+    n = per_class.brain_mri_3d_2class
+    assert Counter(row["FINDING"] for row in table) == {"0": n, "1": n}
+    names = sorted(path.name for path in (ixi / "IXI-T1").iterdir())
+    ids = sorted(int(IXI_NAME.match(name).group(2)) for name in names)
+    assert ids == sorted(int(row["IXI_ID"]) for row in table)
+
+
+def test_covid_ct_suite_is_balanced_with_phi_filled_series(generated):
+    params, root, _ = generated
+    suite = root / "eval" / "chest_ct_3d_3class"
+    rows = _read_csv(suite / "Index.csv")
+    assert list(rows[0]) == ["Folder/ID", "Patient ID", "Diagnosis", "Gender", "Age"]
+    n = params.phantoms.suites.chest_ct_3d_3class
+    assert Counter(row["Diagnosis"] for row in rows) == {"COVID-19": n, "CAP": n, "Normal": n}
+    folders = {"COVID-19": "COVID-19 Cases", "CAP": "CAP Cases", "Normal": "Normal Cases"}
+    for row in rows:
+        series = suite / folders[row["Diagnosis"]] / row["Folder/ID"]
+        files = sorted(series.iterdir())
+        assert len(files) == params.phantoms.volume_shape[0]
+        ds = pydicom.dcmread(files[0])
+        assert ds.Modality == "CT" and ds.PatientID == row["Patient ID"] and ds.PatientID.startswith("PH-E-")
+
+
+# --------------------------------------------------------------------------- DICOM and NIfTI content
+
+
+def test_training_dicom_files_carry_fake_phi(generated):
+    _, root, _ = generated
+    files = [path for path in (root / "train" / "dicom").rglob("*") if path.is_file()]
+    assert files
+    modalities = Counter()
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword in PHI_TAGS:
+            assert keyword in ds, (path, keyword)
+        assert ds.PatientID.startswith("PH-T-") and str(ds.PatientName).startswith("PHANTOM^")
+        assert ds.PatientBirthDate and ds.InstitutionName and ds.AccessionNumber and "PatientAddress" in ds
+        modalities[ds.Modality] += 1
+        if ds.Modality == "CT":
+            assert float(ds.RescaleIntercept) == -1024.0
+    assert {"DX", "CT", "MR"} <= set(modalities)
+
+
+def test_nifti_affines_put_the_thick_axis_along_the_acquisition_normal(generated):
+    _, root, _ = generated
+    planes = Counter()
+    for path in root.rglob("*.nii.gz"):
+        image = nib.load(path)
+        zooms = image.header.get_zooms()
+        thick = int(np.argmax(zooms))
+        assert zooms[thick] > max(z for i, z in enumerate(zooms) if i != thick)
+        axis_code = nib.aff2axcodes(image.affine)[thick]
+        planes["axial" if axis_code in "SI" else "sagittal" if axis_code in "LR" else "coronal"] += 1
+    assert planes["axial"] and planes["sagittal"] and not planes["coronal"]
+
+
+# --------------------------------------------------------------------------- findings in pixels
+
+SETTINGS_3D = RenderSettings(seed=0, image_size=32, volume_shape=(32, 24, 24), lesion_slices=(2, 4))
+CASES_3D = [(key, f.name, plane) for key, scene in SCENES.items() for plane in scene.planes_3d for f in scene.findings]
+VISIBLE = {"ct": 100.0, "mr": 0.1, "xray": 0.08}  # smallest change a finding must make somewhere
+VISIBLE_BY_CONDITION = {"Liver Lesion": 30.0}  # hypodense by 45-75 HU
+
+
+@pytest.mark.parametrize(("scene", "condition", "plane"), CASES_3D)
+def test_volume_finding_changes_only_a_few_contiguous_slices(scene, condition, plane):
+    low, high = SETTINGS_3D.lesion_slices
+    threshold = VISIBLE_BY_CONDITION.get(condition, VISIBLE[SCENES[scene].signal])
+    for seed in range(4):
+        def draw(conditions):
+            rng = np.random.default_rng([7, seed])
+            return synthesize(scene, conditions, kind="3d", rng=rng, settings=SETTINGS_3D, plane=plane)
+
+        lesion, normal = draw((condition,)), draw(())
+        change = np.abs(lesion.pixels - normal.pixels).reshape(lesion.pixels.shape[0], -1).max(axis=1)
+        changed = np.nonzero(change)[0].tolist()
+        assert low <= len(changed) <= high, (seed, changed)
+        assert changed == list(range(changed[0], changed[0] + len(changed)))  # contiguous
+        assert tuple(changed) == lesion.finding_slices
+        assert change.max() >= threshold, (seed, change.max())
+
+
+CASES_2D = [(key, f.name) for key, scene in SCENES.items() for f in scene.findings]
+
+
+@pytest.mark.parametrize(("scene_key", "condition"), CASES_2D)
+def test_2d_finding_is_visible_on_the_same_anatomy(scene_key, condition):
+    """Render one slice twice from the same anatomy, with and without the finding."""
+    scene, finding = SCENES[scene_key], SCENES[scene_key].finding(condition)
+    threshold = VISIBLE_BY_CONDITION.get(condition, VISIBLE[scene.signal])
+    for seed in range(3):
+        rng = np.random.default_rng([11, seed])
+        anatomy = scene.sample(rng)
+        with_finding = finding.adjust(anatomy, rng) if finding.adjust else anatomy
+        depth = float(np.mean(finding.depth(with_finding, 2))) if scene.slice_range else 0.0
+        grid = image_grid(scene, 96, depth)
+        before = scene.render(anatomy, grid, np.random.default_rng(1))
+        after = scene.render(with_finding, grid, np.random.default_rng(1))
+        slab = Slab(2, depth) if scene.slice_range else None
+        finding.draw(after, grid, with_finding, finding.place(with_finding, slab, rng))
+        assert np.count_nonzero(np.abs(after - before) >= threshold) >= 3, seed
+
+
+# --------------------------------------------------------------------------- plan at the default sizes
+
+
+def test_training_plan_mixes_scenes_with_a_long_tail(default_params, tmp_path):
+    ph = default_params.phantoms
+    jobs, rows = plan_training(default_params, tmp_path)
+    assert len(jobs) == len(rows) == ph.train_2d + ph.train_3d
+    scenes_2d = Counter(f"{job.scene}" for job in jobs if job.kind == "2d")
+    for key, share in TRAIN_2D_MIX.items():  # one scene per patient: shares hold to a patient
+        assert abs(scenes_2d[key] - share * ph.train_2d) <= ph.images_per_patient
+    assert {"brain_mri", "chest_ct", "abdomen_ct"} <= set(scenes_2d)  # 2D slices of CT/MRI too
+
+    conditions = Counter(c for row in rows for c in row.findings.split("|") if c)
+    for rare in ("Pneumothorax", "Meniscal Tear", "Kidney Cyst"):
+        assert 0 < conditions[rare] < 0.3 * conditions["Edema"]
+    multi_label = sum("|" in row.findings for row in rows) / len(rows)
+    assert 0.01 < multi_label < 0.15
+
+    outputs = Counter(job.output for job in jobs)
+    assert {"png", "nifti", "dicom_image", "dicom_series", "dicom_multiframe"} <= set(outputs)
+    assert any(job.monochrome1 for job in jobs)
+    assert {job.plane for job in jobs if job.kind == "3d"} == {"axial", "sagittal"}
+    patients_2d = {row.patient_id or dict(job.patient)["PatientID"] for job, row in zip(jobs, rows) if job.kind == "2d"}
+    patients_3d = {row.patient_id or dict(job.patient)["PatientID"] for job, row in zip(jobs, rows) if job.kind == "3d"}
+    assert not patients_2d & patients_3d
+
+
+def test_suite_patients_and_random_streams_never_overlap_training(default_params, tmp_path):
+    jobs, rows = plan_training(default_params, tmp_path)
+    suite_jobs = [job for suite in plan_suites(default_params, tmp_path) for job in suite.jobs]
+    train_ids = {row.patient_id or dict(job.patient)["PatientID"] for job, row in zip(jobs, rows)}
+    suite_ids = {dict(job.patient)["PatientID"] for job in suite_jobs if job.patient}
+    assert suite_ids and not train_ids & suite_ids
+    assert {job.stream for job in suite_jobs}.isdisjoint({job.stream for job in jobs})
+
+
+# --------------------------------------------------------------------------- disabled / safety
+
+
+def test_disabled_writes_only_a_readme(tmp_path):
+    params = tiny_params(tmp_path, phantoms={"enabled": False})
+    root = _raw(params)
+    root.mkdir(parents=True)
+    (root / "stale.png").write_bytes(b"from an earlier run")
+    summary = generate(params)
+    assert [path.name for path in root.iterdir()] == ["README.txt"]
+    assert "disabled" in (root / "README.txt").read_text()
+    assert summary["enabled"] is False
+
+
+def test_refuses_to_empty_a_project_folder(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    with pytest.raises(ValueError, match="refusing"):
+        generate(tiny_params(tmp_path / "other"), tmp_path)
+    assert (tmp_path / "params.yaml").exists()
