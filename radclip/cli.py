@@ -102,10 +102,47 @@ def validate() -> None:
     console.print(f"validation passed: {len(report.checks)} checks; report in {params.resolve(params.paths.reports) / 'validation'}")
 
 
+@app.command("pretrain-2d")
+def pretrain_2d() -> None:
+    """Fine-tune the 2D image encoder (text tower frozen) with Ray Train; logs to MLflow."""
+    from radclip.training.stages import pretrain_2d as run
+
+    result = run(_params())
+    console.print(
+        f"pretrain_2d: best val loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
+        f"({len(result.history)} epochs, {result.workers} workers, {result.seconds:.0f}s); model in {result.model_dir}; "
+        f"MLflow run {result.mlflow_run_id}"
+    )
+
+
+@app.command("embed-slices")
+def embed_slices() -> None:
+    """Encode every slice of every curated volume once with the frozen 2D encoder (slice cache)."""
+    from radclip.training.stages import embed_slices as run
+
+    params = _params()
+    info = run(params, progress=not _state.get("quiet"))
+    metrics = {k: info[k] for k in ("count", "embedding_dim", "max_slices", "seconds", "volumes_per_second")}
+    _write_metrics(params, "embed_slices.json", metrics)
+    console.print(f"embed_slices: {info['count']} volumes cached at {info['volumes_per_second']:.1f} volumes/s")
+
+
+@app.command("pretrain-adapter")
+def pretrain_adapter() -> None:
+    """Train the slice pooling adapter on the slice cache (encoders frozen); logs to MLflow."""
+    from radclip.training.stages import pretrain_adapter as run
+
+    result = run(_params())
+    console.print(
+        f"pretrain_adapter: best val loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
+        f"({len(result.history)} epochs, {result.seconds:.0f}s); model in {result.model_dir}; MLflow run {result.mlflow_run_id}"
+    )
+
+
 def main() -> None:
     app(prog_name="radclip")
 
 
-def run_stage(command: str) -> None:
+def run_stage(stage: str) -> None:
     """Entry for pipelines/<stage>.py: the DVC stage runs the CLI command of the same name."""
-    app([*sys.argv[1:], command], prog_name=f"pipelines/{command}.py")
+    app([*sys.argv[1:], stage.replace("_", "-")], prog_name=f"pipelines/{stage}.py")

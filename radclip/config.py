@@ -37,6 +37,8 @@ class Paths(Strict):
     raw: str = "data/raw"
     curated: str = "data/curated"
     reports: str = "reports"
+    models: str = "models"  # trained models (HF-style directories), DVC outputs
+    slice_cache: str = "data/slice_cache"  # per-slice embeddings of every volume (embed_slices)
     tmp: str = ".tmp"  # Ray session files, scratch; keeps ~/.ray and /tmp clean
 
 
@@ -247,6 +249,79 @@ class ValidateParams(Strict):
     fail_on_violation: bool = True
 
 
+# --------------------------------------------------------------------------- model / loss / training / tracking
+
+
+class VisionTower(Strict):
+    """The embedded default's small ViT (ignored when ``model.pretrained`` is set)."""
+
+    hidden_size: int = Field(default=128, ge=8)
+    num_hidden_layers: int = Field(default=4, ge=1)
+    num_attention_heads: int = Field(default=4, ge=1)
+    intermediate_size: int = Field(default=512, ge=8)
+    patch_size: int = Field(default=8, ge=1)
+
+
+class TextTower(Strict):
+    hidden_size: int = Field(default=128, ge=8)
+    num_hidden_layers: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=4, ge=1)
+    intermediate_size: int = Field(default=512, ge=8)
+    max_position_embeddings: int = Field(default=32, ge=4)
+
+
+class AdapterParams(Strict):
+    """Slice pooling adapter: V = MHSA(I + PE) over slice embeddings, then a reducer."""
+
+    heads: int = Field(default=4, ge=1)
+    max_slices: int = Field(default=64, ge=1)
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+    reducer: Literal["attention", "mean"] = "attention"  # "mean": global average pooling baseline
+
+
+class ModelParams(Strict):
+    # A hub name (e.g. openai/clip-vit-large-patch14, read from the local HF cache only) or a
+    # local directory saved with save_pretrained; null builds a small CLIP from the towers below.
+    pretrained: str | None = None
+    projection_dim: int = Field(default=128, ge=8)
+    vision: VisionTower = VisionTower()
+    text: TextTower = TextTower()
+    freeze_text: bool = True  # the paper freezes the text tower and its projection
+    adapter: AdapterParams = AdapterParams()
+
+
+class LossParams(Strict):
+    temperature: float = Field(default=0.07, gt=0)  # τ (initial value when learnable)
+    learnable_temperature: bool = True  # log-scale parameter, logit scale clamped at 100 like CLIP
+    duplicate_aware: bool = True  # identical captions in a batch are positives, not negatives
+
+
+class TrainParams(Strict):
+    # ray: Ray Train workers (DDP, per-worker shards); local: one in-process worker (cheap adapter
+    # runs and sweep trials, where starting Ray workers would cost more than the training).
+    engine: Literal["ray", "local"] = "ray"
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=64, ge=2)  # global batch across workers
+    lr: float = Field(default=1e-4, gt=0)  # cosine-annealed from this value
+    weight_decay: float = Field(default=0.1, ge=0)  # L2 through AdamW
+    patience: int = Field(default=2, ge=1)  # early stopping on validation loss
+    num_workers: int = Field(default=2, ge=1)  # Ray Train workers
+    use_gpu: bool = False
+    backend: Literal["gloo", "nccl"] = "gloo"
+    bf16: bool = False  # autocast on GPU; slower than fp32 on these CPUs
+    gradient_checkpointing: bool = False
+    max_failures: int = Field(default=2, ge=0)  # Ray Train FailureConfig: resume from the last checkpoint
+    seed: int = 0
+
+
+class MlflowParams(Strict):
+    # null: sqlite:///<project>/mlflow.db (absolute); or a remote server URI.
+    # The MLFLOW_TRACKING_URI environment variable overrides both.
+    tracking_uri: str | None = None
+    artifact_root: str = "mlruns"
+    experiment: str = "radclip"
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -259,6 +334,13 @@ class Params(Strict):
     data: DataParams = DataParams()
     curate: CurateParams = CurateParams()
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    model: ModelParams = ModelParams()
+    loss: LossParams = LossParams()
+    train_2d: TrainParams = TrainParams()
+    train_adapter: TrainParams = TrainParams(
+        engine="local", epochs=30, batch_size=64, lr=1e-3, weight_decay=0.01, patience=5, num_workers=1
+    )
+    mlflow: MlflowParams = MlflowParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -33,10 +33,11 @@ LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",  # discard port: nothing leaves the machine
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single node on 127.0.0.1
+    "GLOO_SOCKET_IFNAME": "lo",  # torch.distributed gloo (Ray Train on CPU) on the loopback interface
 }
 
 # Unix socket paths are limited to 107 bytes; Ray nests several levels under its temp dir.
-_MAX_TEMP_DIR_LENGTH = 48
+_MAX_TEMP_DIR_LENGTH = 40  # + "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store" (~63)
 
 
 def _ray_temp_dir(params: Params) -> Path:
@@ -97,7 +98,7 @@ def ray_session(params: Params, *, num_cpus: int | None = None) -> Iterator[None
         with _patched_environ(env):
             ray.init(
                 num_cpus=num_cpus or params.ray.num_cpus or os.cpu_count(),
-                include_dashboard=False,
+                include_dashboard=True,  # Ray Train V2 queries controller state through it; it listens on 127.0.0.1
                 _temp_dir=str(_ray_temp_dir(params)),
                 configure_logging=False,
                 log_to_driver=True,

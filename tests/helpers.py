@@ -20,6 +20,12 @@ TINY_PHANTOMS = {
     "workers": 1,
     "suites": {"chest_xray_5class": 3, "brain_mri_4class": 3, "brain_mri_3d_2class": 3, "chest_ct_3d_3class": 2},
 }
+TINY_MODEL = {
+    "projection_dim": 64,
+    "vision": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "patch_size": 8},
+    "text": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128},
+}
+TINY_TRAIN = {"epochs": 3, "batch_size": 16, "patience": 3, "num_workers": 2, "max_failures": 2}
 TINY_CURATE = {
     "engine": "serial",
     "workers": 1,
@@ -36,6 +42,10 @@ def tiny_params_dict(base: str, **overrides) -> dict:
     raw["phantoms"].update(TINY_PHANTOMS)
     raw["curate"].update(TINY_CURATE)
     raw["validate"]["min_class_count"] = 1
+    raw["model"].update(TINY_MODEL)
+    raw["train_2d"].update(TINY_TRAIN)
+    raw["train_adapter"].update({"epochs": 4, "batch_size": 8})
+    raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache")
     for collection in raw["data"]["collections"]:
         collection["path"] = collection["path"].replace("data/raw", f"{base}/raw", 1)
     for section, values in overrides.items():

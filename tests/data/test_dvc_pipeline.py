@@ -1,4 +1,7 @@
-"""The data stages under DVC: repro, no-op second repro, param-scoped reruns, push/pull into a fresh clone."""
+"""The data stages under DVC: repro, no-op second repro, param-scoped reruns, push/pull into a fresh clone.
+
+Only the data stages (up to ``validate``) run here; training stages have their own tests.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import yaml
 from helpers import PROJECT_ROOT, tiny_params_dict
 
 pytestmark = pytest.mark.slow
+DATA_STAGES = "validate"  # repro target: phantoms -> curate -> validate
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -46,7 +50,7 @@ def dvc_project(tmp_path_factory) -> Path:
     _run(["dvc", "init", "-q"], project)
     _run(["dvc", "config", "core.analytics", "false"], project)
     _run(["dvc", "remote", "add", "-d", "storage", str(remote)], project)
-    _run(["dvc", "repro"], project)
+    _run(["dvc", "repro", DATA_STAGES], project)
     _run(["git", "add", "-A"], project)
     _run(["git", "commit", "-qm", "pipeline"], project)
     return project
@@ -60,9 +64,9 @@ def test_repro_writes_every_stage_output(dvc_project):
 
 
 def test_second_repro_does_nothing(dvc_project):
-    out = _run(["dvc", "repro"], dvc_project)
+    out = _run(["dvc", "repro", DATA_STAGES], dvc_project)
     assert "Running stage" not in out
-    assert "up to date" in _run(["dvc", "status"], dvc_project)
+    assert "up to date" in _run(["dvc", "status", "--with-deps", DATA_STAGES], dvc_project)
 
 
 def test_changing_one_param_reruns_only_its_stages(dvc_project):
@@ -72,12 +76,12 @@ def test_changing_one_param_reruns_only_its_stages(dvc_project):
     params["validate"]["max_quarantine_rate"] = 0.5
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        out = _run(["dvc", "repro"], dvc_project)
+        out = _run(["dvc", "repro", DATA_STAGES], dvc_project)
         assert "Running stage 'validate'" in out
         assert "Running stage 'curate'" not in out and "Running stage 'phantoms'" not in out
     finally:
         params_file.write_text(original)
-        _run(["dvc", "repro"], dvc_project)
+        _run(["dvc", "repro", DATA_STAGES], dvc_project)
 
 
 def test_push_then_pull_restores_curated_data_in_a_fresh_clone(dvc_project, tmp_path):
@@ -89,5 +93,5 @@ def test_push_then_pull_restores_curated_data_in_a_fresh_clone(dvc_project, tmp_
     for path in sorted(p for p in original.rglob("*") if p.is_file()):
         restored = clone / "data/curated" / path.relative_to(original)
         assert _digest(restored) == _digest(path), f"{restored} differs after dvc pull"
-    status = _run(["dvc", "status"], clone)
+    status = _run(["dvc", "status", "--with-deps", DATA_STAGES], clone)
     assert "up to date" in status, status  # nothing to re-run: curation is not repeated

@@ -1,0 +1,350 @@
+"""RadCLIP: CLIP with a fine-tuned 2D image encoder, a frozen text tower and a slice pooling adapter.
+
+One module holds everything a stage needs:
+
+* ``clip`` — a ``transformers.CLIPModel``. Stage ``2d`` fine-tunes the vision tower
+  and visual projection with InfoNCE; the text tower and text projection stay frozen
+  (``model.freeze_text``), so caption embeddings come from a
+  :class:`~radclip.models.text_cache.TextEmbeddingCache`.
+* ``adapter`` — :class:`~radclip.models.adapter.SlicePoolingAdapter`; stage
+  ``adapter`` trains only it: every slice of a volume goes through the 2D encoder,
+  the adapter pools the slice embeddings into one volume embedding.
+* ``logit_scale`` — log(1/τ), learnable or fixed per ``loss``; its exponential is
+  clamped at 100 like CLIP (:meth:`RadCLIP.logit_scale_exp`). CLIP's own
+  ``logit_scale`` is unused and frozen.
+
+Inputs are the curated arrays as they are (see radclip.data.curate): 2D images
+uint8 ``(H, W)`` in display range, volumes float16 ``(S, H, W)`` z-scored per
+volume. Preprocessing maps both to what a CLIP vision tower expects: values in
+[0, 1] (z-scores are clipped to ±2.5σ, then rescaled — so slices look like the 2D
+images the encoder was fine-tuned on), grey repeated to 3 channels, resized to the
+vision tower's image size, normalised with CLIP's mean/std. Every ``encode_*``
+returns L2-normalised embeddings.
+
+Saved layout (``save_pretrained``; loading never unpickles, ``torch.load`` is not used)::
+
+    config.json            RadCLIP config: model params, image size, tokenizer kind, temperature
+    clip/                  CLIPModel.save_pretrained (config.json + model.safetensors)
+    tokenizer/             tokenizer.save_pretrained (JSON)
+    adapter.safetensors    adapter weights (prefix "adapter.") and "logit_scale"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import CLIPModel, PreTrainedTokenizerBase
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from radclip.config import ModelParams, Params
+from radclip.models.adapter import SlicePoolingAdapter
+from radclip.models.clip import build_clip, freeze_text_tower, text_modules, text_tower_frozen, vision_modules
+from radclip.models.text_cache import TextEmbeddingCache
+from radclip.models.tokenizer import load_tokenizer, tokenizer_kind
+
+Stage = Literal["2d", "adapter"]
+
+CONFIG_FILE = "config.json"
+CLIP_DIR = "clip"
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_FILE = "adapter.safetensors"
+FORMAT_NAME = "radclip"
+FORMAT_VERSION = 1
+
+# z-scored slices → [0, 1]: ±2.5σ covers ~99% of a normal intensity distribution
+# while keeping contrast between tissues (a wider window washes them out).
+SLICE_ZSCORE_CLIP = 2.5
+LOGIT_SCALE_MAX = 100.0  # CLIP's clamp on exp(logit_scale)
+DEFAULT_SLICE_CHUNK = 256  # slices per vision forward in encode_slices: bounds activation memory
+
+
+def _as_tensor(array: Tensor | np.ndarray) -> Tensor:
+    # Curated shards are read-only memory maps: copy instead of sharing (torch warns on those).
+    return array if isinstance(array, Tensor) else torch.tensor(np.asarray(array))
+
+
+class RadCLIP(nn.Module):
+    def __init__(
+        self,
+        clip: CLIPModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        model_params: ModelParams,
+        image_size: int,
+        temperature: float = 0.07,
+        learnable_temperature: bool = True,
+        slice_chunk_size: int = DEFAULT_SLICE_CHUNK,
+    ):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.model_params = model_params
+        self.image_size = int(image_size)  # curated 2D size (the vision tower's may differ: resized)
+        self.vision_image_size = int(clip.config.vision_config.image_size)
+        self.embedding_dim = int(clip.config.projection_dim)
+        self.temperature = float(temperature)
+        self.learnable_temperature = bool(learnable_temperature)
+        self.slice_chunk_size = int(slice_chunk_size)
+        adapter = model_params.adapter
+        self.adapter = SlicePoolingAdapter(
+            self.embedding_dim, adapter.heads, adapter.max_slices, dropout=adapter.dropout, reducer=adapter.reducer
+        )
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / temperature), dtype=torch.float32), requires_grad=learnable_temperature
+        )
+        # Non-persistent: constants, not weights (kept out of state_dict and the saved files).
+        self.register_buffer("pixel_mean", torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        freeze_text_tower(clip, model_params.freeze_text)
+        clip.logit_scale.requires_grad_(False)
+        self.text_cache = TextEmbeddingCache(clip, tokenizer)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return tokenizer_kind(self.tokenizer)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description; with the saved weights it rebuilds this model."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "model": self.model_params.model_dump(mode="json"),
+            "image_size": self.image_size,
+            "vision_image_size": self.vision_image_size,
+            "embedding_dim": self.embedding_dim,
+            "tokenizer": self.tokenizer_kind,
+            "temperature": self.temperature,
+            "learnable_temperature": self.learnable_temperature,
+            "slice_chunk_size": self.slice_chunk_size,
+        }
+
+    def logit_scale_exp(self) -> Tensor:
+        """1/τ = exp(logit_scale), clamped at 100 like CLIP."""
+        return self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+
+    def similarity_logits(self, image_embeddings: Tensor, text_embeddings: Tensor) -> Tensor:
+        """``(N_images, N_texts)`` logits = exp(logit_scale) · cosine similarity of normalised embeddings."""
+        return self.logit_scale_exp() * image_embeddings @ text_embeddings.T
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def _vision_dtype(self) -> torch.dtype:
+        return self.clip.vision_model.embeddings.patch_embedding.weight.dtype
+
+    def preprocess_images(self, images: Tensor | np.ndarray) -> Tensor:
+        """Curated images → CLIP pixel values ``(B, 3, h, w)`` on the model's device.
+
+        ``images``: ``(B, H, W)`` or ``(B, 1, H, W)`` (or already 3-channel); uint8 in
+        display range 0–255, or float already scaled to [0, 1]. NumPy arrays (curated
+        shards) are accepted and copied.
+        """
+        images = _as_tensor(images)
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be (B, H, W), (B, 1, H, W) or (B, 3, H, W), got {tuple(images.shape)}")
+        images = images.to(self.device)  # before the float cast: uint8 is a quarter of the transfer
+        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        size = self.vision_image_size
+        if pixels.shape[-2:] != (size, size):
+            # antialias: curated 64 px → 224 px is an upsample, but downsampling must not alias either
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        pixels = pixels.expand(-1, 3, -1, -1)  # grey → RGB: CLIP weights expect three channels
+        return ((pixels - self.pixel_mean) / self.pixel_std).to(self._vision_dtype())
+
+    def preprocess_slices(self, volumes: Tensor | np.ndarray) -> Tensor:
+        """Z-scored volumes ``(B, S, H, W)`` → pixel values ``(B*S, 3, h, w)``.
+
+        Each slice is clipped to ±2.5σ and rescaled to [0, 1], then preprocessed like
+        a 2D image.
+        """
+        volumes = _as_tensor(volumes)
+        if volumes.dim() != 4:
+            raise ValueError(f"volumes must be (B, S, H, W), got {tuple(volumes.shape)}")
+        batch, count, height, width = volumes.shape
+        return self.preprocess_images(self._zscores_to_unit(volumes.reshape(batch * count, height, width)))
+
+    def _zscores_to_unit(self, slices: Tensor) -> Tensor:
+        z = slices.to(self.device).float().clamp(-SLICE_ZSCORE_CLIP, SLICE_ZSCORE_CLIP)
+        return (z + SLICE_ZSCORE_CLIP) / (2 * SLICE_ZSCORE_CLIP)
+
+    # ------------------------------------------------------------------ encoders
+
+    def encode_pixels(self, pixel_values: Tensor) -> Tensor:
+        """Preprocessed ``(B, 3, h, w)`` → L2-normalised ``(B, D)`` (vision tower + visual projection)."""
+        vision_model, visual_projection = vision_modules(self.clip)
+        pooled = vision_model(pixel_values=pixel_values).pooler_output
+        return F.normalize(visual_projection(pooled).float(), dim=-1)
+
+    def encode_image(self, images: Tensor | np.ndarray) -> Tensor:
+        """Curated 2D images (see :meth:`preprocess_images`) → L2-normalised ``(B, D)``."""
+        return self.encode_pixels(self.preprocess_images(images))
+
+    def encode_slices(
+        self, volumes: Tensor | np.ndarray, mask: Tensor | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Z-scored volumes ``(B, S, H, W)`` → per-slice L2-normalised embeddings ``(B, S, D)``.
+
+        Slices go through the 2D encoder ``chunk_size`` at a time (preprocessing
+        included), so memory stays bounded whatever B × S. With ``mask`` (True = valid)
+        padded slices are skipped and their embeddings are zero.
+        """
+        volumes = _as_tensor(volumes)
+        if volumes.dim() != 4:
+            raise ValueError(f"volumes must be (B, S, H, W), got {tuple(volumes.shape)}")
+        batch, count, height, width = volumes.shape
+        chunk = chunk_size or self.slice_chunk_size
+        flat = volumes.reshape(batch * count, height, width)
+        if mask is None:
+            pieces = [
+                self.encode_image(self._zscores_to_unit(flat[start : start + chunk]))
+                for start in range(0, len(flat), chunk)
+            ]
+            return torch.cat(pieces).reshape(batch, count, -1)
+        mask = _as_tensor(mask)
+        if mask.shape != (batch, count):
+            raise ValueError(f"mask must be (batch, slices) = {(batch, count)}, got {tuple(mask.shape)}")
+        selected = mask.reshape(-1).to(device="cpu", dtype=torch.bool).nonzero().squeeze(1)
+        pieces = [
+            self.encode_image(self._zscores_to_unit(flat[selected[start : start + chunk].to(flat.device)]))
+            for start in range(0, len(selected), chunk)
+        ]
+        encoded = torch.cat(pieces) if pieces else torch.zeros(0, self.embedding_dim, device=self.device)
+        # index_copy (out of place) keeps the graph when the vision tower trains.
+        full = torch.zeros(batch * count, encoded.shape[-1], device=encoded.device, dtype=encoded.dtype)
+        return full.index_copy(0, selected.to(encoded.device), encoded).reshape(batch, count, -1)
+
+    def pool_slices(
+        self, slice_embeddings: Tensor, mask: Tensor | None = None, *, return_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Slice embeddings ``(B, S, D)`` → L2-normalised volume embeddings ``(B, D)`` through the adapter.
+
+        With ``return_weights`` also the adapter's per-slice weights ``(B, S)``.
+        """
+        mask = None if mask is None else _as_tensor(mask).to(slice_embeddings.device)
+        pooled, weights = self.adapter(slice_embeddings, mask)
+        volume = F.normalize(pooled, dim=-1)
+        return (volume, weights) if return_weights else volume
+
+    def encode_volume(self, volumes: Tensor | np.ndarray, mask: Tensor | None = None) -> Tensor:
+        """Z-scored volumes ``(B, S, H, W)`` → L2-normalised ``(B, D)``."""
+        return self.pool_slices(self.encode_slices(volumes, mask), mask)
+
+    def encode_text(self, captions: list[str]) -> Tensor:
+        """Captions → L2-normalised ``(N, D)``; cached per unique caption while the text tower is frozen."""
+        return self.text_cache.encode(captions)
+
+    # ------------------------------------------------------------------ training
+
+    def trainable_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """Set ``requires_grad`` for a training stage and return the parameters that train.
+
+        ``"2d"``: vision tower + visual projection (+ text tower and projection only
+        when ``model.freeze_text`` is false); ``"adapter"``: the adapter. Both add
+        ``logit_scale`` when the temperature is learnable. Everything else is frozen.
+        """
+        if stage == "2d":
+            modules = list(vision_modules(self.clip))
+            if not self.model_params.freeze_text:
+                modules += list(text_modules(self.clip))
+        elif stage == "adapter":
+            modules = [self.adapter]
+        else:
+            raise ValueError(f"stage must be '2d' or 'adapter', got {stage!r}")
+        self.requires_grad_(False)
+        trainable: list[nn.Parameter] = []
+        for module in modules:
+            module.requires_grad_(True)
+            trainable.extend(module.parameters())
+        if self.learnable_temperature:
+            self.logit_scale.requires_grad_(True)
+            trainable.append(self.logit_scale)
+        return trainable
+
+    @property
+    def text_frozen(self) -> bool:
+        return text_tower_frozen(self.clip)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, clip/, tokenizer/ and adapter.safetensors (safetensors and JSON only)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.clip.save_pretrained(directory / CLIP_DIR)
+        self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+        tensors = {f"adapter.{name}": value.detach().cpu().contiguous() for name, value in self.adapter.state_dict().items()}
+        tensors["logit_scale"] = self.logit_scale.detach().reshape(1).contiguous().cpu()
+        save_file(tensors, str(directory / ADAPTER_FILE), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device | None = None) -> "RadCLIP":
+        """Load a model written by :meth:`save_pretrained` (safetensors only), in eval mode."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a RadCLIP model saved with save_pretrained")
+        config = json.loads(config_path.read_text())
+        if config.get("format") != FORMAT_NAME or int(config.get("format_version", -1)) > FORMAT_VERSION:
+            found = f"{config.get('format')!r} v{config.get('format_version')}"
+            raise ValueError(f"{config_path}: not a RadCLIP config this version can read ({found})")
+        clip = CLIPModel.from_pretrained(str(directory / CLIP_DIR), local_files_only=True)
+        tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+        model = cls(
+            clip,
+            tokenizer,
+            model_params=ModelParams.model_validate(config["model"]),
+            image_size=config["image_size"],
+            temperature=config["temperature"],
+            learnable_temperature=config["learnable_temperature"],
+            slice_chunk_size=config.get("slice_chunk_size", DEFAULT_SLICE_CHUNK),
+        )
+        tensors = load_file(str(directory / ADAPTER_FILE))
+        prefix = "adapter."
+        adapter_state = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+        model.adapter.load_state_dict(adapter_state, strict=True)
+        with torch.no_grad():
+            model.logit_scale.copy_(tensors["logit_scale"].reshape(()))
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+
+def build_model(params: Params, vocabulary_texts: list[str]) -> RadCLIP:
+    """The one constructor stages use: CLIP backbone per ``params.model``, curated image size, loss temperature.
+
+    Weights that are initialised here (the embedded default's CLIP, the adapter) are
+    drawn from ``params.seed`` in a forked RNG, so the same params give the same
+    model without touching the caller's random state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        clip, tokenizer = build_clip(params.model, params.curate.image_size, vocabulary_texts)
+        model = RadCLIP(
+            clip,
+            tokenizer,
+            model_params=params.model,
+            image_size=params.curate.image_size,
+            temperature=params.loss.temperature,
+            learnable_temperature=params.loss.learnable_temperature,
+        )
+    return model.train()

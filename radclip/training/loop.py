@@ -1,0 +1,388 @@
+"""The contrastive training loop, one function per worker, for both RadCLIP stages.
+
+``train_worker(config)`` runs inside a Ray Train worker (``TorchTrainer``, DDP over
+gloo or nccl, per-worker data shards) or in-process (``engine: local``, world size 1).
+Stage ``2d`` fine-tunes the vision tower on curated image–caption pairs; stage
+``adapter`` trains only the slice pooling adapter on the slice-embedding cache. In
+both, the frozen text tower runs once per unique caption (a table of caption
+embeddings, looked up by caption id every step).
+
+Every epoch: AdamW (weight decay on matrices only), cosine-annealed lr per step,
+validation InfoNCE all-reduced over workers, a checkpoint (safetensors weights,
+optimizer state and a JSON state: epoch, early-stopping counters, scheduler, the
+best weights so far), early stopping on validation loss. Each epoch reseeds from
+(seed, epoch, rank) and the sampler from (seed, epoch), so a run resumed from a
+checkpoint after a worker died replays exactly what the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from radclip.config import Params, TrainParams
+
+Stage = Literal["2d", "adapter"]
+TRAINABLE_FILE = "trainable.safetensors"
+BEST_FILE = "best.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+FAULT_MARKER = "fault-injected"
+MAX_LOG_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class FitConfig:
+    """Everything a worker needs (plain data: it is shipped to Ray workers)."""
+
+    params: dict
+    stage: Stage
+    data_dir: str  # curated dataset (2d) or slice-embedding cache (adapter)
+    vocabulary: list[str]  # texts the tokenizer of a freshly built model is made from
+    run_dir: str  # local scratch of this run (fault-injection marker)
+    model_source: str | None = None  # RadCLIP directory to start from; None: build from params
+    mlflow_run_id: str | None = None
+    fail_at: tuple[int, int] | None = None  # (epoch, step): kill the last worker once (tests)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ImageCaptionDataset(Dataset):
+    """Curated 2D records of one split: (uint8 image (H, W), caption id)."""
+
+    def __init__(self, curated_dir: str, split: str):
+        from radclip.data.shards import CuratedDataset
+
+        self.data = CuratedDataset(curated_dir, query=f"kind == '2d' and role == 'train' and split == '{split}'")
+        self.captions = sorted(self.data.manifest["caption"].unique())
+        lookup = {caption: index for index, caption in enumerate(self.captions)}
+        self.caption_ids = self.data.manifest["caption"].map(lookup).to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.data.array(index))), int(self.caption_ids[index])
+
+
+def _datasets(config: FitConfig) -> tuple[Dataset, Dataset, list[str], list[str]]:
+    if config.stage == "2d":
+        train, val = ImageCaptionDataset(config.data_dir, "train"), ImageCaptionDataset(config.data_dir, "val")
+    else:
+        from radclip.training.slice_cache import SliceCacheDataset
+
+        train = SliceCacheDataset(config.data_dir, query="role == 'train' and split == 'train'")
+        val = SliceCacheDataset(config.data_dir, query="role == 'train' and split == 'val'")
+    return train, val, list(train.captions), list(val.captions)
+
+
+# --------------------------------------------------------------------------- what DDP wraps
+
+
+class ImageStep(nn.Module):
+    """Stage 2d forward: images → normalised image embeddings (+ the logit scale, so DDP sees it used)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(images), self.model.logit_scale_exp()
+
+
+class AdapterStep(nn.Module):
+    """Stage adapter forward: cached slice embeddings (+ mask) → normalised volume embeddings."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, slices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.pool_slices(slices, mask), self.model.logit_scale_exp()
+
+
+# --------------------------------------------------------------------------- worker context
+
+
+@dataclass
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    in_ray: bool = False
+    checkpoint_dir: str | None = None  # the checkpoint to resume from
+    local_reports: list = field(default_factory=list)  # engine local: (metrics, checkpoint dir) per epoch
+    local_root: str | None = None
+
+    @classmethod
+    def current(cls, local_root: str | None = None) -> "WorkerContext":
+        try:
+            import ray.train
+
+            ctx = ray.train.get_context()
+            checkpoint = ray.train.get_checkpoint()
+            return cls(
+                rank=ctx.get_world_rank(),
+                world_size=ctx.get_world_size(),
+                in_ray=True,
+                checkpoint_dir=checkpoint.to_directory() if checkpoint else None,
+            )
+        except Exception:  # not inside a Ray Train worker
+            return cls(local_root=local_root)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if self.in_ray:
+            import ray.train
+
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            ray.train.report(metrics, checkpoint=checkpoint)  # Ray copies it into the run's storage
+            if checkpoint_dir:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        else:
+            kept = None
+            if checkpoint_dir:
+                kept = Path(self.local_root) / "checkpoints" / f"epoch-{metrics['epoch']:04d}"
+                shutil.rmtree(kept, ignore_errors=True)
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(checkpoint_dir, kept)
+            self.local_reports.append((metrics, str(kept) if kept else None))
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def _optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
+    """AdamW; weight decay (L2) on weight matrices only — not on biases, norms, embeddings or τ."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = parameter.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("pos")
+        (no_decay if exempt else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(directory: Path, model, optimizer, scheduler, state: dict, best: dict[str, torch.Tensor]) -> None:
+    save_file(_trainable_state(model), str(directory / TRAINABLE_FILE))
+    save_file(best, str(directory / BEST_FILE))
+    tensors, meta = {}, {}
+    for index, values in optimizer.state_dict()["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta[f"{index}.{key}"] = value
+    save_file(tensors, str(directory / OPTIMIZER_FILE))
+    payload = {
+        "state": state,
+        "scheduler": scheduler.state_dict(),
+        "param_groups": optimizer.state_dict()["param_groups"],
+        "optimizer_scalars": meta,
+    }
+    (directory / STATE_FILE).write_text(json.dumps(payload, indent=1))
+
+
+def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[dict, dict[str, torch.Tensor]]:
+    payload = json.loads((directory / STATE_FILE).read_text())
+    weights = load_file(str(directory / TRAINABLE_FILE))
+    missing = set(weights) - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise ValueError(f"{directory}: checkpoint has parameters this model lacks: {sorted(missing)[:5]}")
+    model.load_state_dict(weights, strict=False)
+    tensors = load_file(str(directory / OPTIMIZER_FILE))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in {**tensors, **payload["optimizer_scalars"]}.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": payload["param_groups"]})
+    scheduler.load_state_dict(payload["scheduler"])
+    return payload["state"], load_file(str(directory / BEST_FILE))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _fresh_adapter(model, params: Params, seed: int) -> None:
+    """Stage adapter starts from the 2D model but with the adapter and τ these params ask for
+    (head count, dropout, reducer and temperature are what a sweep tunes)."""
+    from radclip.models import SlicePoolingAdapter
+
+    torch.manual_seed(seed)
+    settings = params.model.adapter
+    model.adapter = SlicePoolingAdapter(
+        model.embedding_dim, settings.heads, settings.max_slices, dropout=settings.dropout, reducer=settings.reducer
+    )
+    model.model_params = model.model_params.model_copy(update={"adapter": settings})
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1.0 / params.loss.temperature))
+    model.temperature = params.loss.temperature
+    model.learnable_temperature = params.loss.learnable_temperature
+
+
+def update_early_stopping(state: dict, epoch: int, val_loss: float, patience: int) -> bool:
+    """Record an epoch's validation loss; True when it is the best so far (keep those weights).
+
+    Stops (``stopped_early``) after ``patience`` epochs in a row without improvement.
+    """
+    improved = state["best_val"] is None or val_loss < state["best_val"]
+    if improved:
+        state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch + 1
+    state["stopped_early"] = state["bad_epochs"] >= patience
+    return improved
+
+
+def _seed(train: TrainParams, epoch: int, rank: int) -> None:
+    seed = train.seed * 1_000_003 + epoch * 1_009 + rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _all_reduce_sum(values: list[float], world_size: int) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _batch_forward(step_module, batch, stage: Stage):
+    if stage == "2d":
+        images, caption_ids = batch
+        features, scale = step_module(images)
+    else:
+        slices, mask, caption_ids = batch
+        features, scale = step_module(slices, mask)
+    return features, scale, caption_ids
+
+
+def _loader(dataset: Dataset, per_worker: int, ctx: WorkerContext, seed: int, shuffle: bool) -> tuple[DataLoader, Any]:
+    sampler = DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
+    # drop_last: the all-gather in the loss needs the same batch size on every worker
+    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True, num_workers=0), sampler
+
+
+def train_worker(raw_config: dict) -> list:
+    """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly)."""
+    from radclip.losses import ClipLoss
+    from radclip.models import RadCLIP, build_model
+
+    config = FitConfig(**raw_config)
+    params = Params.model_validate(config.params)
+    train = params.train_2d if config.stage == "2d" else params.train_adapter
+    ctx = WorkerContext.current(local_root=config.run_dir)
+    if ctx.in_ray:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
+
+    model = RadCLIP.from_pretrained(config.model_source) if config.model_source else build_model(params, config.vocabulary)
+    if config.stage == "adapter":
+        _fresh_adapter(model, params, train.seed)
+    if not model.text_frozen:
+        raise ValueError("model.freeze_text: false is not supported by this loop (caption embeddings are computed once)")
+    model.trainable_parameters(config.stage)
+    model.train()
+    step_module: nn.Module = ImageStep(model) if config.stage == "2d" else AdapterStep(model)
+    if ctx.world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module)
+
+    train_set, val_set, train_captions, val_captions = _datasets(config)
+    per_worker = max(1, train.batch_size // ctx.world_size)
+    if len(train_set) < per_worker * ctx.world_size or len(val_set) < per_worker * ctx.world_size:
+        per_worker = max(1, min(len(train_set), len(val_set)) // ctx.world_size)
+    train_loader, train_sampler = _loader(train_set, per_worker, ctx, train.seed, shuffle=True)
+    val_loader, _ = _loader(val_set, per_worker, ctx, train.seed, shuffle=False)
+    with torch.no_grad():  # the frozen text tower: once per unique caption, for the whole run
+        train_text = model.encode_text(train_captions).detach()
+        val_text = model.encode_text(val_captions).detach()
+
+    loss_fn = ClipLoss.from_params(params.loss)
+    optimizer = _optimizer(model, train)
+    total_steps = max(1, train.epochs * len(train_loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    state = {"epoch": 0, "best_val": None, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False}
+    best = _trainable_state(model)
+    if ctx.checkpoint_dir:
+        state, best = _load_checkpoint(Path(ctx.checkpoint_dir), model, optimizer, scheduler)
+
+    while state["epoch"] < train.epochs and not state["stopped_early"]:
+        epoch = state["epoch"]
+        _seed(train, epoch, ctx.rank)
+        train_sampler.set_epoch(epoch)
+        model.train()
+        started, loss_sum, batches, samples = time.perf_counter(), 0.0, 0, 0
+        for step, batch in enumerate(train_loader):
+            if config.fail_at == (epoch, step) and ctx.rank == ctx.world_size - 1:
+                marker = Path(config.run_dir) / FAULT_MARKER
+                if not marker.exists():  # once: the restarted worker must get past this point
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(f"worker {ctx.rank} killed at epoch {epoch} step {step}\n")
+                    os._exit(1)
+            features, scale, caption_ids = _batch_forward(step_module, batch, config.stage)
+            loss = loss_fn(features, train_text[caption_ids], scale, caption_ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(max=MAX_LOG_LOGIT_SCALE)
+            loss_sum += float(loss.detach())
+            batches += 1
+            samples += len(caption_ids)
+        seconds = time.perf_counter() - started
+
+        model.eval()
+        val_sum, val_batches = 0.0, 0
+        with torch.no_grad():
+            for batch in val_loader:
+                features, scale, caption_ids = _batch_forward(step_module, batch, config.stage)
+                val_sum += float(loss_fn(features, val_text[caption_ids], scale, caption_ids))
+                val_batches += 1
+        loss_sum, batches, samples, val_sum, val_batches, seconds = _all_reduce_sum(
+            [loss_sum, batches, samples, val_sum, val_batches, seconds], ctx.world_size
+        )
+        val_loss = val_sum / max(1.0, val_batches)
+        if update_early_stopping(state, epoch, val_loss, train.patience):
+            best = _trainable_state(model)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(1.0, batches),
+            "val_loss": val_loss,
+            "best_val_loss": state["best_val"],
+            "lr": scheduler.get_last_lr()[0],
+            "temperature": float(1.0 / model.logit_scale_exp().detach()),
+            "pairs_per_second": samples / max(1e-9, seconds / ctx.world_size),
+            "stopped_early": int(state["stopped_early"]),
+        }
+        checkpoint_dir = None
+        if ctx.rank == 0:
+            checkpoint_dir = tempfile.mkdtemp(prefix="radclip-ckpt-")
+            _save_checkpoint(Path(checkpoint_dir), model, optimizer, scheduler, state, best)
+            if config.mlflow_run_id:
+                from radclip import tracking
+
+                tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=config.mlflow_run_id)
+        ctx.report(metrics, checkpoint_dir)
+    return ctx.local_reports

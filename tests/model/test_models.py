@@ -1,0 +1,297 @@
+"""radclip.models: adapter masking, tokenizer/EOS pooling, text cache, freezing, saving and loading."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from radclip.config import ModelParams, Params
+from radclip.models import (
+    PretrainedWeightsUnavailable,
+    RadCLIP,
+    SlicePoolingAdapter,
+    build_model,
+    build_word_level_tokenizer,
+    load_pretrained_clip,
+)
+from radclip.models.tokenizer import EOS_ID, PAD_ID, UNK_ID
+
+CAPTIONS = [
+    "Brain MRI with Glioma",
+    "Brain MRI with Meningioma",
+    "Normal Brain MRI",
+    "Chest X-ray with Cardiomegaly and Pleural Effusion",
+    "Normal Chest CT",
+    "Chest CT with COVID-19",
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> RadCLIP:
+    return build_model(Params(), CAPTIONS).eval()
+
+
+def _mask(lengths: list[int], slices: int) -> torch.Tensor:
+    return torch.arange(slices).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+@pytest.mark.parametrize("reducer", ["attention", "mean"])
+def test_adapter_shapes_with_mask(reducer):
+    adapter = SlicePoolingAdapter(32, 4, max_slices=16, reducer=reducer).eval()
+    slices = torch.randn(3, 10, 32)
+    volume, weights = adapter(slices, _mask([10, 4, 1], 10))
+    assert volume.shape == (3, 32) and weights.shape == (3, 10)
+    volume, weights = adapter(slices)  # no mask: all valid
+    assert volume.shape == (3, 32) and torch.allclose(weights.sum(1), torch.ones(3))
+
+
+@pytest.mark.parametrize("reducer", ["attention", "mean"])
+def test_padded_slices_have_no_effect(reducer):
+    torch.manual_seed(0)
+    adapter = SlicePoolingAdapter(32, 4, max_slices=16, reducer=reducer).eval()
+    slices = torch.randn(2, 12, 32)
+    mask = _mask([7, 12], 12)
+    reference, reference_weights = adapter(slices, mask)
+
+    changed = slices.clone()
+    changed[0, 7:] = torch.randn(5, 32) * 100
+    changed[0, 9] = float("nan")  # even garbage padding must not leak through 0 * x
+    permuted = slices.clone()
+    permuted[0, 7:] = slices[0, 7:][torch.randperm(5)]
+    for variant in (changed, permuted):
+        volume, weights = adapter(variant, mask)
+        torch.testing.assert_close(volume, reference, rtol=0, atol=1e-6)
+        torch.testing.assert_close(weights, reference_weights, rtol=0, atol=1e-6)
+
+
+def test_attention_weights_sum_to_one_over_valid_slices_and_zero_on_padding():
+    adapter = SlicePoolingAdapter(32, 4, max_slices=16).train()  # dropout active: weights still exact
+    mask = _mask([5, 16, 1], 16)
+    _, weights = adapter(torch.randn(3, 16, 32), mask)
+    torch.testing.assert_close(weights.sum(1), torch.ones(3))
+    assert torch.all(weights[~mask] == 0)
+    assert torch.all(weights[mask] > 0)
+
+
+def test_mean_reducer_is_the_masked_mean():
+    slices, mask = torch.randn(2, 6, 16), _mask([3, 6], 6)
+    volume, weights = SlicePoolingAdapter(16, 2, max_slices=8, reducer="mean")(slices, mask)
+    torch.testing.assert_close(volume[0], slices[0, :3].mean(0))
+    torch.testing.assert_close(volume[1], slices[1].mean(0))
+    torch.testing.assert_close(weights[0], torch.tensor([1 / 3] * 3 + [0.0] * 3))
+
+
+def test_adapter_rejects_bad_configuration_and_inputs():
+    with pytest.raises(ValueError, match="must divide"):
+        SlicePoolingAdapter(30, 4, max_slices=8)
+    adapter = SlicePoolingAdapter(16, 4, max_slices=4)
+    with pytest.raises(ValueError, match="max_slices"):
+        adapter(torch.randn(1, 5, 16))
+    with pytest.raises(ValueError, match="at least one valid slice"):
+        adapter(torch.randn(2, 3, 16), _mask([2, 0], 3))
+
+
+# --------------------------------------------------------------------------- tokenizer and EOS pooling
+
+
+def test_word_level_tokenizer_is_deterministic_and_ends_with_eos():
+    forward = build_word_level_tokenizer(CAPTIONS, max_length=8)
+    backward = build_word_level_tokenizer(list(reversed(CAPTIONS)), max_length=8)
+    assert forward.get_vocab() == backward.get_vocab()
+    assert (forward.pad_token_id, forward.eos_token_id, forward.unk_token_id) == (PAD_ID, EOS_ID, UNK_ID)
+    ids = forward(["brain mri, with GLIOMA", "unseen words", "a b c d e f g h i j"], truncation=True)["input_ids"]
+    assert all(row[-1] == EOS_ID for row in ids)
+    vocab = forward.get_vocab()
+    assert ids[0] == [vocab["brain"], vocab["mri"], UNK_ID, vocab["with"], vocab["glioma"], EOS_ID]  # "," unseen
+    assert ids[1] == [UNK_ID, UNK_ID, EOS_ID]
+    assert len(ids[2]) == 8  # truncated, EOS kept
+
+
+def test_eos_pooling_uses_the_eos_position(model):
+    config = model.clip.config.text_config
+    assert config.eos_token_id == EOS_ID and config.pad_token_id == PAD_ID
+    first, second = model.encode_text(["Brain MRI with Glioma", "Brain MRI with Meningioma"])
+    assert not torch.allclose(first, second, atol=1e-4)  # only the last word differs
+
+    # Pooled state is the hidden state at EOS, and right padding does not change it.
+    alone = model.text_cache.run_tower(model.text_cache.tokenize(["Normal Chest CT"]))
+    padded = model.text_cache.run_tower(model.text_cache.tokenize(["Normal Chest CT", CAPTIONS[3]]))[:1]
+    torch.testing.assert_close(alone, padded, rtol=0, atol=1e-5)
+    ids = torch.tensor([model.text_cache.tokenize(["Normal Chest CT"])[0]])
+    with torch.no_grad():
+        out = model.clip.text_model(input_ids=ids)
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, -1])
+
+
+# --------------------------------------------------------------------------- text cache
+
+
+def test_text_cache_runs_the_tower_once_per_unique_caption():
+    model = build_model(Params(), CAPTIONS).eval()
+    calls, rows = [], []
+    original = model.clip.text_model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        rows.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    model.clip.text_model.forward = counting_forward
+    batch = ["Normal Chest CT", "Brain MRI with Glioma", "Normal Chest CT", "normal chest ct"]
+    first = model.encode_text(batch)
+    assert (len(calls), rows, model.text_cache.misses, model.text_cache.hits) == (1, [2], 2, 2)
+    second = model.encode_text(batch)
+    assert len(calls) == 1 and model.text_cache.hits == 6 and model.text_cache.misses == 2
+    assert torch.equal(first, second) and not first.requires_grad
+    model.encode_text(["Normal Brain MRI", "Normal Chest CT"])
+    assert rows == [2, 1]
+
+    # Weights changed in place (e.g. load_state_dict): stale entries are dropped.
+    with torch.no_grad():
+        model.clip.text_projection.weight.mul_(2).add_(0.01)
+    third = model.encode_text(batch)
+    assert rows == [2, 1, 2] and not torch.allclose(third, first)
+
+    # Not frozen: the tower runs with gradients on every call and nothing is cached.
+    model.clip.text_model.requires_grad_(True)
+    with_grad = model.encode_text(batch[:2])
+    assert with_grad.requires_grad and len(model.text_cache) == 0
+    model.encode_text(batch[:2])
+    assert rows[-2:] == [2, 2]
+
+
+# --------------------------------------------------------------------------- freezing and trainable parameters
+
+
+def test_text_tower_frozen_and_stage_parameters():
+    model = build_model(Params(), CAPTIONS)
+    text_params = {id(p) for m in (model.clip.text_model, model.clip.text_projection) for p in m.parameters()}
+    assert all(not p.requires_grad for m in (model.clip.text_model, model.clip.text_projection) for p in m.parameters())
+
+    stage_2d = {id(p) for p in model.trainable_parameters("2d")}
+    vision = {id(p) for m in (model.clip.vision_model, model.clip.visual_projection) for p in m.parameters()}
+    assert stage_2d == vision | {id(model.logit_scale)}
+    assert not stage_2d & text_params
+    assert all(p.requires_grad == (id(p) in stage_2d) for p in model.parameters())
+
+    stage_adapter = {id(p) for p in model.trainable_parameters("adapter")}
+    assert stage_adapter == {id(p) for p in model.adapter.parameters()} | {id(model.logit_scale)}
+    assert all(p.requires_grad == (id(p) in stage_adapter) for p in model.parameters())
+    with pytest.raises(ValueError):
+        model.trainable_parameters("3d")
+
+
+def test_logit_scale_fixed_or_learnable_and_clamped():
+    fixed = build_model(Params.model_validate({"loss": {"learnable_temperature": False, "temperature": 0.001}}), CAPTIONS)
+    assert not fixed.logit_scale.requires_grad
+    assert fixed.logit_scale_exp().item() == pytest.approx(100.0)  # 1/0.001 clamped like CLIP
+    assert all(p is not fixed.logit_scale for p in fixed.trainable_parameters("adapter"))
+    learnable = build_model(Params(), CAPTIONS)
+    assert learnable.logit_scale_exp().item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- preprocessing and encoders
+
+
+def test_preprocessing_images_and_slices(model):
+    images = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    pixels = model.preprocess_images(images)
+    assert pixels.shape == (3, 3, 64, 64)
+    torch.testing.assert_close(pixels, model.preprocess_images(images.unsqueeze(1)))
+    for channel, (mean, std) in enumerate(zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)):  # grey repeated, CLIP-normalised
+        torch.testing.assert_close(pixels[:, channel], (images / 255.0 - mean) / std)
+    assert model.preprocess_images(torch.zeros(2, 32, 32, dtype=torch.uint8)).shape == (2, 3, 64, 64)  # resized
+
+    # ±2.5σ map to the ends of the display range; beyond is clipped.
+    volume = torch.tensor([-9.0, -2.5, 0.0, 2.5, 9.0]).view(1, 5, 1, 1).expand(1, 5, 64, 64).half()
+    slices = model.preprocess_slices(volume)
+    black = model.preprocess_images(torch.zeros(1, 64, 64, dtype=torch.uint8))
+    white = model.preprocess_images(torch.full((1, 64, 64), 255, dtype=torch.uint8))
+    assert slices.shape == (5, 3, 64, 64)
+    for index, expected in ((0, black), (1, black), (3, white), (4, white)):
+        torch.testing.assert_close(slices[index : index + 1], expected)
+
+
+def test_encoders_normalised_and_slices_masked_and_chunked(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        images = model.encode_image(torch.randint(0, 256, (4, 64, 64), dtype=torch.uint8))
+        volumes = torch.randn(2, 6, 64, 64).half()
+        mask = _mask([6, 3], 6)
+        full = model.encode_slices(volumes)
+        masked = model.encode_slices(volumes, mask, chunk_size=4)
+        volume = model.encode_volume(volumes, mask)
+        text = model.encode_text(CAPTIONS)
+    for embeddings in (images, volume, text, full.flatten(0, 1)):
+        torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(len(embeddings)))
+    assert full.shape == (2, 6, 128) and volume.shape == (2, 128) and text.shape == (6, 128)
+    torch.testing.assert_close(masked[mask], full[mask], rtol=0, atol=1e-5)
+    assert torch.all(masked[~mask] == 0)
+    with torch.no_grad():  # curated shards are NumPy arrays: accepted as they are
+        torch.testing.assert_close(model.encode_slices(volumes.numpy()), full, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def test_save_and_load_round_trip_gives_identical_embeddings(model, tmp_path, monkeypatch):
+    images = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    volumes, mask = torch.randn(2, 5, 64, 64).half(), _mask([5, 2], 5)
+    with torch.no_grad():
+        model.logit_scale.fill_(3.0)
+        before = (model.encode_image(images), model.encode_volume(volumes, mask), model.encode_text(CAPTIONS))
+    model.save_pretrained(tmp_path / "saved")
+
+    saved = {p.relative_to(tmp_path / "saved").as_posix() for p in (tmp_path / "saved").rglob("*") if p.is_file()}
+    assert {"config.json", "adapter.safetensors", "clip/config.json", "clip/model.safetensors"} <= saved
+    assert not [name for name in saved if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load must not be used")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = RadCLIP.from_pretrained(tmp_path / "saved")
+    assert loaded.config == model.config and not loaded.training
+    assert loaded.logit_scale.item() == pytest.approx(3.0)
+    assert all(not p.requires_grad for p in loaded.clip.text_model.parameters())
+    with torch.no_grad():
+        after = (loaded.encode_image(images), loaded.encode_volume(volumes, mask), loaded.encode_text(CAPTIONS))
+    for expected, actual in zip(before, after):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_tiny_clip_saved_with_save_pretrained_loads_by_path(model, tmp_path):
+    directory = tmp_path / "tiny-clip"
+    model.clip.save_pretrained(directory)
+    model.tokenizer.save_pretrained(directory)
+    clip, tokenizer = load_pretrained_clip(str(directory))
+    reference = model.clip.state_dict()
+    for name, value in clip.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert tokenizer("Normal Chest CT")["input_ids"] == model.tokenizer("Normal Chest CT")["input_ids"]
+
+    # The same directory as model.pretrained: build_model takes the real-weights path.
+    params = Params.model_validate({"model": ModelParams(pretrained=str(directory)).model_dump()})
+    from_path = build_model(params, []).eval()
+    images = torch.randint(0, 256, (2, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(from_path.encode_image(images), model.encode_image(images), rtol=0, atol=1e-6)
+
+
+def test_missing_pretrained_weights_fail_fast_with_instructions(tmp_path):
+    for missing in ("radclip-tests/clip-that-is-not-cached", str(tmp_path / "no-such-directory")):
+        started = time.perf_counter()
+        with pytest.raises(PretrainedWeightsUnavailable) as info:
+            load_pretrained_clip(missing)
+        assert time.perf_counter() - started < 5
+        message = str(info.value)
+        assert "huggingface-cli download" in message and "HF_HOME" in message and "model.pretrained" in message
+    params = Params.model_validate({"model": {"pretrained": "radclip-tests/clip-that-is-not-cached"}})
+    with pytest.raises(PretrainedWeightsUnavailable):
+        build_model(params, CAPTIONS)

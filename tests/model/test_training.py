@@ -1,0 +1,138 @@
+"""Training behaviour: Ray Train on 2 CPU workers learns, resumes exactly after a killed worker,
+matches a single process, logs lineage to MLflow, and the adapter stage trains only the adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from helpers import tiny_params
+from radclip.config import Params
+from radclip.data.curate import curate
+from radclip.data.phantoms import generate
+from radclip.training.loop import update_early_stopping
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """Tiny phantom data, curated, and an MLflow store of its own."""
+    tmp = tmp_path_factory.mktemp("training")
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    params = tiny_params(tmp)
+    generate(params)
+    curate(params, progress=False)
+    yield tmp
+    monkey.undo()
+
+
+def _params(tmp: Path, **train_2d) -> Params:
+    return tiny_params(tmp, train_2d=train_2d) if train_2d else tiny_params(tmp)
+
+
+@pytest.fixture(scope="module")
+def ray_run(curated):
+    from radclip.training.stages import pretrain_2d
+
+    return pretrain_2d(_params(curated, engine="ray", num_workers=2))
+
+
+def test_two_ray_workers_lower_the_loss(ray_run):
+    history = ray_run.history
+    assert len(history) == 3
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert ray_run.workers == 2
+
+
+def test_run_carries_lineage_and_per_epoch_metrics(ray_run):
+    run = MlflowClient().get_run(ray_run.mlflow_run_id)
+    tags = run.data.tags
+    for key in ("git.commit", "data.curated_hash", "params.digest", "radclip.stage"):
+        assert key in tags
+    assert tags["ray.workers"] == "2" and tags["radclip.stage"] == "pretrain_2d"
+    assert run.data.params["train_2d.num_workers"] == "2"
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == [0, 1, 2]
+    assert {"lr", "temperature", "pairs_per_second", "train_loss"} <= set(run.data.metrics)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "model")}
+    assert "model/config.json" in artifacts
+
+
+def test_saved_model_holds_the_best_epoch_weights(ray_run):
+    from radclip.models import RadCLIP
+
+    model = RadCLIP.from_pretrained(ray_run.model_dir)
+    assert ray_run.best_epoch == int(np.argmin([h["val_loss"] for h in ray_run.history]))
+    assert model.encode_text(["Normal Chest CT"]).shape[-1] == 64
+
+
+def test_resume_after_a_killed_worker_ends_at_the_same_metrics(curated, ray_run):
+    from radclip.training.stages import pretrain_2d
+
+    resumed = pretrain_2d(_params(curated, engine="ray", num_workers=2), fail_at=(1, 1))
+    for before, after in zip(ray_run.history, resumed.history, strict=True):
+        assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-5)
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
+    original = load_file(str(Path(ray_run.model_dir) / "clip" / "model.safetensors"))
+    again = load_file(str(Path(resumed.model_dir) / "clip" / "model.safetensors"))
+    for name, tensor in original.items():
+        assert np.allclose(tensor.numpy(), again[name].numpy(), atol=1e-5), name
+
+
+def test_single_process_matches_two_workers_at_equal_global_batch(curated, ray_run):
+    from radclip.training.stages import pretrain_2d
+
+    local = pretrain_2d(_params(curated, engine="local"))
+    for ray_epoch, local_epoch in zip(ray_run.history, local.history, strict=True):
+        assert local_epoch["val_loss"] == pytest.approx(ray_epoch["val_loss"], rel=1e-4)
+
+
+def test_adapter_stage_trains_only_the_adapter(curated, ray_run):
+    from radclip.models import RadCLIP
+    from radclip.training.stages import embed_slices, pretrain_adapter
+
+    params = _params(curated)
+    info = embed_slices(params, progress=False)
+    assert info["count"] > 0
+    result = pretrain_adapter(params)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    before, after = RadCLIP.from_pretrained(ray_run.model_dir), RadCLIP.from_pretrained(result.model_dir)
+    for (name, p_before), (_, p_after) in zip(before.clip.named_parameters(), after.clip.named_parameters()):
+        assert np.array_equal(p_before.detach().numpy(), p_after.detach().numpy()), f"{name} changed"
+    changed = [
+        name
+        for (name, a), (_, b) in zip(before.adapter.named_parameters(), after.adapter.named_parameters())
+        if not np.array_equal(a.detach().numpy(), b.detach().numpy())
+    ]
+    assert changed, "the adapter did not train"
+
+
+def test_a_crashing_run_ends_failed(curated):
+    from radclip.training.fit import fit
+
+    params = _params(curated, engine="local")
+    with pytest.raises(Exception):
+        fit(params, "2d", data_dir=curated / "does-not-exist", vocabulary=["Normal Chest CT"], out_dir=curated / "x")
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(params.mlflow.experiment).experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert runs[0].info.status == "FAILED"
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    state = {"epoch": 0, "best_val": None, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False}
+    assert update_early_stopping(state, 0, 1.0, patience=2)
+    assert update_early_stopping(state, 1, 0.8, patience=2)
+    assert not update_early_stopping(state, 2, 0.9, patience=2) and not state["stopped_early"]
+    assert not update_early_stopping(state, 3, 0.8, patience=2)  # equal is no improvement
+    assert state["stopped_early"] and state["best_epoch"] == 1 and state["epoch"] == 4
