@@ -7,7 +7,7 @@ exists, a "disabled" usage report goes out for clusters started by ``ray start``
 and nodes advertise the machine's public interface address instead of 127.0.0.1.
 :func:`ray_session` closes each of these for the processes it starts:
 
-- ``HOME`` of the Ray processes points at ``<tmp>/ray-home`` holding a
+- ``HOME`` of the Ray processes points at ``<system temp>/radclip-ray-home-<uid>`` holding a
   ``ray_bootstrap_config.yaml`` (``provider: local``), so no metadata probe runs;
   ``HF_HOME`` keeps pointing at the user's Hugging Face cache.
 - ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes a single-node Ray bind and
@@ -48,9 +48,11 @@ def _ray_temp_dir(params: Params) -> Path:
     return Path(tempfile.gettempdir()) / f"radclip-ray-{digest}"
 
 
-def _ray_home(params: Params) -> Path:
-    home = params.resolve(params.paths.tmp) / "ray-home"
-    home.mkdir(parents=True, exist_ok=True)
+def _ray_home() -> Path:
+    # One location per user, not per project: the driver caches Ray's auth token after its first
+    # ray.init and later inits in the same process must find that same token under HOME/.ray.
+    home = Path(tempfile.gettempdir()) / f"radclip-ray-home-{os.getuid()}"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text(
         "# Read by Ray's usage-stats module instead of probing cloud metadata servers.\n"
         "provider:\n  type: local\n"
@@ -85,7 +87,7 @@ def ray_session(params: Params, *, num_cpus: int | None = None) -> Iterator[None
     else:
         real_home = Path.home()
         env = dict(LOCAL_RAY_ENV)
-        env["HOME"] = str(_ray_home(params))
+        env["HOME"] = str(_ray_home())
         env["HF_HOME"] = os.environ.get("HF_HOME") or str(real_home / ".cache" / "huggingface")
         # Ray workers import radclip from the project, also when it is not installed.
         env["PYTHONPATH"] = os.pathsep.join(

@@ -267,14 +267,29 @@ def _all_reduce_sum(values: list[float], world_size: int) -> list[float]:
     return tensor.tolist()
 
 
-def _batch_forward(step_module, batch, stage: Stage):
-    if stage == "2d":
-        images, caption_ids = batch
-        features, scale = step_module(images)
-    else:
-        slices, mask, caption_ids = batch
-        features, scale = step_module(slices, mask)
-    return features, scale, caption_ids
+def _device(train: TrainParams, ctx: WorkerContext) -> torch.device:
+    if not train.use_gpu:
+        return torch.device("cpu")
+    if ctx.in_ray:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # this worker's GPU
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.use_gpu is true but no CUDA device is visible to this process")
+    return torch.device("cuda")
+
+
+def _batch_forward(step_module, batch, stage: Stage, device: torch.device, bf16: bool):
+    batch = [part.to(device, non_blocking=True) for part in batch]
+    # bf16 autocast only where it pays (GPU); on these CPUs fp32 matmuls are faster than bf16.
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        if stage == "2d":
+            images, caption_ids = batch
+            features, scale = step_module(images)
+        else:
+            slices, mask, caption_ids = batch
+            features, scale = step_module(slices, mask)
+    return features.float(), scale.float(), caption_ids
 
 
 def _loader(dataset: Dataset, per_worker: int, ctx: WorkerContext, seed: int, shuffle: bool) -> tuple[DataLoader, Any]:
@@ -303,10 +318,15 @@ def train_worker(raw_config: dict) -> list:
     if not model.text_frozen:
         raise ValueError("model.freeze_text: false is not supported by this loop (caption embeddings are computed once)")
     model.trainable_parameters(config.stage)
+    if train.gradient_checkpointing and config.stage == "2d":
+        model.clip.gradient_checkpointing_enable()  # recompute activations in backward: ViT-L batches fit
+    device = _device(train, ctx)
+    model.to(device)
     model.train()
     step_module: nn.Module = ImageStep(model) if config.stage == "2d" else AdapterStep(model)
     if ctx.world_size > 1:
-        step_module = nn.parallel.DistributedDataParallel(step_module)
+        device_ids = [device.index] if device.type == "cuda" else None
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=device_ids)
 
     train_set, val_set, train_captions, val_captions = _datasets(config)
     per_worker = max(1, train.batch_size // ctx.world_size)
@@ -315,8 +335,8 @@ def train_worker(raw_config: dict) -> list:
     train_loader, train_sampler = _loader(train_set, per_worker, ctx, train.seed, shuffle=True)
     val_loader, _ = _loader(val_set, per_worker, ctx, train.seed, shuffle=False)
     with torch.no_grad():  # the frozen text tower: once per unique caption, for the whole run
-        train_text = model.encode_text(train_captions).detach()
-        val_text = model.encode_text(val_captions).detach()
+        train_text = model.encode_text(train_captions).detach().float()
+        val_text = model.encode_text(val_captions).detach().float()
 
     loss_fn = ClipLoss.from_params(params.loss)
     optimizer = _optimizer(model, train)
@@ -340,7 +360,7 @@ def train_worker(raw_config: dict) -> list:
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.write_text(f"worker {ctx.rank} killed at epoch {epoch} step {step}\n")
                     os._exit(1)
-            features, scale, caption_ids = _batch_forward(step_module, batch, config.stage)
+            features, scale, caption_ids = _batch_forward(step_module, batch, config.stage, device, train.bf16)
             loss = loss_fn(features, train_text[caption_ids], scale, caption_ids)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -357,7 +377,7 @@ def train_worker(raw_config: dict) -> list:
         val_sum, val_batches = 0.0, 0
         with torch.no_grad():
             for batch in val_loader:
-                features, scale, caption_ids = _batch_forward(step_module, batch, config.stage)
+                features, scale, caption_ids = _batch_forward(step_module, batch, config.stage, device, train.bf16)
                 val_sum += float(loss_fn(features, val_text[caption_ids], scale, caption_ids))
                 val_batches += 1
         loss_sum, batches, samples, val_sum, val_batches, seconds = _all_reduce_sum(

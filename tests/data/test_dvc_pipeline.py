@@ -88,7 +88,7 @@ def test_push_then_pull_restores_curated_data_in_a_fresh_clone(dvc_project, tmp_
     _run(["dvc", "push"], dvc_project)
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(dvc_project), str(clone)], tmp_path)
-    _run(["dvc", "pull"], clone)
+    _run(["dvc", "pull", "--with-deps", DATA_STAGES], clone)
     original = dvc_project / "data/curated"
     for path in sorted(p for p in original.rglob("*") if p.is_file()):
         restored = clone / "data/curated" / path.relative_to(original)
