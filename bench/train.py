@@ -270,11 +270,23 @@ def _batch(vision: Vision, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, caption_ids
 
 
-def bench_step(vision: Vision, batch: int, reps: int, *, naive: bool, clip_b_text: bool) -> dict:
+def embedded_default() -> tuple[Vision, dict]:
+    """The embedded default's towers (radclip.config defaults = params.yaml), text context widened to 77."""
+    from radclip.config import Params
+
+    params = Params()
+    v, t = params.model.vision, params.model.text
+    vision = Vision(v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size, v.patch_size,
+                    params.curate.image_size)
+    return vision, t.model_dump(exclude={"max_position_embeddings"})
+
+
+def bench_step(vision: Vision, batch: int, reps: int, *, naive: bool, clip_b_text: bool, text: dict | None = None) -> dict:
+    """Time our step (and the naive ones) interleaved; ``text``: the text tower (None: mirror of the vision tower)."""
     from radclip.models import build_model
 
     images, caption_ids = _batch(vision, batch)
-    model = build_model(_model_params(vision), CAPTIONS)
+    model = build_model(_model_params(vision, text), CAPTIONS)
     steps: dict[str, Callable[[], object]] = {}
     ours = OurStep(model, images, caption_ids)
     steps["ours"] = ours
@@ -305,6 +317,7 @@ def bench_step(vision: Vision, batch: int, reps: int, *, naive: bool, clip_b_tex
         "peak_gflops": peak.gflops(),
         "mfu": achieved / peak.gflops(),
         "vision_params_m": sum(p.numel() for p in model.clip.vision_model.parameters()) / 1e6,
+        "text": "mirror" if text is None else f"d={text['hidden_size']} L={text['num_hidden_layers']}",
     }
 
 
@@ -446,7 +459,7 @@ def bench_cache(work: Path, volumes_n: int, slices: int, size: int, batch: int, 
 def _fit_params(work: Path, quick: bool, **train_2d):
     from helpers import tiny_params
 
-    phantoms = {"train_2d": 96 if quick else 400, "train_3d": 4, "image_size": 64, "workers": 1,
+    phantoms = {"train_2d": 96 if quick else 1200, "train_3d": 4, "image_size": 64, "workers": 1,
                 "suites": {"chest_xray_5class": 1, "brain_mri_4class": 1, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1}}
     return tiny_params(
         work,
@@ -496,7 +509,7 @@ def bench_ray(work: Path, quick: bool) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def _print_report(step: dict | None, cache: dict | None, ray: dict | None) -> None:
+def _print_report(step: dict | None, default: dict | None, cache: dict | None, ray: dict | None) -> None:
     rows: list[tuple[str, str, str]] = []
     goals: list[str] = []
     if step is not None:
@@ -521,6 +534,13 @@ def _print_report(step: dict | None, cache: dict | None, ray: dict | None) -> No
             ratio = pps["ours"] / pps["naive_clip_b_text"]
             goals.append(f"(a) ours / naive (CLIP ViT-B text tower): {ratio:.2f}x   (sensitivity; goal >= 1.3x)")
         goals.append(f"(b) MFU: {100 * step['mfu']:.1f}%   (goal >= 50%)")
+    if default is not None:
+        vision, pps, seconds = default["vision"], default["pairs_per_s"], default["seconds"]
+        rows.append(("(a') embedded default model", f"{vision.describe()}, text {default['text']} (context 77)",
+                     f"batch {default['batch']}"))
+        rows.append(("(a') ours: pairs/s", f"{pps['ours']:.1f}", f"{seconds['ours']:.3f} s/step"))
+        rows.append(("(a') naive: pairs/s", f"{pps['naive']:.1f}", f"{seconds['naive']:.3f} s/step"))
+        goals.append(f"(a') ours / naive at the embedded default: {pps['ours'] / pps['naive']:.2f}x   (goal >= 1.3x)")
     if cache is not None:
         shape = f"{cache['volumes']} vol x {cache['slices']} x {cache['size']}²"
         rows.append(("(c) write slice cache (one-off)", f"{cache['write_seconds']:.2f} s", shape))
@@ -583,11 +603,14 @@ def main() -> None:
         return
 
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
-    step = cache = ray = None
+    step = default = cache = ray = None
     if "a" not in skip:
         vision = VISION[args.vision or ("quick" if quick else "w384")]
         print(f"(a)+(b) 2D step: {vision.describe()}, batch {batch}, {reps} interleaved reps ...", flush=True)
         step = bench_step(vision, batch, reps, naive=True, clip_b_text=True)
+        vision, text = embedded_default()
+        print(f"(a') 2D step at the embedded default: {vision.describe()}, batch {batch} ...", flush=True)
+        default = bench_step(vision, batch, 2 * reps, naive=True, clip_b_text=False, text=text)
     if "c" not in skip:
         shape = (16, 8, 32) if quick else (64, 32, 64)
         print(f"(c) slice cache: {shape[0]} volumes x {shape[1]} slices x {shape[2]}² ...", flush=True)
@@ -595,7 +618,7 @@ def main() -> None:
     if "d" not in skip:
         print("(d) Ray Train 2 workers vs local ...", flush=True)
         ray = bench_ray(work, quick)
-    _print_report(step, cache, ray)
+    _print_report(step, default, cache, ray)
 
 
 if __name__ == "__main__":

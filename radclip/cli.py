@@ -139,6 +139,32 @@ def pretrain_adapter() -> None:
     )
 
 
+@app.command()
+def evaluate(
+    model: Annotated[Optional[Path], typer.Option(help="RadCLIP directory (default: the final model of the pipeline)")] = None,
+    suite: Annotated[Optional[list[str]], typer.Option(help="evaluation collection(s); default: all")] = None,
+) -> None:
+    """Linear probe, image–text matching, zero-shot and retrieval on the evaluation suites."""
+    from radclip.evaluation.evaluate import evaluate as run, write_report
+    from radclip.training.stages import CACHE_FINETUNED, MODEL_FINAL, model_dir
+
+    params = _params()
+    results = run(
+        params,
+        model_dir=model or model_dir(params, MODEL_FINAL),
+        slice_cache=params.resolve(params.paths.slice_cache) / CACHE_FINETUNED,
+        suites=suite or None,
+    )
+    if model is None and not suite:
+        write_report(params, results)
+    for name, metrics in results.items():
+        console.print(
+            f"{name} ({metrics['kind']}): probe acc {metrics['probe_accuracy_mean']:.3f} ± {metrics['probe_accuracy_std']:.3f}, "
+            f"F1 {metrics['probe_macro_f1_mean']:.3f} ± {metrics['probe_macro_f1_std']:.3f}; matching P@1 {metrics['matching_p1']:.3f}; "
+            f"zero-shot top-1 {metrics['zero_shot_top1']:.3f}"
+        )
+
+
 def main() -> None:
     app(prog_name="radclip")
 

@@ -322,6 +322,18 @@ class MlflowParams(Strict):
     experiment: str = "radclip"
 
 
+class EvaluateParams(Strict):
+    """The paper's protocol: linear probe (5-fold, 70/10/20 patient-level), image–text matching."""
+
+    folds: int = Field(default=5, ge=2)
+    probe_method: Literal["torch", "sklearn"] = "torch"  # torch: one nn.Linear, Adam (the paper)
+    probe_epochs: int = Field(default=100, ge=1)
+    probe_lr: float = Field(default=1e-3, gt=0)
+    # Zero-shot prompt templates, averaged per class (an ensemble); {caption} is the class caption.
+    prompt_templates: list[str] = ["{caption}", "a radiology image: {caption}"]
+    suites: list[str] = []  # evaluation collections to run; [] = every collection with role eval
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -341,6 +353,7 @@ class Params(Strict):
         engine="local", epochs=30, batch_size=64, lr=1e-3, weight_decay=0.01, patience=5, num_workers=1
     )
     mlflow: MlflowParams = MlflowParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

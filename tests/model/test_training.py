@@ -95,14 +95,20 @@ def test_single_process_matches_two_workers_at_equal_global_batch(curated, ray_r
         assert local_epoch["val_loss"] == pytest.approx(ray_epoch["val_loss"], rel=1e-4)
 
 
-def test_adapter_stage_trains_only_the_adapter(curated, ray_run):
-    from radclip.models import RadCLIP
+@pytest.fixture(scope="module")
+def adapter_run(curated, ray_run):
     from radclip.training.stages import embed_slices, pretrain_adapter
 
     params = _params(curated)
     info = embed_slices(params, progress=False)
     assert info["count"] > 0
-    result = pretrain_adapter(params)
+    return pretrain_adapter(params)
+
+
+def test_adapter_stage_trains_only_the_adapter(adapter_run, ray_run):
+    from radclip.models import RadCLIP
+
+    result = adapter_run
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     before, after = RadCLIP.from_pretrained(ray_run.model_dir), RadCLIP.from_pretrained(result.model_dir)
     for (name, p_before), (_, p_after) in zip(before.clip.named_parameters(), after.clip.named_parameters()):
@@ -136,3 +142,23 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert not update_early_stopping(state, 2, 0.9, patience=2) and not state["stopped_early"]
     assert not update_early_stopping(state, 3, 0.8, patience=2)  # equal is no improvement
     assert state["stopped_early"] and state["best_epoch"] == 1 and state["epoch"] == 4
+
+
+def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
+    from radclip.evaluation.evaluate import evaluate, write_report
+
+    params = _params(curated)
+    results = evaluate(params, model_dir=Path(adapter_run.model_dir), slice_cache=params.resolve(params.paths.slice_cache) / "finetuned")
+    suites = {c.name for c in params.data.collections if c.role == "eval"}
+    assert set(results) == suites
+    assert {results[s]["kind"] for s in suites} == {"2d", "3d"}
+    for metrics in results.values():
+        assert 0.0 <= metrics["probe_accuracy_mean"] <= 1.0 and 0.0 <= metrics["matching_p1"] <= 1.0
+        assert metrics["records"] > 0
+    report = write_report(params, results)
+    assert "probe_fold0_accuracy" not in report.read_text() and "matching_p1" in report.read_text()
+    run = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(params.mlflow.experiment).experiment_id],
+        filter_string="tags.`radclip.stage` = 'evaluate'",
+    )[0]
+    assert any(key.endswith(".probe_accuracy_mean") for key in run.data.metrics)

@@ -1,0 +1,69 @@
+"""Frozen features of an evaluation suite: 2D images through the image encoder, volumes through
+the slice cache and the slice pooling adapter (the 2D encoder is frozen, so cached slices are exact)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from radclip.data.shards import CuratedDataset
+
+
+@dataclass
+class SuiteFeatures:
+    suite: str
+    kind: str  # "2d" | "3d"
+    features: np.ndarray  # (N, D), L2-normalised
+    labels: np.ndarray  # (N,) class names
+    patients: np.ndarray  # (N,) patient hashes: folds are split by these
+    captions: np.ndarray  # (N,) the record's caption (the correct matching candidate)
+    attention: np.ndarray | None = None  # (N, S) adapter weights over slices (3D only)
+
+
+@torch.no_grad()
+def image_features(model, curated_dir: Path, collection: str, *, batch_size: int = 128) -> SuiteFeatures:
+    data = CuratedDataset(curated_dir, query=f"collection == '{collection}' and kind == '2d'")
+    model.eval()
+    chunks = []
+    for start in range(0, len(data), batch_size):
+        images = np.stack([data.array(i) for i in range(start, min(start + batch_size, len(data)))])
+        chunks.append(model.encode_image(images).float().cpu().numpy())
+    manifest = data.manifest
+    return SuiteFeatures(
+        suite=collection,
+        kind="2d",
+        features=np.concatenate(chunks) if chunks else np.zeros((0, model.embedding_dim), np.float32),
+        labels=manifest["label"].to_numpy(),
+        patients=manifest["patient_hash"].to_numpy(),
+        captions=manifest["caption"].to_numpy(),
+    )
+
+
+@torch.no_grad()
+def volume_features(model, slice_cache_dir: Path, collection: str, *, batch_size: int = 64) -> SuiteFeatures:
+    from radclip.training.slice_cache import SliceCacheDataset
+
+    data = SliceCacheDataset(slice_cache_dir, query=f"collection == '{collection}'")
+    model.eval()
+    features, weights = [], []
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        slices = torch.stack([item[0] for item in items]).to(model.device)
+        mask = torch.stack([item[1] for item in items]).to(model.device)
+        volume, attention = model.pool_slices(slices, mask, return_weights=True)
+        features.append(volume.float().cpu().numpy())
+        weights.append(attention.float().cpu().numpy())
+    index: pd.DataFrame = data.index
+    return SuiteFeatures(
+        suite=collection,
+        kind="3d",
+        features=np.concatenate(features) if features else np.zeros((0, model.embedding_dim), np.float32),
+        labels=index["label"].to_numpy(),
+        patients=index["patient_hash"].to_numpy(),
+        captions=index["caption"].to_numpy(),
+        attention=np.concatenate(weights) if weights else None,
+    )
