@@ -18,7 +18,9 @@ interleaved medians stay comparable.
     is bounded by (text forward) / (vision forward+backward): it is measured with
     a text tower shaped like the vision tower ("mirror", the embedded default's
     design: both towers of one width) and, as a sensitivity row, with the
-    original CLIP ViT-B text tower (width 512, 12 layers). Goal ≥ 1.3×.
+    original CLIP ViT-B text tower (width 512, 12 layers). Row (a') repeats ours
+    vs naive at the embedded default (params.yaml's towers, 64 px, text context
+    77), where the vision tower is cheap next to a 77-token text forward. Goal ≥ 1.3×.
 
 (b) Model FLOPs utilisation of our 2D step. FLOPs are counted analytically for
     the vision tower only, per image: patch embedding 2·N·3p²·d, plus per layer
