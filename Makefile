@@ -39,6 +39,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/curate.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf .tmp data/curated.partial

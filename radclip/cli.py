@@ -102,17 +102,20 @@ def validate() -> None:
     console.print(f"validation passed: {len(report.checks)} checks; report in {params.resolve(params.paths.reports) / 'validation'}")
 
 
+def _print_fit(stage: str, result) -> None:
+    console.print(
+        f"{stage}: best val loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
+        f"({len(result.history)} epochs, {result.workers} worker(s), {result.seconds:.0f}s); model in {result.model_dir}; "
+        f"MLflow run {result.mlflow_run_id}"
+    )
+
+
 @app.command("pretrain-2d")
 def pretrain_2d() -> None:
     """Fine-tune the 2D image encoder (text tower frozen) with Ray Train; logs to MLflow."""
     from radclip.training.stages import pretrain_2d as run
 
-    result = run(_params())
-    console.print(
-        f"pretrain_2d: best val loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
-        f"({len(result.history)} epochs, {result.workers} workers, {result.seconds:.0f}s); model in {result.model_dir}; "
-        f"MLflow run {result.mlflow_run_id}"
-    )
+    _print_fit("pretrain_2d", run(_params()))
 
 
 @app.command("embed-slices")
@@ -132,11 +135,7 @@ def pretrain_adapter() -> None:
     """Train the slice pooling adapter on the slice cache (encoders frozen); logs to MLflow."""
     from radclip.training.stages import pretrain_adapter as run
 
-    result = run(_params())
-    console.print(
-        f"pretrain_adapter: best val loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
-        f"({len(result.history)} epochs, {result.seconds:.0f}s); model in {result.model_dir}; MLflow run {result.mlflow_run_id}"
-    )
+    _print_fit("pretrain_adapter", run(_params()))
 
 
 @app.command()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from radclip import tracking
 from radclip.config import Params
-from radclip.training.loop import BEST_FILE, STATE_FILE, FitConfig, Stage, train_worker
+from radclip.training.loop import BEST_FILE, STATE_FILE, FitConfig, Stage, fresh_adapter, train_worker
 
 
 @dataclass
@@ -111,9 +111,7 @@ def fit(
 
         model = RadCLIP.from_pretrained(model_source) if model_source else build_model(params, vocabulary)
         if stage == "adapter":
-            from radclip.training.loop import _fresh_adapter
-
-            _fresh_adapter(model, params, train.seed)
+            fresh_adapter(model, params, train.seed)
         model.load_state_dict(load_file(str(checkpoint_dir / BEST_FILE)), strict=False)
         shutil.rmtree(out_dir, ignore_errors=True)
         model.save_pretrained(out_dir)

@@ -222,7 +222,7 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[dict
 # --------------------------------------------------------------------------- the loop
 
 
-def _fresh_adapter(model, params: Params, seed: int) -> None:
+def fresh_adapter(model, params: Params, seed: int) -> None:
     """Stage adapter starts from the 2D model but with the adapter and τ these params ask for
     (head count, dropout, reducer and temperature are what a sweep tunes)."""
     from radclip.models import SlicePoolingAdapter
@@ -314,7 +314,7 @@ def train_worker(raw_config: dict) -> list:
 
     model = RadCLIP.from_pretrained(config.model_source) if config.model_source else build_model(params, config.vocabulary)
     if config.stage == "adapter":
-        _fresh_adapter(model, params, train.seed)
+        fresh_adapter(model, params, train.seed)
     if not model.text_frozen:
         raise ValueError("model.freeze_text: false is not supported by this loop (caption embeddings are computed once)")
     model.trainable_parameters(config.stage)
