@@ -16,8 +16,8 @@ One module holds everything a stage needs:
 Inputs are the curated arrays as they are (see radclip.data.curate): 2D images
 uint8 ``(H, W)`` in display range, volumes float16 ``(S, H, W)`` z-scored per
 volume. Preprocessing maps both to what a CLIP vision tower expects: values in
-[0, 1] (z-scores are clipped to ±2.5σ, then rescaled — so slices look like the 2D
-images the encoder was fine-tuned on), grey repeated to 3 channels, resized to the
+[0, 1] (each volume by its own 0.5–99.5 percentile range — so slices look like the
+2D images the encoder was fine-tuned on), grey repeated to 3 channels, resized to the
 vision tower's image size, normalised with CLIP's mean/std. Every ``encode_*``
 returns L2-normalised embeddings.
 
@@ -59,9 +59,11 @@ ADAPTER_FILE = "adapter.safetensors"
 FORMAT_NAME = "radclip"
 FORMAT_VERSION = 1
 
-# z-scored slices → [0, 1]: ±2.5σ covers ~99% of a normal intensity distribution
-# while keeping contrast between tissues (a wider window washes them out).
-SLICE_ZSCORE_CLIP = 2.5
+# Slices → [0, 1] by each volume's 0.5–99.5 percentile range. Z-scoring is affine, so this gives
+# back the display range the 2D images of the same anatomy have (a windowed CT maps its window to
+# [0, 1], air black); clipping at ±2.5σ instead left air mid-grey and compressed contrast, and the
+# 2D encoder recognised nothing in 3D slices (zero-shot at chance on them).
+SLICE_RANGE_PERCENTILES = (0.005, 0.995)
 LOGIT_SCALE_MAX = 100.0  # CLIP's clamp on exp(logit_scale)
 DEFAULT_SLICE_CHUNK = 256  # slices per vision forward in encode_slices: bounds activation memory
 
@@ -172,18 +174,23 @@ class RadCLIP(nn.Module):
     def preprocess_slices(self, volumes: Tensor | np.ndarray) -> Tensor:
         """Z-scored volumes ``(B, S, H, W)`` → pixel values ``(B*S, 3, h, w)``.
 
-        Each slice is clipped to ±2.5σ and rescaled to [0, 1], then preprocessed like
-        a 2D image.
+        Each volume is mapped to [0, 1] by its own percentile range (see
+        ``SLICE_RANGE_PERCENTILES``), then every slice is preprocessed like a 2D image.
         """
         volumes = _as_tensor(volumes)
         if volumes.dim() != 4:
             raise ValueError(f"volumes must be (B, S, H, W), got {tuple(volumes.shape)}")
         batch, count, height, width = volumes.shape
-        return self.preprocess_images(self._zscores_to_unit(volumes.reshape(batch * count, height, width)))
+        return self.preprocess_images(self.volumes_to_unit(volumes).reshape(batch * count, height, width))
 
-    def _zscores_to_unit(self, slices: Tensor) -> Tensor:
-        z = slices.to(self.device).float().clamp(-SLICE_ZSCORE_CLIP, SLICE_ZSCORE_CLIP)
-        return (z + SLICE_ZSCORE_CLIP) / (2 * SLICE_ZSCORE_CLIP)
+    def volumes_to_unit(self, volumes: Tensor) -> Tensor:
+        """``(B, S, H, W)`` → [0, 1] per volume: its low/high percentiles map to 0/1 (clipped)."""
+        flat = volumes.to(self.device).float().reshape(volumes.shape[0], -1)
+        low_q, high_q = SLICE_RANGE_PERCENTILES
+        bounds = torch.stack([torch.quantile(row, torch.tensor([low_q, high_q], device=row.device)) for row in flat])
+        low, high = bounds[:, :1], bounds[:, 1:]
+        unit = ((flat - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
+        return unit.reshape(volumes.shape)
 
     # ------------------------------------------------------------------ encoders
 
@@ -211,10 +218,11 @@ class RadCLIP(nn.Module):
             raise ValueError(f"volumes must be (B, S, H, W), got {tuple(volumes.shape)}")
         batch, count, height, width = volumes.shape
         chunk = chunk_size or self.slice_chunk_size
-        flat = volumes.reshape(batch * count, height, width)
+        # Per-volume intensity mapping first: it needs the whole volume, chunks cut across volumes.
+        flat = self.volumes_to_unit(volumes).reshape(batch * count, height, width)
         if mask is None:
             pieces = [
-                self.encode_image(self._zscores_to_unit(flat[start : start + chunk]))
+                self.encode_image(flat[start : start + chunk])
                 for start in range(0, len(flat), chunk)
             ]
             return torch.cat(pieces).reshape(batch, count, -1)
@@ -223,7 +231,7 @@ class RadCLIP(nn.Module):
             raise ValueError(f"mask must be (batch, slices) = {(batch, count)}, got {tuple(mask.shape)}")
         selected = mask.reshape(-1).to(device="cpu", dtype=torch.bool).nonzero().squeeze(1)
         pieces = [
-            self.encode_image(self._zscores_to_unit(flat[selected[start : start + chunk].to(flat.device)]))
+            self.encode_image(flat[selected[start : start + chunk].to(flat.device)])
             for start in range(0, len(selected), chunk)
         ]
         encoded = torch.cat(pieces) if pieces else torch.zeros(0, self.embedding_dim, device=self.device)

@@ -55,7 +55,7 @@ from torch.utils.data import Dataset
 
 from radclip.data.shards import CuratedDataset
 from radclip.models.clip import vision_modules
-from radclip.models.radclip import SLICE_ZSCORE_CLIP, RadCLIP
+from radclip.models.radclip import SLICE_RANGE_PERCENTILES, RadCLIP
 
 CACHE_FORMAT = "radclip-slice-cache"
 CACHE_FORMAT_VERSION = 1
@@ -92,7 +92,7 @@ def encoder_fingerprint(model: RadCLIP) -> str:
     ``logit_scale`` do not enter (training the adapter keeps the cache valid).
     """
     digest = hashlib.sha256()
-    preprocessing = {"vision_image_size": model.vision_image_size, "slice_zscore_clip": SLICE_ZSCORE_CLIP}
+    preprocessing = {"vision_image_size": model.vision_image_size, "slice_range_percentiles": list(SLICE_RANGE_PERCENTILES)}
     digest.update(json.dumps(preprocessing, sort_keys=True).encode())
     vision_model, visual_projection = vision_modules(model.clip)
     for prefix, module in (("vision_model", vision_model), ("visual_projection", visual_projection)):
