@@ -39,6 +39,10 @@ def _train_params(params: Params, stage: Stage):
     return params.train_2d if stage == "2d" else params.train_adapter
 
 
+def _ray_storage(params: Params) -> Path:
+    return params.resolve(params.paths.tmp) / "ray-results"
+
+
 def _run_ray(params: Params, config: FitConfig, name: str) -> Path:
     """Ray Train workers; returns the directory of the last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -47,7 +51,7 @@ def _run_ray(params: Params, config: FitConfig, name: str) -> Path:
     from radclip.raycluster import ray_session
 
     train = _train_params(params, config.stage)
-    storage = params.resolve(params.paths.tmp) / "ray-results"
+    storage = _ray_storage(params)
     with ray_session(params, num_cpus=None):
         trainer = TorchTrainer(
             train_worker,
@@ -76,7 +80,6 @@ def fit(
     out_dir: Path,
     model_source: Path | None = None,
     fail_at: tuple[int, int] | None = None,
-    mlflow_stage: str | None = None,
 ) -> FitResult:
     """Train one stage and save the best model to ``out_dir``."""
     from radclip.models import RadCLIP, build_model
@@ -88,7 +91,7 @@ def fit(
     workers = train.num_workers if train.engine == "ray" else 1
     started = time.perf_counter()
     with tracking.start_run(
-        params, stage=mlflow_stage or f"pretrain_{stage}", run_name=name, tags={"ray.workers": workers, "engine": train.engine}
+        params, stage=f"pretrain_{stage}", run_name=name, tags={"ray.workers": workers, "engine": train.engine}
     ) as run:
         config = FitConfig(
             params=params.model_dump(mode="json", by_alias=True),
@@ -128,7 +131,10 @@ def fit(
             mlflow_run_id=run.info.run_id,
             workers=workers,
         )
+    # The run finished: its scratch and Ray Train checkpoints are no longer needed (names are unique,
+    # so nothing would ever resume from them).
     shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(_ray_storage(params) / name, ignore_errors=True)
     return result
 
 
