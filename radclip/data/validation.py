@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radclip.config import CaptionTemplate, Params
+from radclip.config import CaptionTemplate, Params, project_root
 from radclip.data.captions import caption_pattern
 
 MANIFEST_FILE = "manifest.parquet"
@@ -778,6 +778,14 @@ def _md_cell(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _shown_path(path: Path) -> str:
+    """Relative to the project when inside it, so committed reports do not depend on the checkout's location."""
+    try:
+        return Path(path).resolve().relative_to(project_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _write_report(
     report_dir: Path,
     curated_dir: Path,
@@ -800,7 +808,7 @@ def _write_report(
     )
     document = {
         "success": report.success,
-        "curated_dir": str(curated_dir),
+        "curated_dir": _shown_path(curated_dir),
         "params_digest": params.digest(),
         "records": records,
         "quarantine_rate": quarantine_rate,
@@ -824,7 +832,7 @@ def _write_report(
     lines = [
         f"# Curated data validation: {verdict}",
         "",
-        f"- curated dataset: `{curated_dir}`",
+        f"- curated dataset: `{_shown_path(curated_dir)}`",
         f"- records: {records}; quarantine rate: {rate_text}; params digest: `{params.digest()}`",
         "",
         "| check | result | what was checked | what was wrong |",
