@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from radclip.config import Params, ParamsError, load_params
+from radclip.reports import write_metrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RadCLIP: train, tune, evaluate, track and ship.")
 console = Console(stderr=True)
@@ -42,13 +43,6 @@ def _params() -> Params:
             console.print(f"[red]params error[/red]\n{error}")
             raise typer.Exit(2) from None
     return _state["params"]
-
-
-def _write_metrics(params: Params, name: str, data: dict) -> Path:
-    path = params.resolve(params.paths.reports) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 @app.command("params")
@@ -79,7 +73,7 @@ def curate() -> None:
     params = _params()
     summary = run_curation(params, progress=not _state.get("quiet"))
     metrics = {k: v for k, v in vars(summary).items() if k != "quarantine_reasons"}
-    _write_metrics(params, "curate.json", metrics)
+    write_metrics(params, "curate.json", metrics)
     console.print(
         f"curated {summary.records} records ({summary.records_2d} 2D, {summary.records_3d} 3D) from {summary.items} "
         f"inputs in {summary.seconds:.1f}s; quarantined {summary.quarantined} (duplicates {summary.duplicates})"
@@ -126,7 +120,7 @@ def embed_slices() -> None:
     params = _params()
     info = run(params, progress=not _state.get("quiet"))
     metrics = {k: info[k] for k in ("count", "embedding_dim", "max_slices", "seconds", "volumes_per_second")}
-    _write_metrics(params, "embed_slices.json", metrics)
+    write_metrics(params, "embed_slices.json", metrics)
     console.print(f"embed_slices: {info['count']} volumes cached at {info['volumes_per_second']:.1f} volumes/s")
 
 

@@ -9,12 +9,12 @@ template ensemble, and image→text / text→image retrieval.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from radclip.config import Params
+from radclip.reports import write_metrics
 from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
 from radclip.evaluation.metrics import linear_probe, matching_precision, retrieval_metrics, zero_shot
 
@@ -28,12 +28,11 @@ def suite_names(params: Params) -> list[str]:
 
 
 def suite_features(model, params: Params, suite: str, slice_cache: Path) -> SuiteFeatures:
-    collection = next(c for c in params.data.collections if c.name == suite)
-    curated = params.resolve(params.paths.curated)
-    images = image_features(model, curated, collection.name)
+    """2D records through the image encoder; a suite without any is a 3D suite (slice cache + adapter)."""
+    images = image_features(model, params.resolve(params.paths.curated), suite)
     if len(images.features):
         return images
-    return volume_features(model, slice_cache, collection.name)
+    return volume_features(model, slice_cache, suite)
 
 
 def evaluate_features(model, suite: SuiteFeatures, params: Params) -> dict:
@@ -48,7 +47,8 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> dict:
     metrics.update(probe.metrics(prefix="probe_"))
     candidates = sorted(set(suite.captions))
     text = model.encode_text(candidates).float().cpu().numpy()
-    true_index = np.array([candidates.index(c) for c in suite.captions])
+    candidate_index = {caption: index for index, caption in enumerate(candidates)}
+    true_index = np.array([candidate_index[c] for c in suite.captions])
     metrics["matching_p1"] = matching_precision(suite.features, text, true_index)
     classes = sorted(set(suite.labels))
     class_caption = {label: suite.captions[suite.labels == label][0] for label in classes}
@@ -84,7 +84,4 @@ def evaluate(params: Params, *, model_dir: Path, slice_cache: Path, suites: list
 def write_report(params: Params, results: dict[str, dict]) -> Path:
     """Headline metrics per suite for `dvc metrics show` (per-fold values stay in MLflow)."""
     headline = {suite: {k: v for k, v in metrics.items() if "_fold" not in k} for suite, metrics in results.items()}
-    path = params.resolve(params.paths.reports) / "evaluate.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_metrics(params, "evaluate.json", headline)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from radclip.config import Params
+from radclip.reports import write_metrics
 from radclip.training.fit import FitResult, fit
 
 MODEL_2D = "radclip-2d"  # fine-tuned 2D encoder (+ untrained adapter)
@@ -28,13 +28,11 @@ def model_dir(params: Params, name: str) -> Path:
 
 
 def _write_reports(params: Params, stage: str, result: FitResult) -> None:
-    reports = params.resolve(params.paths.reports)
-    reports.mkdir(parents=True, exist_ok=True)
     summary = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
     summary["epochs_run"] = len(result.history)
-    (reports / f"{stage}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    metrics_file = write_metrics(params, f"{stage}.json", summary)
     columns = ["epoch", "train_loss", "val_loss", "lr", "temperature", "pairs_per_second"]
-    with open(reports / f"{stage}_history.csv", "w", newline="") as handle:
+    with open(metrics_file.with_name(f"{stage}_history.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(result.history)
