@@ -40,6 +40,7 @@ test: venv
 bench: venv
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/evaluate.py
 
 clean:
 	rm -rf .tmp data/curated.partial

@@ -40,6 +40,7 @@ class Paths(Strict):
     models: str = "models"  # trained models (HF-style directories), DVC outputs
     slice_cache: str = "data/slice_cache"  # per-slice embeddings of every volume (embed_slices)
     tmp: str = ".tmp"  # Ray session files, scratch; keeps ~/.ray and /tmp clean
+    sweeps: str = "sweeps"  # Optuna journal storage (kept across runs: a re-run continues the study)
 
 
 class RayParams(Strict):
@@ -77,6 +78,9 @@ class CollectionBase(Strict):
     caption: CaptionTemplate | None = None  # None: data.caption
     # CT windowing for 2D output and before z-scoring volumes: (center, width) in HU.
     window: tuple[float, float] | None = None
+    # Per "{region} {modality}" (e.g. "Chest CT") for collections that mix them; `window` wins.
+    # Without either, a CT's own DICOM window is used, else its robust intensity range.
+    windows: dict[str, tuple[float, float]] = {}
 
 
 class CsvCollection(CollectionBase):
@@ -332,6 +336,59 @@ class EvaluateParams(Strict):
     # Zero-shot prompt templates, averaged per class (an ensemble); {caption} is the class caption.
     prompt_templates: list[str] = ["{caption}", "a radiology image: {caption}"]
     suites: list[str] = []  # evaluation collections to run; [] = every collection with role eval
+    # Paper Fig. 5: modality-level captions plus distractors, scored (softmax) on every suite.
+    modality_prompts: list[str] = [
+        "Chest X-ray Image", "Brain MRI Image", "Chest CT Image", "Abdomen CT Image", "Knee MRI Image",
+        "A Puppy", "A Cat", "A Life Vest",
+    ]
+    rare_threshold: int = Field(default=10, ge=1)  # multi-label AUROC: fewer positives = a rare class
+    bootstrap: int = Field(default=500, ge=0)  # resamples for CIs of fold-free metrics (0: none)
+    attention_volumes: int = Field(default=3, ge=0)  # volumes with a finding per 3D suite in the attention plot
+
+
+class SearchSpace(Strict):
+    """What the sweep tunes: adapter head count, learning rate and temperature (log scales)."""
+
+    heads: list[int] = []  # [] = every divisor of the embedding width up to 16
+    lr: tuple[float, float] = (1e-4, 1e-1)
+    temperature: tuple[float, float] = (0.01, 0.2)  # the initial value when the temperature is learnable
+
+
+class SweepParams(Strict):
+    """Optuna study over the adapter (cheap: the slice cache) or the 2D stage (expensive)."""
+
+    stage: Literal["adapter", "2d"] = "adapter"
+    n_trials: int = Field(default=20, ge=1)  # finished trials (complete or pruned) the study should hold
+    study: str = "radclip-adapter"
+    # None: a journal file under paths.sweeps (crash-safe, several local processes);
+    # an RDB URL ("postgresql://user@host/optuna") for workers on several machines.
+    storage: str | None = None
+    objective: Literal["val_loss"] = "val_loss"  # validation InfoNCE of the trial's best epoch (minimised)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(default=5, ge=0)  # trials before the pruner may stop one
+    warmup_epochs: int = Field(default=3, ge=0)  # epochs of a trial before it may be pruned
+    epochs: int | None = Field(default=None, ge=1)  # per trial; None: the stage's own epochs
+    workers: int = Field(default=1, ge=1)  # sweep processes on this machine sharing the study
+    space: SearchSpace = SearchSpace()
+    # The final adapter training (pretrain_adapter) trains with the best params of the adapter sweep.
+    apply_best: bool = True
+
+
+class RegistryParams(Strict):
+    """MLflow model registry: one registered model, versions promoted by alias."""
+
+    model_name: str = "radclip"
+    # Held-out metrics (dotted keys of reports/evaluate.json) the promotion gate compares;
+    # the challenger wins when their mean beats the champion's by at least min_improvement.
+    gate_metrics: list[str] = [
+        "phantom_brain_mri_3d_2class.probe_accuracy_mean",
+        "phantom_chest_ct_3d_3class.probe_accuracy_mean",
+        "phantom_chest_xray_5class.probe_accuracy_mean",
+        "phantom_brain_mri_4class.probe_accuracy_mean",
+    ]
+    min_improvement: float = 0.0
 
 
 # --------------------------------------------------------------------------- root
@@ -354,6 +411,8 @@ class Params(Strict):
     )
     mlflow: MlflowParams = MlflowParams()
     evaluate: EvaluateParams = EvaluateParams()
+    sweep: SweepParams = SweepParams()
+    registry: RegistryParams = RegistryParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

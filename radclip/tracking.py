@@ -309,6 +309,11 @@ def log_artifacts(local_dir: str | Path, artifact_path: str | None = None) -> No
     mlflow.log_artifacts(str(local_dir), artifact_path)
 
 
+def log_artifact(local_file: str | Path, artifact_path: str | None = None) -> None:
+    """Copy one local file into the active run's artifacts (under ``artifact_path``)."""
+    mlflow.log_artifact(str(local_file), artifact_path)
+
+
 def log_dict(obj: Mapping[str, Any] | list, name: str) -> None:
     """Write ``obj`` as an artifact file ``name`` (``.json`` or ``.yaml``/``.yml`` decides the format)."""
     mlflow.log_dict(obj, name)
@@ -317,3 +322,40 @@ def log_dict(obj: Mapping[str, Any] | list, name: str) -> None:
 def set_tags(tags: Mapping[str, Any]) -> None:
     """Set tags on the active run (values as strings)."""
     mlflow.set_tags({str(key): str(value) for key, value in tags.items()})
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run that is not the active one (e.g. a finished sweep trial)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, str(key), str(value))
+
+
+# --------------------------------------------------------------------------- models by URI
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+def is_model_uri(value: str) -> bool:
+    return str(value).startswith(MODEL_URI_SCHEMES)
+
+
+def download_model(params: Params, uri: str, dst: Path) -> Path:
+    """``models:/<name>@<alias>`` (or ``models:/<name>/<version>``, ``runs:/<id>/<path>``) → a local
+    RadCLIP directory under ``dst``: the folder of the artifacts that holds the saved model's config."""
+    from mlflow.exceptions import MlflowException
+
+    configure(params)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as error:
+        raise FileNotFoundError(f"{uri}: cannot resolve in the MLflow registry at {registry_uri(params)}: {error}") from None
+    from radclip.models.radclip import CONFIG_FILE
+
+    candidates = [local] if (local / CONFIG_FILE).exists() else sorted(p.parent for p in local.rglob(CONFIG_FILE))
+    for candidate in candidates:
+        if '"format": "radclip"' in (candidate / CONFIG_FILE).read_text():
+            return candidate
+    raise FileNotFoundError(f"{uri}: the artifacts hold no RadCLIP model (no radclip {CONFIG_FILE} under {local})")
+

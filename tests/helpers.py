@@ -44,8 +44,9 @@ def tiny_params_dict(base: str, **overrides) -> dict:
     raw["validate"]["min_class_count"] = 1
     raw["model"].update(TINY_MODEL)
     raw["train_2d"].update(TINY_TRAIN)
-    raw["train_adapter"].update({"epochs": 4, "batch_size": 8})
-    raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache")
+    raw["train_adapter"].update({"epochs": 4, "batch_size": 8, "lr": 1e-3})
+    raw["sweep"]["apply_best"] = False  # tests train adapters without running a sweep first
+    raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache", sweeps=f"{base}/sweeps")
     for collection in raw["data"]["collections"]:
         collection["path"] = collection["path"].replace("data/raw", f"{base}/raw", 1)
     for section, values in overrides.items():

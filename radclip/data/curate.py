@@ -71,6 +71,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("std", pa.float64()),
         ("min", pa.float64()),
         ("max", pa.float64()),
+        ("display_low", pa.float64()),
+        ("display_high", pa.float64()),
     ]
 )
 MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
@@ -160,22 +162,47 @@ def normalise_image(pixels: np.ndarray, size: int, window: tuple[float, float] |
 
 def normalise_volume(
     pixels: np.ndarray, slices: int, size: int, window: tuple[float, float] | None, source: str
-) -> np.ndarray:
-    """3D → float16 (slices, size, size): windowed (CT), z-scored, resampled per plane shape."""
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """3D → float16 (slices, size, size): windowed (CT), z-scored, resampled per plane shape.
+
+    Also returns the volume's display range in its z-scored units: the CT window's
+    bounds when windowed, else its 0.5/99.5 percentiles, the same rule
+    :func:`_to_display_range` applies to a 2D image. The encoder maps slices to
+    [0, 1] by it, so a CT slice looks to the 2D encoder like a 2D CT image does.
+    """
     import torch
     import torch.nn.functional as F
 
     volume = pixels.astype(np.float32)
     if window is not None:
         center, width = window
-        volume = np.clip(volume, center - width / 2, center + width / 2)
-    std = float(volume.std())
+        low, high = center - width / 2, center + width / 2
+        volume = np.clip(volume, low, high)
+    else:
+        low, high = (float(v) for v in np.percentile(volume, [0.5, 99.5]))
+    mean, std = float(volume.mean()), float(volume.std())
     if not std > 1e-6:
         raise InputError(source, "volume has constant intensity (cannot be z-scored)")
-    volume = (volume - float(volume.mean())) / std
+    volume = (volume - mean) / std
     tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
     resized = F.interpolate(tensor, size=(slices, size, size), mode="trilinear", align_corners=False)
-    return resized[0, 0].numpy().astype(np.float16)
+    display = ((low - mean) / std, (max(high, low + 1e-6) - mean) / std)
+    return resized[0, 0].numpy().astype(np.float16), display
+
+
+def volume_window(
+    collection_window: tuple[float, float] | None,
+    windows: dict[str, tuple[float, float]],
+    item: SourceItem,
+    image: LoadedImage,
+) -> tuple[float, float] | None:
+    """The CT window of one record: the collection's, else its region/modality's, else the DICOM file's."""
+    if collection_window is not None:
+        return collection_window
+    named = windows.get(f"{item.region} {item.modality}")
+    if named is not None:
+        return named
+    return image.window if image.dicom_modality == "CT" else None
 
 
 # --------------------------------------------------------------------------- the task
@@ -189,6 +216,7 @@ class ChunkTask:
     curate: CurateParams
     captions: dict[str, CaptionTemplate]  # per collection
     windows: dict[str, tuple[float, float] | None]
+    region_windows: dict[str, dict[str, tuple[float, float]]]  # per collection: "{region} {modality}" → window
     roles: dict[str, str]
     roots: dict[str, str]
     salt: str
@@ -277,15 +305,16 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
     caption = make_caption(task.captions[item.collection], item.region, item.modality, item.conditions)
     if not caption.strip() or not item.region.strip() or not item.modality.strip():
         raise InputError(item.path, f"empty caption field (region={item.region!r}, modality={item.modality!r})")
-    window = task.windows[item.collection] or (image.window if image.kind == "2d" and image.dicom_modality == "CT" else None)
+    window = volume_window(task.windows[item.collection], task.region_windows[item.collection], item, image)
+    display = (float("nan"), float("nan"))  # 2D records are stored as display values already
     if image.kind == "2d":
-        eight_bit = image.extra.get("bit_depth") == 8  # PNG/JPEG: already display values
-        array = normalise_image(image.pixels, params.image_size, window, eight_bit)
+        eight_bit = image.extra.get("bit_depth") == 8  # PNG/JPEG: already display values, no window
+        array = normalise_image(image.pixels, params.image_size, None if eight_bit else window, eight_bit)
         plane, shard_key = "", "2d-image"
     else:
         plane = image.plane or "axial"
         shape = params.volume[plane]
-        array = normalise_volume(image.pixels, shape.slices, shape.size, task.windows[item.collection], item.path)
+        array, display = normalise_volume(image.pixels, shape.slices, shape.size, window, item.path)
         shard_key = f"3d-{plane}"
     patient_key = image.patient_id or item.patient_id or f"{item.collection}/{item.rel_path}"
     record_key = f"{item.collection}/{item.rel_path}/{item.member or ''}/{image.part}"
@@ -312,6 +341,8 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
         "std": float(as_float.std()),
         "min": float(as_float.min()),
         "max": float(as_float.max()),
+        "display_low": display[0],
+        "display_high": display[1],
     }
     return shard_key, array, row
 
@@ -446,6 +477,7 @@ def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True
             curate=settings,
             captions={name: c.caption or params.data.caption for name, c in collections.items()},
             windows={name: c.window for name, c in collections.items()},
+            region_windows={name: dict(c.windows) for name, c in collections.items()},
             roles={name: c.role for name, c in collections.items()},
             roots={name: str(_collection_root(c, root)) for name, c in collections.items()},
             salt=salt,

@@ -395,7 +395,9 @@ class Scene:
     coverage_mm: float = 160.0  # volumes: extent along the slice axis
     plane_2d: Plane = "axial"
     planes_3d: tuple[Plane, ...] = ()  # () = no volumes of this scene
-    slice_range: Callable[[Any], tuple[float, float]] | None = None  # z of normal 2D slices
+    # Where a normal study's 2D slice may lie along a patient axis (2 = z for axial; sectional
+    # scenes are cut in any of planes_3d); None: projection or fixed-plane scene.
+    slice_range: Callable[[Any, int], tuple[float, float]] | None = None
     combos: tuple[tuple[tuple[str, ...], float], ...] = ()  # multi-label studies (2D)
     window: tuple[float, float] | None = None  # CT display window (centre, width)
 
@@ -521,6 +523,12 @@ def _render_brain(a: BrainAnatomy, grid: Grid, rng: Rng) -> np.ndarray:
     paint(image, fissure, a.csf, alpha=0.8)
     paint(image, cv.ellipsoid(a.sella_local, (5.0, 4.0, 3.5)), a.grey + 0.05)  # normal pituitary gland
     return image
+
+
+def _brain_slice_range(a: BrainAnatomy, axis: int) -> tuple[float, float]:
+    if axis == 2:  # axial: from the skull base to the vertex
+        return a.center[2] - 0.35 * a.head[2], a.center[2] + 0.55 * a.head[2]
+    return a.center[axis] - 0.45 * a.head[axis], a.center[axis] + 0.45 * a.head[axis]
 
 
 def _brain_mass_mask(grid: Grid, a: BrainAnatomy) -> np.ndarray:
@@ -1344,7 +1352,7 @@ SCENES: dict[str, Scene] = {
             fov_mm=220.0,
             coverage_mm=160.0,
             planes_3d=("axial", "sagittal"),
-            slice_range=lambda a: (a.center[2] - 0.35 * a.head[2], a.center[2] + 0.55 * a.head[2]),
+            slice_range=_brain_slice_range,
         ),
         Scene(
             key="chest_xray",
@@ -1390,7 +1398,7 @@ SCENES: dict[str, Scene] = {
             fov_mm=380.0,
             coverage_mm=256.0,
             planes_3d=("axial",),
-            slice_range=lambda a: (a.domes[0] + 10.0, a.apex - 20.0),
+            slice_range=lambda a, axis: (a.domes[0] + 10.0, a.apex - 20.0),
             window=(-600.0, 1500.0),  # lung window
         ),
         Scene(
@@ -1409,7 +1417,7 @@ SCENES: dict[str, Scene] = {
             fov_mm=380.0,
             coverage_mm=256.0,
             planes_3d=("axial",),
-            slice_range=lambda a: (-60.0, 80.0),
+            slice_range=lambda a, axis: (-60.0, 80.0),
             window=(50.0, 400.0),  # soft-tissue window
         ),
         Scene(
@@ -1464,9 +1472,13 @@ def volume_grid(scene: Scene, shape: Sequence[int], plane: Plane, depth: float =
     return Grid.build(plane, shape, (thickness, rows, columns), depth)
 
 
-def image_grid(scene: Scene, size: int, depth: float = 0.0) -> Grid:
+def image_grid(scene: Scene, size: int, depth: float = 0.0, plane: Plane | None = None) -> Grid:
+    """One 2D slice; ``depth`` is the slice's patient coordinate along its normal axis."""
+    plane = plane or scene.plane_2d
     step = scene.fov_mm / size
-    return Grid.build(scene.plane_2d, (1, size, size), (5.0, step, step), depth)
+    normal = _plane_directions(plane)[0]
+    sign = float(normal[int(np.argmax(np.abs(normal)))])  # Grid offsets run along the (signed) normal
+    return Grid.build(plane, (1, size, size), (5.0, step, step), depth * sign)
 
 
 def _pick_slab(
@@ -1515,10 +1527,14 @@ def synthesize(
         grid = image_grid(scene, settings.image_size)
         slabs = [(0, 1, None) for _ in findings]
     else:  # a slice through the first finding (or anywhere in range for a normal study)
-        low, high = findings[0].depth(anatomy, 2) if findings else scene.slice_range(anatomy)
+        # Sectional scenes are cut in any plane their volumes have (brain: axial or sagittal),
+        # so the 2D encoder has seen every plane the adapter will get slices of.
+        plane_2d = plane if plane in scene.planes_3d else scene.plane_2d
+        axis = image_grid(scene, 1, 0.0, plane_2d).slice_axis
+        low, high = findings[0].depth(anatomy, axis) if findings else scene.slice_range(anatomy, axis)
         depth = finding_rng.uniform(min(low, high), max(low, high))
-        grid = image_grid(scene, settings.image_size, depth)
-        slabs = [(0, 1, Slab(2, depth)) for _ in findings]
+        grid = image_grid(scene, settings.image_size, depth, plane_2d)
+        slabs = [(0, 1, Slab(axis, depth)) for _ in findings]
 
     image = scene.render(anatomy, grid, anatomy_rng)
     touched: set[int] = set()
@@ -1654,12 +1670,13 @@ _WRITERS: dict[str, Callable[[Job, Scene, Rendered], None]] = {
 }
 
 
-def run_job(settings: RenderSettings, job: Job) -> str:
-    """Draw one study with its own generator and write it; returns its path."""
+def run_job(settings: RenderSettings, job: Job) -> tuple[str, tuple[int, ...]]:
+    """Draw one study with its own generator and write it; returns its path and, for a volume,
+    the slices (in stored order) its findings were drawn into."""
     rng = np.random.default_rng([settings.seed, job.stream, job.index])
     rendered = synthesize(job.scene, job.conditions, kind=job.kind, rng=rng, settings=settings, plane=job.plane)
     _WRITERS[job.output](job, SCENES[job.scene], rendered)
-    return job.path
+    return job.path, rendered.finding_slices
 
 
 # =========================================================================== plans
@@ -1734,8 +1751,8 @@ def plan_training(params: Params, out_dir: Path) -> tuple[list[Job], list[TrainR
             patient_id = f"PH-T-{patient_number:06d}"
             item_id = f"{'img' if kind == '2d' else 'vol'}-{index:06d}"
             plane: Plane = scene.plane_2d if kind == "2d" else "axial"
-            if kind == "3d" and "sagittal" in scene.planes_3d and rng.uniform() < SAGITTAL_BRAIN_FRACTION:
-                plane = "sagittal"
+            if "sagittal" in scene.planes_3d and rng.uniform() < SAGITTAL_BRAIN_FRACTION:
+                plane = "sagittal"  # 2D brain slices too: the 2D encoder must know sagittal slices
             monochrome1 = scene.signal == "xray" and rng.uniform() < MONOCHROME1_FRACTION
             if index in dicom:
                 folder = f"dicom/{patient_id}"
@@ -1943,17 +1960,32 @@ def _write_table(path: Path, header: Sequence[str], rows: list[list[Any]]) -> No
         writer.writerows(rows)
 
 
-def _run_all(jobs: list[Job], settings: RenderSettings, workers: int) -> None:
+def _run_all(jobs: list[Job], settings: RenderSettings, workers: int) -> dict[str, tuple[int, ...]]:
+    """Run every job; returns the finding slices of each volume by path."""
     run = partial(run_job, settings)
     if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            run(job)
-        return
+        return dict(run(job) for job in jobs)
     # Heavy jobs (volumes) first so the pool does not end on one long straggler.
     ordered = sorted(jobs, key=lambda j: j.kind != "3d")
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(run, ordered, chunksize=max(1, min(16, len(ordered) // (8 * workers)))):
-            pass
+        return dict(pool.map(run, ordered, chunksize=max(1, min(16, len(ordered) // (8 * workers)))))
+
+
+LESION_TRUTH = "lesion_slices.csv"  # under paths.raw: where each evaluation volume's finding was drawn
+
+
+def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], finding_slices: dict[str, tuple[int, ...]]) -> None:
+    """Ground truth the real datasets lack: the stored slices of each evaluation volume's finding
+    (path relative to its suite, as curation records ``source_path``), for the attention plots."""
+    rows = []
+    for suite in suites:
+        root = out_dir / "eval" / suite.name
+        for job in suite.jobs:
+            if job.kind == "3d":
+                slices = finding_slices[job.path]
+                rel = Path(job.path).relative_to(root).as_posix()
+                rows.append([suite.name, rel, job.plane, "|".join(map(str, slices))])
+    _write_table(out_dir / LESION_TRUTH, ("suite", "path", "plane", "slices"), rows)
 
 
 def _summary(params: Params, train_rows: list[TrainRow], train_jobs: list[Job], suites: list[SuitePlan]) -> dict:
@@ -2029,7 +2061,7 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
     settings = RenderSettings(ph.seed, ph.image_size, tuple(ph.volume_shape), tuple(ph.lesion_slices))
     train_jobs, train_rows = plan_training(params, out_dir)
     suites = plan_suites(params, out_dir)
-    _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)
+    finding_slices = _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)
 
     header = ("path", "patient_id", "region", "modality", "findings")
     _write_table(out_dir / "train" / "index.csv", header, [[getattr(r, h) for h in header] for r in train_rows])
@@ -2038,6 +2070,7 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
             (out_dir / "eval" / suite.name / folder).mkdir(parents=True, exist_ok=True)
         for rel, (columns, rows) in suite.tables.items():
             _write_table(out_dir / "eval" / suite.name / rel, columns, rows)
+    _write_lesion_truth(out_dir, suites, finding_slices)
     summary = _summary(params, train_rows, train_jobs, suites)
     (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     low, high = ph.lesion_slices

@@ -4,19 +4,48 @@ Per suite (an evaluation collection: 2D through the image encoder, 3D through th
 slice cache and the adapter): linear probe on frozen features (5-fold, patient-level
 70/10/20, accuracy and macro F1 as mean ± std), image–text matching (top-1 precision
 over the suite's disease-level captions), zero-shot classification with a prompt
-template ensemble, and image→text / text→image retrieval.
+template ensemble, image→text / text→image retrieval, multi-label AUROC with prompt
+pairs, and bootstrap intervals for the metrics that have no folds. Figures: probe
+confusion matrices, adapter attention over slices with the lesion slices marked, and
+the paper's Fig. 5 modality-prompt scores.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from radclip.config import Params
-from radclip.reports import write_metrics
 from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
-from radclip.evaluation.metrics import linear_probe, matching_precision, retrieval_metrics, zero_shot
+from radclip.evaluation.metrics import (
+    bootstrap_ci,
+    cosine_similarity,
+    ensemble_class_embeddings,
+    linear_probe,
+    multilabel_auroc,
+    retrieval_metrics,
+    top1_precision,
+    zero_shot,
+)
+from radclip.reports import write_metrics
+
+FIGURES_DIR = "figures"  # under paths.reports
+
+
+class LeakageError(RuntimeError):
+    """Evaluation records that also occur in training data."""
+
+
+@dataclass
+class SuiteResult:
+    kind: str
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    classes: tuple[str, ...]
+    features: SuiteFeatures = field(repr=False)
 
 
 def suite_names(params: Params) -> list[str]:
@@ -27,6 +56,19 @@ def suite_names(params: Params) -> list[str]:
     return [n for n in names if not params.evaluate.suites or n in params.evaluate.suites]
 
 
+def check_no_leakage(curated_dir: Path) -> None:
+    """Evaluation records must share neither a patient nor pixel content with training records
+    (curation splits by patient and drops duplicate content; this checks, not assumes, it)."""
+    manifest = pd.read_parquet(Path(curated_dir) / "manifest.parquet",
+                               columns=["role", "collection", "source_path", "patient_hash", "content_hash"])
+    evaluation, training = manifest[manifest["role"] == "eval"], manifest[manifest["role"] != "eval"]
+    for column, what in (("patient_hash", "patient"), ("content_hash", "image content")):
+        shared = evaluation[evaluation[column].isin(set(training[column]))]
+        if len(shared):
+            examples = ", ".join(f"{r.collection}/{r.source_path}" for r in shared.head(5).itertuples())
+            raise LeakageError(f"{len(shared)} evaluation record(s) share a {what} with training data: {examples}")
+
+
 def suite_features(model, params: Params, suite: str, slice_cache: Path) -> SuiteFeatures:
     """2D records through the image encoder; a suite without any is a 3D suite (slice cache + adapter)."""
     images = image_features(model, params.resolve(params.paths.curated), suite)
@@ -35,7 +77,36 @@ def suite_features(model, params: Params, suite: str, slice_cache: Path) -> Suit
     return volume_features(model, slice_cache, suite)
 
 
-def evaluate_features(model, suite: SuiteFeatures, params: Params) -> dict:
+def _interval(params: Params, name: str, value: float, metric_fn, *arrays) -> dict[str, float]:
+    if params.evaluate.bootstrap == 0:
+        return {name: value}
+    low, high = bootstrap_ci(metric_fn, *arrays, n_boot=params.evaluate.bootstrap, seed=params.seed)
+    return {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def _multilabel(model, suite: SuiteFeatures, params: Params) -> dict[str, float]:
+    """Per-condition AUROC of "<caption with the condition>" vs the normal caption, macro over all / base / rare."""
+    conditions = sorted({c for value in suite.conditions for c in value.split("|") if c})
+    if not conditions:
+        return {}
+    region, modality = suite.region_modality
+    from radclip.data.captions import make_caption
+
+    caption = params.data.caption
+    positive = model.encode_text([make_caption(caption, region, modality, (c,)) for c in conditions]).float().cpu().numpy()
+    normal = make_caption(caption, region, modality, ())
+    negative = np.repeat(model.encode_text([normal]).float().cpu().numpy(), len(conditions), axis=0)
+    targets = np.array([[int(c in value.split("|")) for c in conditions] for value in suite.conditions])
+    scale = float(model.logit_scale_exp().detach())
+    result = multilabel_auroc(suite.features, positive, negative, targets, conditions,
+                              rare_threshold=params.evaluate.rare_threshold, logit_scale=scale)
+    out = {"multilabel_auroc_macro": result["macro"], "multilabel_auroc_base": result["macro_base"],
+           "multilabel_auroc_rare": result["macro_rare"]}
+    out.update({f"multilabel_auroc.{name}": value for name, value in result["per_class"].items()})
+    return out
+
+
+def evaluate_features(model, suite: SuiteFeatures, params: Params) -> SuiteResult:
     """All metrics of one suite, flat (name → number) for MLflow and dvc metrics."""
     settings = params.evaluate
     metrics: dict[str, float] = {"records": float(len(suite.features))}
@@ -49,7 +120,9 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> dict:
     text = model.encode_text(candidates).float().cpu().numpy()
     candidate_index = {caption: index for index, caption in enumerate(candidates)}
     true_index = np.array([candidate_index[c] for c in suite.captions])
-    metrics["matching_p1"] = matching_precision(suite.features, text, true_index)
+    similarity = cosine_similarity(suite.features, text)
+    metrics.update(_interval(params, "matching_p1", top1_precision(similarity, true_index), top1_precision,
+                             similarity, true_index))
     classes = sorted(set(suite.labels))
     class_caption = {label: suite.captions[suite.labels == label][0] for label in classes}
     prompts = [
@@ -57,31 +130,113 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> dict:
         for c in classes
     ]
     label_index = np.array([classes.index(label) for label in suite.labels])
-    metrics.update({f"zero_shot_{k}": v for k, v in zero_shot(suite.features, prompts, label_index).items()})
+    zero = zero_shot(suite.features, prompts, label_index)
+    class_similarity = cosine_similarity(suite.features, ensemble_class_embeddings(prompts))
+    metrics.update({f"zero_shot_{k}": v for k, v in zero.items() if k != "top1"})
+    metrics.update(_interval(params, "zero_shot_top1", zero["top1"], top1_precision, class_similarity, label_index))
     positives = [np.array([i]) for i in true_index]
     retrieval = retrieval_metrics(suite.features, text, positives)
     metrics.update({k: float(v) for k, v in retrieval.items() if "queries" not in k})
-    return metrics
+    metrics.update(_multilabel(model, suite, params))
+    return SuiteResult(suite.kind, metrics, probe.confusion, tuple(probe.class_names), suite)
 
 
-def evaluate(params: Params, *, model_dir: Path, slice_cache: Path, suites: list[str] | None = None) -> dict[str, dict]:
+def prompt_scores(model, suites: list[SuiteFeatures], prompts: list[str]) -> dict[str, dict[str, float]]:
+    """Paper Fig. 5: mean softmax probability of each modality-level prompt (and distractor) per suite."""
+    text = model.encode_text(prompts).float().cpu().numpy()
+    scale = float(model.logit_scale_exp().detach())
+    scores: dict[str, dict[str, float]] = {}
+    for suite in suites:
+        logits = scale * cosine_similarity(suite.features, text)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        region, modality = suite.region_modality
+        group = f"{region} {modality} ({'3D' if suite.kind == '3d' else '2D'})"
+        scores[group] = {prompt: float(p) for prompt, p in zip(prompts, probabilities.mean(axis=0))}
+    return scores
+
+
+def lesion_truth(params: Params) -> dict[tuple[str, str], list[int]]:
+    """Phantom ground truth (suite folder, path) → finding slices; empty for real data."""
+    from radclip.data.phantoms import LESION_TRUTH
+
+    path = params.resolve(params.paths.raw) / LESION_TRUTH
+    if not path.exists():
+        return {}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return {(r.suite, r.path): [int(s) for s in r.slices.split("|") if s] for r in table.itertuples()}
+
+
+def _attention_examples(params: Params, suite: SuiteFeatures, truth: dict, collection_paths: dict[str, str]):
+    """A few volumes with a finding: (weights over valid slices, lesion slices in curated indices, caption)."""
+    suite_folder = Path(collection_paths.get(suite.suite, "")).name
+    examples = []
+    for k in np.flatnonzero(suite.labels != "Normal"):
+        raw_slices = truth.get((suite_folder, suite.source_paths[k].split("#")[0]))
+        if not raw_slices or suite.attention is None:
+            continue
+        valid = int(suite.slice_counts[k])
+        raw_count = max(params.phantoms.volume_shape[0], 1)
+        # curation resamples slices: raw slice i covers curated slices around (i + 0.5) * valid / raw
+        mapped = sorted({min(valid - 1, int((i + 0.5) * valid / raw_count)) for i in raw_slices})
+        examples.append((suite.attention[k, :valid], mapped, str(suite.captions[k])))
+        if len(examples) == params.evaluate.attention_volumes:
+            break
+    return examples
+
+
+def write_figures(params: Params, results: dict[str, SuiteResult], model, out_dir: Path) -> list[Path]:
+    """Confusion matrices, slice attention with lesion slices marked, and the Fig. 5 prompt scores."""
+    from radclip.evaluation.plots import confusion_matrix_figure, prompt_scores_figure, slice_attention_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    truth = lesion_truth(params)
+    collection_paths = {c.name: c.path for c in params.data.collections}
+    for name, result in results.items():
+        written.append(confusion_matrix_figure(result.confusion, result.classes, out_dir / f"confusion_{name}.png",
+                                               title=f"{name}: linear probe (test folds)"))
+        examples = _attention_examples(params, result.features, truth, collection_paths) if result.kind == "3d" else []
+        if examples:
+            weights, lesions, labels = zip(*examples)
+            written.append(slice_attention_figure(weights, lesions, labels, out_dir / f"attention_{name}.png",
+                                                  title=f"{name}: adapter attention over slices"))
+    if params.evaluate.modality_prompts:
+        scores = prompt_scores(model, [r.features for r in results.values()], params.evaluate.modality_prompts)
+        written.append(prompt_scores_figure(scores, out_dir / "modality_prompts.png",
+                                            title="Modality prompts and distractors (mean softmax probability)"))
+    return written
+
+
+def evaluate(
+    params: Params, *, model_dir: Path, slice_cache: Path, suites: list[str] | None = None, figures: bool = True,
+) -> dict[str, dict]:
     """Evaluate a saved RadCLIP on the configured suites; logs one MLflow run, returns metrics per suite."""
     from radclip import tracking
     from radclip.models import RadCLIP
 
+    check_no_leakage(params.resolve(params.paths.curated))
     model = RadCLIP.from_pretrained(model_dir)
     model.eval()
-    results: dict[str, dict] = {}
+    results: dict[str, SuiteResult] = {}
     with tracking.start_run(params, stage="evaluate", tags={"model.dir": str(model_dir)}):
         for suite in suites or suite_names(params):
             features = suite_features(model, params, suite, slice_cache)
-            results[suite] = {"kind": features.kind, **evaluate_features(model, features, params)}
-            tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].items() if k != "kind"})
-        tracking.log_dict(results, "evaluation.json")
-    return results
+            results[suite] = evaluate_features(model, features, params)
+            tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()})
+        flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
+        tracking.log_dict(flat, "evaluation.json")
+        if figures:
+            figure_dir = params.resolve(params.paths.reports) / FIGURES_DIR
+            for path in write_figures(params, results, model, figure_dir):
+                tracking.log_artifact(path, "figures")
+    return flat
 
 
 def write_report(params: Params, results: dict[str, dict]) -> Path:
-    """Headline metrics per suite for `dvc metrics show` (per-fold values stay in MLflow)."""
-    headline = {suite: {k: v for k, v in metrics.items() if "_fold" not in k} for suite, metrics in results.items()}
+    """Headline metrics per suite for `dvc metrics show` (per-fold and per-class values stay in MLflow)."""
+    headline = {
+        suite: {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
+        for suite, metrics in results.items()
+    }
     return write_metrics(params, "evaluate.json", headline)

@@ -21,7 +21,15 @@ class SuiteFeatures:
     labels: np.ndarray  # (N,) class names
     patients: np.ndarray  # (N,) patient hashes: folds are split by these
     captions: np.ndarray  # (N,) the record's caption (the correct matching candidate)
-    attention: np.ndarray | None = None  # (N, S) adapter weights over slices (3D only)
+    conditions: np.ndarray  # (N,) "|"-joined conditions ("" = normal): multi-label targets
+    source_paths: np.ndarray  # (N,) file relative to the collection root (curation's source_path)
+    region_modality: tuple[str, str]  # e.g. ("Chest", "CT")
+    attention: np.ndarray | None = None  # (N, S) pooling weights over slices (3D only)
+    slice_counts: np.ndarray | None = None  # (N,) valid slices per volume (3D only)
+
+
+def _region_modality(table: pd.DataFrame) -> tuple[str, str]:
+    return (str(table["region"].iloc[0]), str(table["modality"].iloc[0])) if len(table) else ("", "")
 
 
 @torch.no_grad()
@@ -40,13 +48,29 @@ def image_features(model, curated_dir: Path, collection: str, *, batch_size: int
         labels=manifest["label"].to_numpy(),
         patients=manifest["patient_hash"].to_numpy(),
         captions=manifest["caption"].to_numpy(),
+        conditions=manifest["conditions"].to_numpy(),
+        source_paths=manifest["source_path"].to_numpy(),
+        region_modality=_region_modality(manifest),
     )
 
 
+def average_pool(slices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global average pooling over the valid slices (the ablation's baseline): L2-normalised
+    ``(B, D)`` and the uniform weights it amounts to ``(B, S)``."""
+    weights = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
+    pooled = torch.einsum("bs,bsd->bd", weights, slices.float())
+    return torch.nn.functional.normalize(pooled, dim=-1), weights
+
+
 @torch.no_grad()
-def volume_features(model, slice_cache_dir: Path, collection: str, *, batch_size: int = 64) -> SuiteFeatures:
+def volume_features(
+    model, slice_cache_dir: Path, collection: str, *, pooling: str = "adapter", batch_size: int = 64
+) -> SuiteFeatures:
+    """Volume embeddings from cached slice embeddings, pooled by the trained adapter or by averaging."""
     from radclip.training.slice_cache import SliceCacheDataset
 
+    if pooling not in ("adapter", "average"):
+        raise ValueError(f"pooling must be 'adapter' or 'average', got {pooling!r}")
     data = SliceCacheDataset(slice_cache_dir, query=f"collection == '{collection}'")
     model.eval()
     features, weights = [], []
@@ -54,7 +78,10 @@ def volume_features(model, slice_cache_dir: Path, collection: str, *, batch_size
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
         slices = torch.stack([item[0] for item in items]).to(model.device)
         mask = torch.stack([item[1] for item in items]).to(model.device)
-        volume, attention = model.pool_slices(slices, mask, return_weights=True)
+        if pooling == "adapter":
+            volume, attention = model.pool_slices(slices, mask, return_weights=True)
+        else:
+            volume, attention = average_pool(slices, mask)
         features.append(volume.float().cpu().numpy())
         weights.append(attention.float().cpu().numpy())
     index: pd.DataFrame = data.index
@@ -65,5 +92,9 @@ def volume_features(model, slice_cache_dir: Path, collection: str, *, batch_size
         labels=index["label"].to_numpy(),
         patients=index["patient_hash"].to_numpy(),
         captions=index["caption"].to_numpy(),
+        conditions=index["conditions"].to_numpy(),
+        source_paths=index["source_path"].to_numpy(),
+        region_modality=_region_modality(index),
         attention=np.concatenate(weights) if weights else None,
+        slice_counts=index["slices"].to_numpy(),
     )

@@ -59,10 +59,11 @@ ADAPTER_FILE = "adapter.safetensors"
 FORMAT_NAME = "radclip"
 FORMAT_VERSION = 1
 
-# Slices → [0, 1] by each volume's 0.5–99.5 percentile range. Z-scoring is affine, so this gives
-# back the display range the 2D images of the same anatomy have (a windowed CT maps its window to
-# [0, 1], air black); clipping at ±2.5σ instead left air mid-grey and compressed contrast, and the
-# 2D encoder recognised nothing in 3D slices (zero-shot at chance on them).
+# Slices → [0, 1] by each volume's display range (curation records it: a CT's window, else its
+# 0.5–99.5 percentiles, the rule 2D images get), so a slice looks to the 2D encoder like a 2D image
+# of that anatomy. Without a recorded range the percentiles below stand in. Percentiles for a
+# windowed CT put air at 0 where the lung window puts it at 0.22: per-slice zero-shot on lesion
+# slices went from 0.0 to 0.4-0.6 with the recorded window.
 SLICE_RANGE_PERCENTILES = (0.005, 0.995)
 LOGIT_SCALE_MAX = 100.0  # CLIP's clamp on exp(logit_scale)
 DEFAULT_SLICE_CHUNK = 256  # slices per vision forward in encode_slices: bounds activation memory
@@ -171,23 +172,32 @@ class RadCLIP(nn.Module):
         pixels = pixels.expand(-1, 3, -1, -1)  # grey → RGB: CLIP weights expect three channels
         return ((pixels - self.pixel_mean) / self.pixel_std).to(self._vision_dtype())
 
-    def preprocess_slices(self, volumes: Tensor | np.ndarray) -> Tensor:
+    def preprocess_slices(self, volumes: Tensor | np.ndarray, display_range: Tensor | np.ndarray | None = None) -> Tensor:
         """Z-scored volumes ``(B, S, H, W)`` → pixel values ``(B*S, 3, h, w)``.
 
-        Each volume is mapped to [0, 1] by its own percentile range (see
-        ``SLICE_RANGE_PERCENTILES``), then every slice is preprocessed like a 2D image.
+        Each volume is mapped to [0, 1] by its display range (see :meth:`volumes_to_unit`),
+        then every slice is preprocessed like a 2D image.
         """
         volumes = _as_tensor(volumes)
         if volumes.dim() != 4:
             raise ValueError(f"volumes must be (B, S, H, W), got {tuple(volumes.shape)}")
         batch, count, height, width = volumes.shape
-        return self.preprocess_images(self.volumes_to_unit(volumes).reshape(batch * count, height, width))
+        unit = self.volumes_to_unit(volumes, display_range)
+        return self.preprocess_images(unit.reshape(batch * count, height, width))
 
-    def volumes_to_unit(self, volumes: Tensor) -> Tensor:
-        """``(B, S, H, W)`` → [0, 1] per volume: its low/high percentiles map to 0/1 (clipped)."""
+    def volumes_to_unit(self, volumes: Tensor, display_range: Tensor | np.ndarray | None = None) -> Tensor:
+        """``(B, S, H, W)`` → [0, 1] per volume: its display range ``(B, 2)`` (low, high in the
+        volume's own units, as curation records it) maps to 0/1, clipped. Rows that are NaN, or
+        no ``display_range``, fall back to the volume's ``SLICE_RANGE_PERCENTILES``."""
         flat = volumes.to(self.device).float().reshape(volumes.shape[0], -1)
         low_q, high_q = SLICE_RANGE_PERCENTILES
         bounds = torch.stack([torch.quantile(row, torch.tensor([low_q, high_q], device=row.device)) for row in flat])
+        if display_range is not None:
+            given = _as_tensor(display_range).to(device=bounds.device, dtype=bounds.dtype).reshape(-1, 2)
+            if given.shape[0] != flat.shape[0]:
+                raise ValueError(f"display_range must be (B, 2) = ({flat.shape[0]}, 2), got {tuple(given.shape)}")
+            known = torch.isfinite(given).all(dim=1, keepdim=True)
+            bounds = torch.where(known, given, bounds)
         low, high = bounds[:, :1], bounds[:, 1:]
         unit = ((flat - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
         return unit.reshape(volumes.shape)
@@ -205,13 +215,18 @@ class RadCLIP(nn.Module):
         return self.encode_pixels(self.preprocess_images(images))
 
     def encode_slices(
-        self, volumes: Tensor | np.ndarray, mask: Tensor | None = None, chunk_size: int | None = None
+        self,
+        volumes: Tensor | np.ndarray,
+        mask: Tensor | None = None,
+        chunk_size: int | None = None,
+        display_range: Tensor | np.ndarray | None = None,
     ) -> Tensor:
         """Z-scored volumes ``(B, S, H, W)`` → per-slice L2-normalised embeddings ``(B, S, D)``.
 
         Slices go through the 2D encoder ``chunk_size`` at a time (preprocessing
         included), so memory stays bounded whatever B × S. With ``mask`` (True = valid)
-        padded slices are skipped and their embeddings are zero.
+        padded slices are skipped and their embeddings are zero. ``display_range``
+        ``(B, 2)``: see :meth:`volumes_to_unit`.
         """
         volumes = _as_tensor(volumes)
         if volumes.dim() != 4:
@@ -219,7 +234,7 @@ class RadCLIP(nn.Module):
         batch, count, height, width = volumes.shape
         chunk = chunk_size or self.slice_chunk_size
         # Per-volume intensity mapping first: it needs the whole volume, chunks cut across volumes.
-        flat = self.volumes_to_unit(volumes).reshape(batch * count, height, width)
+        flat = self.volumes_to_unit(volumes, display_range).reshape(batch * count, height, width)
         if mask is None:
             pieces = [
                 self.encode_image(flat[start : start + chunk])
@@ -251,9 +266,14 @@ class RadCLIP(nn.Module):
         volume = F.normalize(pooled, dim=-1)
         return (volume, weights) if return_weights else volume
 
-    def encode_volume(self, volumes: Tensor | np.ndarray, mask: Tensor | None = None) -> Tensor:
+    def encode_volume(
+        self,
+        volumes: Tensor | np.ndarray,
+        mask: Tensor | None = None,
+        display_range: Tensor | np.ndarray | None = None,
+    ) -> Tensor:
         """Z-scored volumes ``(B, S, H, W)`` → L2-normalised ``(B, D)``."""
-        return self.pool_slices(self.encode_slices(volumes, mask), mask)
+        return self.pool_slices(self.encode_slices(volumes, mask, display_range=display_range), mask)
 
     def encode_text(self, captions: list[str]) -> Tensor:
         """Captions → L2-normalised ``(N, D)``; cached per unique caption while the text tower is frozen."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +22,10 @@ from safetensors.torch import load_file
 
 from radclip import tracking
 from radclip.config import Params
+from radclip.evaluation.plots import loss_curves_figure
 from radclip.training.loop import BEST_FILE, STATE_FILE, FitConfig, Stage, fresh_adapter, train_worker
+
+STOP_FILE = "stop-requested"  # in the run's scratch dir: workers stop after the epoch that finds it
 
 
 @dataclass
@@ -33,6 +38,7 @@ class FitResult:
     seconds: float
     mlflow_run_id: str
     workers: int
+    stopped_by_callback: bool = False  # on_epoch asked to stop (a pruned sweep trial)
 
 
 def _train_params(params: Params, stage: Stage):
@@ -80,18 +86,37 @@ def fit(
     out_dir: Path,
     model_source: Path | None = None,
     fail_at: tuple[int, int] | None = None,
+    tags: dict[str, str] | None = None,
+    on_epoch: Callable[[dict], bool] | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
 ) -> FitResult:
-    """Train one stage and save the best model to ``out_dir``."""
+    """Train one stage and save the best model to ``out_dir``; ``tags`` go on its MLflow run.
+
+    ``on_epoch(metrics)`` is called on this (the driver's) side after every epoch; returning
+    True stops training after that epoch (the sweep's pruner). ``parent_run_id`` nests the
+    run (a sweep trial under its sweep).
+    """
     from radclip.models import RadCLIP, build_model
 
     train = _train_params(params, stage)
-    name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    name = run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
     run_dir = params.resolve(params.paths.tmp) / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     workers = train.num_workers if train.engine == "ray" else 1
     started = time.perf_counter()
+    stop_file = run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    stopped = threading.Event()
+
+    def epoch_done(metrics: dict) -> None:
+        if on_epoch is not None and not stopped.is_set() and on_epoch(metrics):
+            stopped.set()
+            stop_file.touch()
+
     with tracking.start_run(
-        params, stage=f"pretrain_{stage}", run_name=name, tags={"ray.workers": workers, "engine": train.engine}
+        params, stage=f"pretrain_{stage}", run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
+        tags={"ray.workers": workers, "engine": train.engine, **(tags or {})},
     ) as run:
         config = FitConfig(
             params=params.model_dump(mode="json", by_alias=True),
@@ -102,12 +127,14 @@ def fit(
             model_source=str(model_source) if model_source else None,
             mlflow_run_id=run.info.run_id,
             fail_at=fail_at,
+            stop_file=str(stop_file),
         )
         if train.engine == "ray":
-            checkpoint_dir = _run_ray(params, config, name)
+            with _EpochPoller(run.info.run_id, epoch_done if on_epoch else None):
+                checkpoint_dir = _run_ray(params, config, name)
             history = _history_from_run(run.info.run_id)
         else:
-            reports = train_worker(asdict(config))
+            reports = train_worker(asdict(config), on_epoch=epoch_done)
             history = [metrics for metrics, _ in reports]
             checkpoint_dir = Path(reports[-1][1])
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())["state"]
@@ -121,6 +148,8 @@ def fit(
         seconds = time.perf_counter() - started
         tracking.log_metrics({"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds})
         tracking.log_artifacts(out_dir, "model")
+        curves = loss_curves_figure(history, run_dir / f"loss_{stage}.png", title=f"pretrain_{stage}: loss per epoch")
+        tracking.log_artifact(curves, "plots")
         result = FitResult(
             model_dir=str(out_dir),
             history=history,
@@ -130,12 +159,46 @@ def fit(
             seconds=seconds,
             mlflow_run_id=run.info.run_id,
             workers=workers,
+            stopped_by_callback=stopped.is_set(),
         )
     # The run finished: its scratch and Ray Train checkpoints are no longer needed (names are unique,
     # so nothing would ever resume from them).
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(_ray_storage(params) / name, ignore_errors=True)
     return result
+
+
+class _EpochPoller:
+    """Driver-side per-epoch hook for Ray workers: rank 0 logs each epoch into the run, this thread
+    reads the run's metric history and calls ``callback`` once per new epoch (Optuna trials live
+    on the driver, never in Ray workers)."""
+
+    def __init__(self, run_id: str, callback: Callable[[dict], None] | None, interval: float = 1.0):
+        self.run_id, self.callback, self.interval = run_id, callback, interval
+        self.done = threading.Event()
+        self.seen = -1
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="radclip-epoch-poller")
+
+    def _poll(self) -> None:
+        for metrics in _history_from_run(self.run_id):
+            if metrics["epoch"] > self.seen and "val_loss" in metrics:
+                self.seen = metrics["epoch"]
+                self.callback(metrics)
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.interval):
+            self._poll()
+
+    def __enter__(self) -> "_EpochPoller":
+        if self.callback is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        if self.callback is not None:
+            self.thread.join()
+            self._poll()  # epochs logged after the last poll
 
 
 def _history_from_run(run_id: str) -> list[dict]:

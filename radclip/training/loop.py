@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,7 @@ class FitConfig:
     model_source: str | None = None  # RadCLIP directory to start from; None: build from params
     mlflow_run_id: str | None = None
     fail_at: tuple[int, int] | None = None  # (epoch, step): kill the last worker once (tests)
+    stop_file: str | None = None  # when this file exists after an epoch, every worker stops (sweep pruning)
 
 
 # --------------------------------------------------------------------------- data
@@ -300,8 +302,15 @@ def _loader(dataset: Dataset, per_worker: int, ctx: WorkerContext, seed: int, sh
     return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True, num_workers=0), sampler
 
 
-def train_worker(raw_config: dict) -> list:
-    """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly)."""
+def _stop_requested(config: FitConfig, ctx: WorkerContext) -> bool:
+    """Rank 0 looks for the stop file; the answer is shared so that all workers stop at the same epoch."""
+    seen = float(ctx.rank == 0 and config.stop_file is not None and Path(config.stop_file).exists())
+    return _all_reduce_sum([seen], ctx.world_size)[0] > 0
+
+
+def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = None) -> list:
+    """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly,
+    with ``on_epoch`` called after every epoch's report: the sweep's pruning hook)."""
     from radclip.losses import ClipLoss
     from radclip.models import RadCLIP, build_model
 
@@ -405,4 +414,8 @@ def train_worker(raw_config: dict) -> list:
 
                 tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=config.mlflow_run_id)
         ctx.report(metrics, checkpoint_dir)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if _stop_requested(config, ctx):
+            break
     return ctx.local_reports

@@ -68,8 +68,8 @@ TIMING_KEYS = ("seconds", "volumes_per_second")  # returned by write_slice_cache
 # Identifying manifest columns carried into the cache index (what the adapter stage
 # and evaluation select and label by), then where each embedding lives.
 INDEX_COLUMNS = [
-    "record_id", "collection", "role", "split", "caption", "label",
-    "conditions", "plane", "patient_hash", "slices",
+    "record_id", "collection", "role", "split", "caption", "label", "region", "modality",
+    "conditions", "plane", "patient_hash", "source_path", "slices",
 ]
 INDEX_SCHEMA = pa.schema(
     [(name, pa.int64() if name == "slices" else pa.string()) for name in INDEX_COLUMNS]
@@ -126,13 +126,15 @@ def _volume_records(curated_dir: Path) -> pd.DataFrame:
 
 def _shape_batches(
     curated: CuratedDataset, rows: pd.DataFrame, batch_volumes: int
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first row, volumes (B, S, H, W))`` for consecutive rows of one shape, B ≤ batch_volumes.
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(first row, volumes (B, S, H, W), display ranges (B, 2))`` for consecutive rows of
+    one shape, B ≤ batch_volumes.
 
     encode_slices needs one (S, H, W) per batch; planes may differ in slices and size,
     so a batch ends early where the shape changes rather than padding pixels.
     """
     pending: list[np.ndarray] = []
+    ranges: list[tuple[float, float]] = []
     first = 0
     for position, row in enumerate(rows.itertuples(index=False)):
         volume = curated.shard(row.shard)[int(row.shard_index)]
@@ -142,13 +144,15 @@ def _shape_batches(
                 f"{tuple(volume.shape)}, the manifest says {row.slices} slices"
             )
         if pending and (len(pending) == batch_volumes or volume.shape != pending[0].shape):
-            yield first, np.stack(pending)
-            pending = []
+            yield first, np.stack(pending), np.array(ranges, dtype=np.float32)
+            pending, ranges = [], []
         if not pending:
             first = position
         pending.append(volume)
+        # Manifests curated before display ranges were recorded: NaN = the encoder's percentile rule.
+        ranges.append((getattr(row, "display_low", np.nan), getattr(row, "display_high", np.nan)))
     if pending:
-        yield first, np.stack(pending)
+        yield first, np.stack(pending), np.array(ranges, dtype=np.float32)
 
 
 def write_slice_cache(
@@ -197,8 +201,8 @@ def write_slice_cache(
                 block = np.lib.format.open_memmap(
                     staging / name, mode="w+", dtype=EMBEDDING_DTYPE, shape=(len(rows), padded_slices, embedding_dim)
                 )
-                for first, volumes in _shape_batches(curated, rows, batch_volumes):
-                    embeddings = model.encode_slices(volumes).to("cpu", torch.float32).numpy()
+                for first, volumes, display in _shape_batches(curated, rows, batch_volumes):
+                    embeddings = model.encode_slices(volumes, display_range=display).to("cpu", torch.float32).numpy()
                     count, slices = volumes.shape[:2]
                     block[first : first + count, :slices] = embeddings.astype(EMBEDDING_DTYPE)
                     block[first : first + count, slices:] = 0  # explicit: padding never depends on the filesystem

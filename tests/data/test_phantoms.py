@@ -22,13 +22,16 @@ from radclip.data.dicom_write import PHI_TAGS
 from radclip.data.phantoms import (
     CHEXPERT_5,
     CHEXPERT_OBSERVATIONS,
+    LESION_TRUTH,
     SCENES,
     TRAIN_2D_MIX,
     RenderSettings,
     Slab,
     generate,
+    Job,
     image_grid,
     plan_suites,
+    run_job,
     plan_training,
     synthesize,
 )
@@ -280,6 +283,47 @@ def test_volume_finding_changes_only_a_few_contiguous_slices(scene, condition, p
         assert changed == list(range(changed[0], changed[0] + len(changed)))  # contiguous
         assert tuple(changed) == lesion.finding_slices
         assert change.max() >= threshold, (seed, change.max())
+
+
+@pytest.mark.parametrize(("scene", "plane", "output"), [
+    ("chest_ct", "axial", "dicom_series"), ("brain_mri", "axial", "nifti"), ("brain_mri", "sagittal", "nifti"),
+    ("brain_mri", "sagittal", "dicom_multiframe")])
+def test_finding_slices_index_the_volume_as_the_loaders_read_it(scene, plane, output, tmp_path):
+    """The lesion truth (slices in stored order) must name the slices that differ once the file
+    is read back by the real loaders: DICOM sorted by position, NIfTI reoriented to canonical."""
+    from radclip.data.dicom import load_dicom
+    from radclip.data.nifti import load_nifti
+
+    settings = RenderSettings(seed=3, image_size=32, volume_shape=(16, 24, 24), lesion_slices=(2, 4))
+    condition = SCENES[scene].findings[0].name
+    loaded, truth = [], None
+    for conditions in ((condition,), ()):
+        suffix = {"nifti": ".nii.gz", "dicom_multiframe": ".dcm", "dicom_series": ""}[output]
+        path = tmp_path / f"{'lesion' if conditions else 'normal'}{suffix}"
+        job = Job(stream=0, index=5, scene=scene, conditions=conditions, kind="3d", output=output, path=str(path),
+                  plane=plane, uid_seed=f"t{len(conditions)}")
+        _, slices = run_job(settings, job)
+        truth = truth or slices
+        image = load_nifti(path) if output == "nifti" else load_dicom(path)[0]
+        assert image.plane == plane
+        loaded.append(image.pixels.astype(np.float32))
+    changed = np.nonzero(np.abs(loaded[0] - loaded[1]).reshape(len(loaded[0]), -1).max(axis=1))[0]
+    assert tuple(changed.tolist()) == truth and truth
+
+
+def test_lesion_truth_lists_every_evaluation_volume(generated):
+    params, root, _ = generated
+    rows = _read_csv(root / LESION_TRUTH)
+    volumes = {(r["suite"], r["path"]) for r in rows}
+    for suite in ("brain_mri_3d_2class", "chest_ct_3d_3class"):
+        on_disk = [p for p in (root / "eval" / suite).rglob("*") if p.suffixes[-2:] == [".nii", ".gz"]
+                   or (p.is_dir() and any(child.suffix == ".dcm" for child in p.iterdir()))]
+        assert on_disk and all((suite, p.relative_to(root / "eval" / suite).as_posix()) in volumes for p in on_disk)
+    normal = [r for r in rows if not r["slices"]]
+    diseased = [r for r in rows if r["slices"]]
+    assert normal and diseased
+    low, high = params.phantoms.lesion_slices
+    assert all(low <= len(r["slices"].split("|")) <= high for r in diseased)
 
 
 CASES_2D = [(key, f.name) for key, scene in SCENES.items() for f in scene.findings]

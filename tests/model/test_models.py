@@ -79,6 +79,21 @@ def test_attention_weights_sum_to_one_over_valid_slices_and_zero_on_padding():
     assert torch.all(weights[mask] > 0)
 
 
+def test_attention_adapter_starts_as_average_pooling_and_pools_the_slice_embeddings():
+    """Its output is the weighted sum of the input slice embeddings (so it stays in the joint
+    image–text space), and a fresh adapter weighs valid slices nearly uniformly (training starts at GAP)."""
+    torch.manual_seed(0)
+    adapter = SlicePoolingAdapter(64, 4, max_slices=32).eval()
+    slices = torch.nn.functional.normalize(torch.randn(2, 20, 64), dim=-1)
+    mask = _mask([12, 20], 20)
+    volume, weights = adapter(slices, mask)
+    torch.testing.assert_close(volume, torch.einsum("bs,bsd->bd", weights, slices))
+    uniform = mask.float() / mask.float().sum(1, keepdim=True)
+    torch.testing.assert_close(weights, uniform, rtol=0, atol=0.1 / 20)
+    mean = SlicePoolingAdapter(64, 4, max_slices=32, reducer="mean")(slices, mask)[0]
+    assert torch.nn.functional.cosine_similarity(volume, mean).min() > 0.99
+
+
 def test_mean_reducer_is_the_masked_mean():
     slices, mask = torch.randn(2, 6, 16), _mask([3, 6], 6)
     volume, weights = SlicePoolingAdapter(16, 2, max_slices=8, reducer="mean")(slices, mask)
@@ -219,6 +234,15 @@ def test_preprocessing_images_and_slices(model):
     assert slices.shape == (4, 3, 64, 64)
     torch.testing.assert_close(slices[0, :, 0, 0], black)  # the lowest values → black
     torch.testing.assert_close(slices[0, :, 0, -1], white)  # the highest → white
+
+    # A recorded display range (a CT window, in z units) wins over the percentiles: values below
+    # its low end are black, above its high end white, linear between; a NaN row falls back.
+    two = torch.cat([ramp, ramp]).half()
+    windowed = model.volumes_to_unit(two, torch.tensor([[-1.0, 1.0], [float("nan"), float("nan")]]))
+    torch.testing.assert_close(windowed[0], ((ramp[0].half().float() + 1.0) / 2.0).clamp(0.0, 1.0))
+    torch.testing.assert_close(windowed[1], model.volumes_to_unit(ramp.half())[0])
+    with pytest.raises(ValueError, match="display_range"):
+        model.volumes_to_unit(two, torch.zeros(3, 2))
 
 
 def test_encoders_normalised_and_slices_masked_and_chunked(model):

@@ -42,6 +42,11 @@ TINY = {
 }
 
 
+# Display ranges recorded by curation (z units); the others have none (NaN: percentile fallback).
+DISPLAY = {"ax0": (-1.0, 2.0), "cor1": (-0.5, 0.5)}
+NO_RANGE = (float("nan"), float("nan"))
+
+
 def tiny_model(seed: int = 0) -> RadCLIP:
     return build_model(Params.model_validate({**TINY, "seed": seed}), CAPTIONS)
 
@@ -52,7 +57,8 @@ def _row(record_id: str, kind: str, role: str, split: str, caption: str, plane: 
         record_id=record_id, collection=f"phantom-{kind}", role=role, kind=kind, split=split, caption=caption,
         label=caption.split(" with ")[-1] if " with " in caption else "Normal", conditions="", plane=plane,
         patient_hash=f"p-{record_id}", shard=shard, shard_index=shard_index, slices=slices, height=size, width=size,
-        mean=0.0, std=1.0, min=-3.0, max=3.0,
+        mean=0.0, std=1.0, min=-3.0, max=3.0, display_low=DISPLAY.get(record_id, NO_RANGE)[0],
+        display_high=DISPLAY.get(record_id, NO_RANGE)[1],
     )
     return row
 
@@ -109,13 +115,14 @@ def test_cache_holds_exactly_the_3d_records_of_every_role_and_split(cache, curat
     assert not (cache.parent / "slice_cache.partial").exists()
 
 
-def test_cached_rows_equal_encode_slices_and_padding_is_zero(cache, curated, model):
+def test_cached_rows_equal_encode_slices_with_the_recorded_display_range_and_padding_is_zero(cache, curated, model):
     index = pq.read_table(cache / INDEX_FILE).to_pandas()
     for row in index.itertuples():
         stored = np.load(cache / row.shard, mmap_mode="r")[row.shard_index]
         assert stored.dtype == np.float16
         with torch.no_grad():
-            expected = model.eval().encode_slices(curated[1][row.record_id][None])[0].numpy()
+            display = torch.tensor([DISPLAY.get(row.record_id, NO_RANGE)])
+            expected = model.eval().encode_slices(curated[1][row.record_id][None], display_range=display)[0].numpy()
         assert row.slices == len(expected)
         np.testing.assert_allclose(stored[: row.slices].astype(np.float32), expected, rtol=0, atol=2e-3)
         assert np.all(stored[row.slices :] == 0)

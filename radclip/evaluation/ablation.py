@@ -1,0 +1,162 @@
+"""The ablation grid (RadCLIP Table III): {vanilla, fine-tuned} 2D encoder × {average pooling, trained adapter}.
+
+The vanilla encoder is the starting weights of 2D pretraining (``models/radclip-init``);
+each encoder has its own slice cache and its own adapter trained on that cache
+(``pretrain_adapter@vanilla`` / ``@finetuned``). Global average pooling needs no
+training: the mean of a volume's slice embeddings. Every cell is evaluated with the
+same protocol as the ``evaluate`` stage, each as an MLflow child run under one parent
+run that also logs the table (Markdown + CSV) and its bar chart.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from radclip.config import Params
+from radclip.evaluation.evaluate import evaluate_features, suite_names
+from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
+from radclip.reports import write_metrics
+
+ENCODERS = ("vanilla", "finetuned")
+POOLINGS = ("average", "adapter")
+ENCODER_LABELS = {"vanilla": "Vanilla CLIP", "finetuned": "Fine-tuned"}
+POOLING_LABELS = {"average": "Global average pooling", "adapter": "Slice pooling adapter"}
+# Per 3D suite, the Table III columns: (metric key, header).
+TABLE_METRICS = (("probe_accuracy", "Acc"), ("probe_macro_f1", "F1"), ("matching_p1", "P@1"))
+FIGURE_METRICS = ("probe_accuracy_mean", "probe_macro_f1_mean", "matching_p1")
+MEAN_SUITE = "mean_3d"  # each metric (and its fold std) averaged over the 3D suites
+
+
+@dataclass(frozen=True)
+class Cell:
+    encoder: str  # "vanilla" | "finetuned"
+    pooling: str  # "average" | "adapter"
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoder}+{self.pooling}"
+
+
+CELLS = tuple(Cell(encoder, pooling) for encoder in ENCODERS for pooling in POOLINGS)
+
+
+def cell_features(model, params: Params, cell: Cell, suite: str, slice_cache: Path) -> SuiteFeatures:
+    """A suite's features in one cell: 2D suites depend on the encoder only; volumes are pooled per the cell."""
+    images = image_features(model, params.resolve(params.paths.curated), suite)
+    if len(images.features):
+        return images
+    return volume_features(model, slice_cache, suite, pooling=cell.pooling)
+
+
+def ordering(rows: list[dict], suite: str, metric: str = "probe_accuracy") -> dict:
+    """Table III's claim on one suite: fine-tuned + adapter beats vanilla + average pooling
+    by more than the larger of their fold standard deviations."""
+    by_cell = {row["cell"]: row for row in rows if row["suite"] == suite}
+    best, worst = by_cell["finetuned+adapter"], by_cell["vanilla+average"]
+    gap = best[f"{metric}_mean"] - worst[f"{metric}_mean"]
+    spread = max(best[f"{metric}_std"], worst[f"{metric}_std"])
+    return {"gap": gap, "fold_std": spread, "holds": bool(gap > spread)}
+
+
+def _cell_text(row: dict, metric: str) -> str:
+    if f"{metric}_mean" in row:
+        return f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}"
+    return f"{row[metric]:.3f}"
+
+
+def table_markdown(rows: list[dict], suites: list[str]) -> str:
+    """Paper Table III layout: one row per cell, per 3D suite Acc / F1 (mean ± std over folds) and P@1."""
+    header = ["2D encoder", "Slice pooling"] + [f"{suite} {label}" for suite in suites for _, label in TABLE_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell in CELLS:
+        cells = [ENCODER_LABELS[cell.encoder], POOLING_LABELS[cell.pooling]]
+        for suite in suites:
+            row = next(r for r in rows if r["cell"] == cell.name and r["suite"] == suite)
+            cells += [_cell_text(row, metric) for metric, _ in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    columns = ["label", "cell", "encoder", "pooling", "suite", "kind"]
+    columns += sorted({key for row in rows for key in row} - set(columns))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def ablate(params: Params, *, models: dict[str, Path], slice_caches: dict[str, Path]) -> dict:
+    """Evaluate the four cells; ``models[encoder]`` holds that encoder with its trained adapter,
+    ``slice_caches[encoder]`` its slice cache. Writes ``reports/ablation.{json,csv,md,png}``."""
+    from radclip import tracking
+    from radclip.evaluation.plots import ablation_figure
+    from radclip.models import RadCLIP
+
+    suites = suite_names(params)
+    rows: list[dict] = []
+    loaded = {encoder: RadCLIP.from_pretrained(models[encoder]).eval() for encoder in ENCODERS}
+    encoder_only: dict[tuple[str, str], dict] = {}  # 2D suites: same numbers for both poolings
+    with tracking.start_run(params, stage="ablate", run_name="ablation-grid", tags={"ablation.cells": len(CELLS)}) as parent:
+        for cell in CELLS:
+            model = loaded[cell.encoder]
+            tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling, "model.dir": str(models[cell.encoder])}
+            with tracking.start_run(params, stage="ablate", run_name=cell.name, nested=True, tags=tags):
+                for suite in suites:
+                    key = (cell.encoder, suite)
+                    if key in encoder_only:
+                        kind, metrics = "2d", encoder_only[key]
+                    else:
+                        features = cell_features(model, params, cell, suite, slice_caches[cell.encoder])
+                        kind, metrics = features.kind, evaluate_features(model, features, params).metrics
+                        if kind == "2d":
+                            encoder_only[key] = metrics
+                    headline = {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
+                    tracking.log_metrics({f"{suite}.{k}": v for k, v in headline.items()})
+                    rows.append({"label": f"{suite}: {cell.name}", "cell": cell.name, "encoder": cell.encoder,
+                                 "pooling": cell.pooling, "suite": suite, "kind": kind, **headline})
+        volume_suites = [s for s in suites if any(r["suite"] == s and r["kind"] == "3d" for r in rows)]
+        rows += _mean_rows(rows, volume_suites)
+        checks = {suite: ordering(rows, suite) for suite in volume_suites + ([MEAN_SUITE] if volume_suites else [])}
+        reports = params.resolve(params.paths.reports)
+        markdown = table_markdown(rows, volume_suites + ([MEAN_SUITE] if volume_suites else []))
+        (reports / "ablation.md").write_text(
+            "# Ablation (RadCLIP Table III): 2D encoder × slice pooling, 3D suites\n\n"
+            "Linear probe accuracy and macro F1 (mean ± std over patient-level folds), image–text matching P@1.\n\n"
+            + markdown
+        )
+        _write_table(reports / "ablation.csv", rows)
+        summary = {
+            "cells": {cell.name: {r["suite"]: {k: r[k] for k in r if k.endswith(("_mean", "_std")) or k == "matching_p1"}
+                                  for r in rows if r["cell"] == cell.name and r["kind"] == "3d"} for cell in CELLS},
+            "ordering": checks,
+        }
+        write_metrics(params, "ablation.json", summary)
+        figure_rows = [
+            {**next(r for r in rows if r["cell"] == c.name and r["suite"] == MEAN_SUITE),
+             "encoder": ENCODER_LABELS[c.encoder], "pooling": POOLING_LABELS[c.pooling]}
+            for c in CELLS
+        ] if volume_suites else []
+        if figure_rows:
+            ablation_figure(figure_rows, FIGURE_METRICS, reports / "ablation.png",
+                            title="Ablation on the 3D suites (mean over suites)")
+        tracking.log_metrics({f"ordering.{suite}.gap": check["gap"] for suite, check in checks.items()})
+        for name in ("ablation.md", "ablation.csv", "ablation.json", "ablation.png"):
+            if (reports / name).exists():
+                tracking.log_artifact(reports / name, "ablation")
+        summary["mlflow_run_id"] = parent.info.run_id
+    return summary | {"rows": rows, "markdown": markdown}
+
+
+def _mean_rows(rows: list[dict], volume_suites: list[str]) -> list[dict]:
+    """Per cell, a ``mean_3d`` row: each metric (and its fold std) averaged over the 3D suites."""
+    means = []
+    for cell in CELLS if volume_suites else ():
+        selected = [r for r in rows if r["cell"] == cell.name and r["suite"] in volume_suites]
+        keys = [k for k in selected[0] if k.endswith(("_mean", "_std")) or k == "matching_p1"]
+        means.append({"label": f"{MEAN_SUITE}: {cell.name}", "cell": cell.name, "encoder": cell.encoder,
+                      "pooling": cell.pooling, "suite": MEAN_SUITE, "kind": "3d",
+                      **{k: sum(r[k] for r in selected) / len(selected) for k in keys}})
+    return means

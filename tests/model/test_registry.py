@@ -1,0 +1,156 @@
+"""radclip.registry: versions carry lineage and gate metrics, the gate promotes or refuses by the mean of
+the gate metrics, decisions are recorded, and rollback restores the previous champion keeping all history."""
+
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from helpers import tiny_params
+from radclip import registry
+from radclip.models import build_model
+
+# MLflow's own deprecated calls (SQLAlchemy loader option, a pandas comparison); not ours to fix.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
+    pytest.mark.filterwarnings("ignore:Operation with range is deprecated"),
+]
+
+MODEL_NAME = "radclip-registry-test"
+GATE_METRICS = ["suite.a.probe_accuracy_mean", "suite_b.probe_accuracy_mean"]  # a suite name may hold a dot
+CURATED_MD5 = "0123456789abcdef0123456789abcdef.dir"
+TINY_MODEL = {
+    "projection_dim": 16,
+    "vision": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8},
+    "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    "adapter": {"heads": 2, "max_slices": 8},
+}
+GIT = ["git", "-c", "user.name=radclip-test", "-c", "user.email=test@radclip.invalid", "-c", "commit.gpgsign=false"]
+
+
+def _evaluation(a: float, b: float) -> dict:
+    return {"suite.a": {"probe_accuracy_mean": a, "kind": "2d"}, "suite_b": {"probe_accuracy_mean": b, "kind": "3d"}}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git-committed tmp project (DVC_ROOT) whose dvc.lock records the curated data, a tmp MLflow
+    store, and a tiny saved model."""
+    tmp = tmp_path_factory.mktemp("registry")
+    root = tmp / "project"
+    root.mkdir()
+    params = tiny_params(tmp, model=TINY_MODEL, registry={"model_name": MODEL_NAME, "gate_metrics": GATE_METRICS,
+                                                          "min_improvement": 0.01},
+                         mlflow={"artifact_root": str(tmp / "artifacts"), "experiment": "registry-test"})
+    lock = {"schema": "2.0", "stages": {"curate": {"outs": [{"path": str(tmp / "curated"), "md5": CURATED_MD5}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*GIT, "-C", str(root), "add", "dvc.lock"], check=True)
+    subprocess.run([*GIT, "-C", str(root), "commit", "-q", "-m", "init"], check=True)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("DVC_ROOT", str(root))
+        patch.setenv("GIT_CEILING_DIRECTORIES", str(tmp))  # no repository above tmp may answer
+        model_dir = build_model(params, ["Normal Chest CT", "Chest CT with COVID-19"]).save_pretrained(tmp / "model")
+        yield {"params": params, "model_dir": model_dir, "commit": head.stdout.strip()}
+        mlflow.set_tracking_uri(None)  # forget the tmp store (also clears the exported variables)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="module")
+def decisions(project):
+    """Four registrations in order: first (no champion), worse, better, and better again."""
+    params, model_dir = project["params"], project["model_dir"]
+    extra = {"optuna.study": "radclip-adapter", "optuna.best_trial": 7}
+    return [
+        registry.register(params, model_dir=model_dir, evaluation=_evaluation(0.60, 0.70), extra_tags=extra),
+        registry.register(params, model_dir=model_dir, evaluation=_evaluation(0.55, 0.70)),  # mean 0.625 < 0.65
+        registry.register(params, model_dir=model_dir, evaluation=_evaluation(0.65, 0.70)),  # +0.025 >= 0.01
+        registry.register(params, model_dir=model_dir, evaluation=_evaluation(0.70, 0.70)),  # +0.025 >= 0.01
+    ]
+
+
+def _aliases() -> dict[str, str]:
+    return {alias: str(version) for alias, version in MlflowClient().get_registered_model(MODEL_NAME).aliases.items()}
+
+
+def _tags(version: int) -> dict[str, str]:
+    return MlflowClient().get_model_version(MODEL_NAME, str(version)).tags
+
+
+def test_first_version_is_promoted_when_there_is_no_champion(decisions):
+    first = decisions[0]
+    assert (first.version, first.decision, first.reason) == (1, "promoted", "no champion yet")
+    assert first.champion_version is None and first.value == pytest.approx(0.65)
+    assert _tags(1)["gate.decision"] == "promoted"
+
+
+def test_version_tags_carry_lineage_extra_tags_and_gate_metrics(project, decisions):
+    tags = _tags(1)
+    assert tags["git.commit"] == project["commit"]
+    assert tags["data.curated_hash"] == CURATED_MD5
+    assert tags["params.digest"] == project["params"].digest()
+    assert tags["optuna.study"] == "radclip-adapter" and tags["optuna.best_trial"] == "7"
+    assert float(tags["metric.suite.a.probe_accuracy_mean"]) == 0.60
+    assert float(tags["metric.suite_b.probe_accuracy_mean"]) == 0.70
+    assert "optuna.study" not in _tags(2)  # extra tags belong to the registration that passed them
+
+
+def test_worse_challenger_is_refused_and_the_decision_recorded_with_both_values(decisions):
+    refused = decisions[1]
+    assert (refused.version, refused.decision, refused.champion_version) == (2, "refused", 1)
+    assert refused.value == pytest.approx(0.625) and refused.champion_value == pytest.approx(0.65)
+    assert refused.champion == 1
+    tags = _tags(2)
+    assert tags["gate.decision"] == "refused"
+    assert float(tags["gate.value"]) == pytest.approx(0.625) and float(tags["gate.champion_value"]) == pytest.approx(0.65)
+    assert tags["gate.champion_version"] == "1" and tags["gate.time"]
+    assert "refused" in refused.summary() and "champion: v1" in refused.summary()
+
+
+def test_better_challengers_are_promoted_and_the_aliases_follow(decisions):
+    assert [d.decision for d in decisions[2:]] == ["promoted", "promoted"]
+    assert [d.champion_version for d in decisions[2:]] == [1, 3]
+    # The refused version 2 never became champion; the last registration is the challenger.
+    assert _aliases() == {"champion": "4", "challenger": "4"}
+
+
+def test_rollback_restores_the_previous_champion_and_history_keeps_every_entry(project, decisions):
+    params = project["params"]
+    first = registry.rollback(params)
+    assert (first.version, first.champion_version, first.decision) == (3, 4, "rolled back")
+    assert _aliases()["champion"] == "3"
+    second = registry.rollback(params)  # goes further back, not forth to version 4
+    assert (second.version, second.champion_version) == (1, 3)
+    assert _aliases()["champion"] == "1"
+    with pytest.raises(registry.RegistryError, match="no previous champion to roll back to"):
+        registry.rollback(params)
+    history = registry.champion_history(params)
+    assert [(entry["action"], entry["version"]) for entry in history] == [
+        ("gate", 1), ("gate", 3), ("gate", 4), ("rollback", 3), ("rollback", 1)
+    ]
+    assert all(entry["time"] and entry["reason"] for entry in history)
+
+    refused = registry.promote(params, 2)  # the gate again: v2 still loses to v1
+    assert refused.decision == "refused" and _aliases()["champion"] == "1"
+    manual = registry.promote(params, 2, force=True)  # by hand, past the gate that refused it
+    assert (manual.decision, manual.champion_version) == ("promoted", 1)
+    assert _aliases()["champion"] == "2"
+    assert len(registry.champion_history(params)) == 6
+
+
+def test_a_missing_gate_metric_is_an_error_naming_the_metric(project):
+    def versions() -> int:
+        return len(MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"))
+
+    before = versions()
+    evaluation = {"suite.a": {"probe_accuracy_mean": 0.9}}
+    with pytest.raises(registry.RegistryError, match="'suite_b.probe_accuracy_mean'"):
+        registry.register(project["params"], model_dir=project["model_dir"], evaluation=evaluation)
+    assert versions() == before  # checked before anything is logged or registered

@@ -1,0 +1,202 @@
+"""The Optuna sweep: resumes after a kill without losing or repeating trials, prunes a bad region,
+nests one MLflow run per trial under the sweep run, writes the best params, and the dashboard
+serves the study on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from helpers import PROJECT_ROOT, tiny_params_dict
+from radclip.config import Params, load_params
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {"n_trials": 4, "epochs": 6, "startup_trials": 2, "warmup_epochs": 1, "sampler": "random", "apply_best": False,
+         "space": {"heads": [2, 4], "lr": [1e-3, 3e-2], "temperature": [0.05, 0.1]}}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Tiny phantoms, curated, a 2D encoder (in-process, 2 epochs) and its slice cache; own MLflow store."""
+    from radclip.data.curate import curate
+    from radclip.data.phantoms import generate
+    from radclip.training.stages import embed_slices, pretrain_2d
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    raw = tiny_params_dict(str(tmp), train_2d={"engine": "local", "epochs": 2, "num_workers": 1}, sweep=SWEEP)
+    raw["phantoms"]["train_3d"] = 60  # validation batches with several captions: a loss that can move
+    raw["curate"]["split"] = {"train": 0.5, "val": 0.5, "test": 0.0}
+    params_file = tmp / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    params = load_params(params_file)
+    generate(params)
+    curate(params, progress=False)
+    pretrain_2d(params)
+    embed_slices(params, progress=False)
+    yield params, params_file
+    monkey.undo()
+
+
+def _with_sweep(params_file: Path, tmp: Path, **sweep) -> tuple[Params, Path]:
+    raw = yaml.safe_load(params_file.read_text())
+    raw["sweep"] = {**raw["sweep"], **sweep}
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_params(path), path
+
+
+def _study(params: Params) -> optuna.Study:
+    from radclip.training.stages import slice_cache_dir
+    from radclip.tuning import _cache_fingerprint, open_study
+
+    return open_study(params, _cache_fingerprint(slice_cache_dir(params)))[0]
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(project, tmp_path):
+    from radclip.tuning import sweep
+
+    params, params_file = _with_sweep(project[1], tmp_path, study="resume", epochs=40, pruner="none")
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"from radclip.config import load_params; from radclip.tuning import sweep; "
+                               f"sweep(load_params({str(params_file)!r}))"],
+        cwd=PROJECT_ROOT, env=os.environ.copy(), start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and child.poll() is None:  # kill mid-trial, after two finished
+            trials = _study(params).get_trials(deepcopy=False)
+            if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and any(t.state == TrialState.RUNNING for t in trials):
+                break
+            time.sleep(0.3)
+        assert child.poll() is None, "the sweep ended before it could be killed mid-trial"
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    before = {t.number: (t.params, t.value) for t in _study(params).get_trials(states=(TrialState.COMPLETE,))}
+    assert len(before) >= 2 and any(t.state == TrialState.RUNNING for t in _study(params).get_trials())
+
+    result = sweep(params)
+
+    trials = _study(params).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # the interrupted trial ended FAIL
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == params.sweep.n_trials
+    after = {t.number: (t.params, t.value) for t in trials if t.number in before}
+    assert after == before  # nothing completed was lost, redone or changed
+    assert result.trials["COMPLETE"] + result.trials["PRUNED"] == params.sweep.n_trials
+
+
+def test_two_sweep_processes_share_one_study(project, tmp_path):
+    params, params_file = _with_sweep(project[1], tmp_path, study="parallel", n_trials=6, pruner="none")
+    command = [sys.executable, "-c", f"from radclip.config import load_params; from radclip.tuning import sweep; "
+                                     f"sweep(load_params({str(params_file)!r}), write_outputs=False)"]
+    workers = [subprocess.Popen(command, cwd=PROJECT_ROOT, env=os.environ.copy()) for _ in range(2)]
+    assert [worker.wait(timeout=300) for worker in workers] == [0, 0]
+    trials = _study(params).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # each worker stops once the study holds n_trials; both may start the last one at the same time
+    assert params.sweep.n_trials <= len(finished) <= params.sweep.n_trials + 1
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes ran trials
+
+
+def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
+    from radclip.tuning import sweep
+
+    space = {"heads": [2, 4], "lr": [1e-7, 3e-2], "temperature": [0.01, 2.0]}
+    params, _ = _with_sweep(project[1], tmp_path, study="prune", n_trials=6, pruner="median", warmup_epochs=1,
+                            startup_trials=2, space=space)
+    study = _study(params)
+    # Three trials that can learn, then three stuck (lr 1e-7) at τ = 0.01: a softmax that sharp on the
+    # tiny encoder's noisy similarities is confidently wrong, far above the others' loss.
+    for _ in range(3):
+        study.enqueue_trial({"heads": 4, "lr": 2e-2, "temperature": 1.0})
+    for _ in range(3):
+        study.enqueue_trial({"heads": 4, "lr": 1e-7, "temperature": 0.01})
+    result = sweep(params)
+
+    trials = _study(params).get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.params["lr"] == 1e-7 for t in pruned)
+    assert all(len(t.intermediate_values) < params.sweep.epochs for t in pruned)  # stopped early
+    assert result.best_params["lr"] == 2e-2
+
+    # one MLflow child run per trial under the sweep run, tagged with its trial and final state
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'")
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == sorted(t.number for t in trials)
+    states = {int(r.data.tags["optuna.trial"]): r.data.tags["optuna.state"] for r in children}
+    assert states == {t.number: t.state.name for t in trials}
+    assert {"optimization_history.png", "param_importances.png"} <= {
+        Path(a.path).name for a in client.list_artifacts(result.mlflow_run_id, "optuna")}
+
+
+def test_best_params_reach_the_final_adapter_training(project, tmp_path):
+    from radclip.training.stages import adapter_params
+    from radclip.tuning import best_params_path, sweep
+
+    params, _ = _with_sweep(project[1], tmp_path, study="best", n_trials=2, apply_best=True)
+    result = sweep(params)
+    written = yaml.safe_load(best_params_path(params).read_text())
+    assert written["params"] == result.best_params and written["best_trial"] == result.best_trial
+    final = adapter_params(params)
+    assert final.model.adapter.heads == result.best_params["heads"]
+    assert final.train_adapter.lr == pytest.approx(result.best_params["lr"])
+    assert final.loss.temperature == pytest.approx(result.best_params["temperature"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_on_loopback(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from radclip.tuning import JOURNAL_FILE, storage_for
+
+    raw = tiny_params_dict(str(tmp_path))
+    params = Params.model_validate(raw)
+    storage, location = storage_for(params)
+    study = optuna.create_study(study_name="dashboard-check", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True)},
+                                              value=1.5))
+    journal = Path(location)
+    assert journal.name == JOURNAL_FILE and journal.exists()
+    port = _free_port()
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    server = subprocess.Popen([str(dashboard), str(journal), "--host", "127.0.0.1", "--port", str(port),
+                               "--server", "wsgiref"], env={**os.environ, "HOME": str(tmp_path)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, body = time.monotonic() + 30, ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert "dashboard-check" in body  # the study of this journal file is listed
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
