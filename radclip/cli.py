@@ -6,9 +6,11 @@ function and prints what it did. Progress goes to the terminal with rich.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,6 +45,23 @@ def _params() -> Params:
             console.print(f"[red]params error[/red]\n{error}")
             raise typer.Exit(2) from None
     return _state["params"]
+
+
+@contextlib.contextmanager
+def _model_location(params: Params, model: Optional[str]) -> Iterator[Path]:
+    """``--model``: a RadCLIP directory, an MLflow URI (downloaded for the block), or the pipeline's final model."""
+    import tempfile
+
+    from radclip import tracking
+    from radclip.training.stages import MODEL_FINAL, model_dir
+
+    if model is None:
+        yield model_dir(params, MODEL_FINAL)
+    elif tracking.is_model_uri(model):
+        with tempfile.TemporaryDirectory(prefix="radclip-model-") as scratch:
+            yield tracking.download_model(params, model, Path(scratch))
+    else:
+        yield Path(model)
 
 
 @app.command("params")
@@ -181,21 +200,12 @@ def evaluate(
     suite: Annotated[Optional[list[str]], typer.Option(help="evaluation collection(s); default: all")] = None,
 ) -> None:
     """Linear probe, image–text matching, zero-shot, retrieval and multi-label AUROC on the evaluation suites."""
-    import tempfile
-
-    from radclip import tracking
     from radclip.evaluation.evaluate import evaluate as run, write_report
-    from radclip.training.stages import MODEL_FINAL, model_dir, slice_cache_dir
+    from radclip.training.stages import slice_cache_dir
 
     params = _params()
     pipeline_default = model is None and not suite
-    with tempfile.TemporaryDirectory(prefix="radclip-model-") as scratch:
-        if model is None:
-            location = model_dir(params, MODEL_FINAL)
-        elif tracking.is_model_uri(model):
-            location = tracking.download_model(params, model, Path(scratch))
-        else:
-            location = Path(model)
+    with _model_location(params, model) as location:
         results = run(params, model_dir=location, slice_cache=slice_cache_dir(params), suites=suite or None,
                       figures=pipeline_default)
     if pipeline_default:
@@ -237,21 +247,11 @@ InputsArgument = Annotated[list[Path], typer.Argument(
 
 def _predictor(model: Optional[str]):
     """The model (directory or MLflow URI) ready to predict, preprocessing inputs as params.curate says."""
-    import tempfile
-
-    from radclip import tracking
     from radclip.serving import Predictor, Preprocessing
-    from radclip.training.stages import MODEL_FINAL, model_dir
 
     params = _params()
     try:
-        with tempfile.TemporaryDirectory(prefix="radclip-model-") as scratch:
-            if model is None:
-                location = model_dir(params, MODEL_FINAL)
-            elif tracking.is_model_uri(model):
-                location = tracking.download_model(params, model, Path(scratch))
-            else:
-                location = Path(model)
+        with _model_location(params, model) as location:
             # Loaded into memory here, so the downloaded copy may go with the scratch folder.
             return Predictor.from_directory(location, Preprocessing.from_params(params))
     except FileNotFoundError as error:
