@@ -1,9 +1,9 @@
 """Serving RadCLIP: one :class:`Predictor` for the CLI and an MLflow pyfunc for ``mlflow models serve``.
 
 The :class:`Predictor` turns files (PNG/JPEG, a DICOM file or series folder, NIfTI,
-``.npy``) or NumPy arrays into embeddings exactly as curation prepares records
-(:func:`~radclip.data.curate.normalise_image`, :func:`~radclip.data.curate.normalise_volume`
-with its display range), and scores them against candidate captions (zero-shot).
+``.npy``) or NumPy arrays into embeddings exactly as curation prepares records (the
+same :func:`~radclip.data.curate.check_pixels` and :func:`~radclip.data.curate.normalise_loaded`,
+volumes with their display range), and scores them against candidate captions (zero-shot).
 
 :class:`RadCLIPPyfunc` wraps it for MLflow. Its input is a DataFrame with a ``path``
 and/or a ``text`` column, one item per row; ``params={"candidates": [...]}`` adds
@@ -41,7 +41,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from radclip.config import Params
-from radclip.data.curate import normalise_image, normalise_volume
+from radclip.data.curate import check_pixels, normalise_loaded, volume_shapes
 from radclip.data.dicom import load_dicom
 from radclip.data.images import IMAGE_FORMATS, load_image
 from radclip.data.nifti import load_nifti
@@ -89,7 +89,7 @@ class Preprocessing:
         curate = params.curate
         return cls(
             image_size=curate.image_size,
-            volume={plane: (shape.slices, shape.size) for plane, shape in curate.volume.items()},
+            volume=volume_shapes(curate),
             ct_window=default_ct_window(params),
             min_pixels=curate.min_pixels,
         )
@@ -222,16 +222,12 @@ class Predictor:
             name, image = "<array>", array_input(source)
         else:
             name, image = str(source), load_input(source)
-        self._check(image, name)
-        config = self.preprocessing
-        window = self._window(image)
+        check_pixels(image, name, self.preprocessing.min_pixels)
+        array, _, display = normalise_loaded(image, image_size=self.preprocessing.image_size,
+                                             volume_shapes=self.preprocessing.volume, window=self._window(image),
+                                             source=name)
         if image.kind == "2d":
-            eight_bit = image.extra.get("bit_depth") == 8  # PNG/JPEG: display values already, no window
-            array = normalise_image(image.pixels, config.image_size, None if eight_bit else window, eight_bit)
             return PreparedInput("2d", array, None)
-        plane = image.plane or "axial"
-        slices, size = config.volume[plane]
-        array, display = normalise_volume(image.pixels, slices, size, window, name)
         return PreparedInput("3d", array, (float(display[0]), float(display[1])))
 
     def _window(self, image: LoadedImage) -> tuple[float, float] | None:
@@ -239,18 +235,6 @@ class Predictor:
         if image.dicom_modality != "CT":
             return None
         return image.window or self.preprocessing.ct_window
-
-    def _check(self, image: LoadedImage, name: str) -> None:
-        pixels = image.pixels
-        expected = 2 if image.kind == "2d" else 3
-        if pixels.ndim != expected:
-            raise InputError(name, f"{pixels.ndim}D array where a {image.kind.upper()} input was expected")
-        smallest = min(pixels.shape[-2:]) if pixels.size else 0
-        if smallest < self.preprocessing.min_pixels:
-            raise InputError(name, f"image too small ({pixels.shape[-2]}x{pixels.shape[-1]} pixels, "
-                                   f"minimum {self.preprocessing.min_pixels} per side)")
-        if not np.isfinite(pixels).all():
-            raise InputError(name, "pixel values contain NaN or Inf")
 
     @torch.inference_mode()
     def embed_prepared(self, prepared: Sequence[PreparedInput]) -> np.ndarray:

@@ -351,11 +351,15 @@ def download_model(params: Params, uri: str, dst: Path) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as error:
         raise FileNotFoundError(f"{uri}: cannot resolve in the MLflow registry at {registry_uri(params)}: {error}") from None
-    from radclip.models.radclip import CONFIG_FILE
+    from radclip.models.radclip import CONFIG_FILE, FORMAT_NAME
 
     candidates = [local] if (local / CONFIG_FILE).exists() else sorted(p.parent for p in local.rglob(CONFIG_FILE))
     for candidate in candidates:
-        if '"format": "radclip"' in (candidate / CONFIG_FILE).read_text():
+        try:
+            config = json.loads((candidate / CONFIG_FILE).read_text())
+        except ValueError:
+            continue  # some other JSON-ish config.json in the artifacts
+        if isinstance(config, dict) and config.get("format") == FORMAT_NAME:
             return candidate
     raise FileNotFoundError(f"{uri}: the artifacts hold no RadCLIP model (no radclip {CONFIG_FILE} under {local})")
 

@@ -68,10 +68,9 @@ def head_choices(params: Params) -> list[int]:
 
 
 def _cache_fingerprint(cache_dir: Path) -> str:
-    info = cache_dir / "cache.json"
-    if not info.exists():
-        raise FileNotFoundError(f"{cache_dir}: no slice cache (run `radclip embed-slices` first)")
-    return json.loads(info.read_text()).get("encoder_fingerprint", "")[:8]
+    from radclip.training.slice_cache import read_cache_info
+
+    return read_cache_info(cache_dir)["encoder_fingerprint"][:8]
 
 
 def study_name(params: Params, data_fingerprint: str) -> str:

@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -190,7 +190,32 @@ def normalise_volume(
     return resized[0, 0].numpy().astype(np.float16), display
 
 
-def volume_window(
+def normalise_loaded(
+    image: LoadedImage,
+    *,
+    image_size: int,
+    volume_shapes: Mapping[str, tuple[int, int]],
+    window: tuple[float, float] | None,
+    source: str,
+) -> tuple[np.ndarray, str, tuple[float, float]]:
+    """A loaded image as a curated record: ``(array, plane, display range)``.
+
+    2D → uint8 (PNG/JPEG are display values already, so no window); the plane is "" and
+    the display range NaN. 3D → z-scored float16 shaped per ``volume_shapes[plane]``
+    (slices, size), with its display range. Curation and serving both go through here,
+    so a served input reaches the model exactly as a training record did.
+    """
+    if image.kind == "2d":
+        eight_bit = image.extra.get("bit_depth") == 8
+        array = normalise_image(image.pixels, image_size, None if eight_bit else window, eight_bit)
+        return array, "", (float("nan"), float("nan"))
+    plane = image.plane or "axial"
+    slices, size = volume_shapes[plane]
+    array, display = normalise_volume(image.pixels, slices, size, window, source)
+    return array, plane, display
+
+
+def record_window(
     collection_window: tuple[float, float] | None,
     windows: dict[str, tuple[float, float]],
     item: SourceItem,
@@ -237,22 +262,34 @@ def _relative_to_collection(path: str, root: str) -> str:
         return Path(path).name  # outside the collection: never echo absolute paths
 
 
-def _check_image(image: LoadedImage, item: SourceItem, params: CurateParams) -> None:
+def volume_shapes(params: CurateParams) -> dict[str, tuple[int, int]]:
+    """Plane → (slices, in-plane size) of curated volumes."""
+    return {plane: (shape.slices, shape.size) for plane, shape in params.volume.items()}
+
+
+def check_pixels(image: LoadedImage, source: str, min_pixels: int) -> None:
+    """Dimensions, size and finite values of a loaded image; InputError naming ``source`` otherwise."""
     pixels = image.pixels
-    if item.expect_kind and image.kind != item.expect_kind:
-        raise InputError(item.path, f"{image.kind.upper()} data where {item.expect_kind.upper()} expected (shape {pixels.shape})")
     expected_ndim = 2 if image.kind == "2d" else 3
     if pixels.ndim != expected_ndim:
-        raise InputError(item.path, f"{pixels.ndim}D array where a {image.kind.upper()} image was expected")
+        raise InputError(source, f"{pixels.ndim}D array where a {image.kind.upper()} image was expected")
     if pixels.size == 0:
-        raise InputError(item.path, "empty image (zero pixels)")
+        raise InputError(source, "empty image (zero pixels)")
     in_plane = pixels.shape[-2:]
-    if min(in_plane) < params.min_pixels:
+    if min(in_plane) < min_pixels:
         raise InputError(
-            item.path, f"image too small ({in_plane[0]}x{in_plane[1]} pixels, minimum {params.min_pixels} per side)"
+            source, f"image too small ({in_plane[0]}x{in_plane[1]} pixels, minimum {min_pixels} per side)"
         )
     if not np.isfinite(pixels).all():
-        raise InputError(item.path, "pixel values contain NaN or Inf")
+        raise InputError(source, "pixel values contain NaN or Inf")
+
+
+def _check_image(image: LoadedImage, item: SourceItem, params: CurateParams) -> None:
+    if item.expect_kind and image.kind != item.expect_kind:
+        raise InputError(
+            item.path, f"{image.kind.upper()} data where {item.expect_kind.upper()} expected (shape {image.pixels.shape})"
+        )
+    check_pixels(image, item.path, params.min_pixels)
 
 
 def curate_chunk(task: ChunkTask) -> ChunkResult:
@@ -305,17 +342,11 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
     caption = make_caption(task.captions[item.collection], item.region, item.modality, item.conditions)
     if not caption.strip() or not item.region.strip() or not item.modality.strip():
         raise InputError(item.path, f"empty caption field (region={item.region!r}, modality={item.modality!r})")
-    window = volume_window(task.windows[item.collection], task.region_windows[item.collection], item, image)
-    display = (float("nan"), float("nan"))  # 2D records are stored as display values already
-    if image.kind == "2d":
-        eight_bit = image.extra.get("bit_depth") == 8  # PNG/JPEG: already display values, no window
-        array = normalise_image(image.pixels, params.image_size, None if eight_bit else window, eight_bit)
-        plane, shard_key = "", "2d-image"
-    else:
-        plane = image.plane or "axial"
-        shape = params.volume[plane]
-        array, display = normalise_volume(image.pixels, shape.slices, shape.size, window, item.path)
-        shard_key = f"3d-{plane}"
+    window = record_window(task.windows[item.collection], task.region_windows[item.collection], item, image)
+    array, plane, display = normalise_loaded(
+        image, image_size=params.image_size, volume_shapes=volume_shapes(params), window=window, source=item.path
+    )
+    shard_key = f"3d-{plane}" if plane else "2d-image"
     patient_key = image.patient_id or item.patient_id or f"{item.collection}/{item.rel_path}"
     record_key = f"{item.collection}/{item.rel_path}/{item.member or ''}/{image.part}"
     as_float = array.astype(np.float32)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radclip.config import Params
-from radclip.evaluation.evaluate import evaluate_features, suite_names
-from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
+from radclip.evaluation.evaluate import evaluate_features, suite_features, suite_names
 from radclip.reports import write_metrics
 
 ENCODERS = ("vanilla", "finetuned")
@@ -40,14 +39,6 @@ class Cell:
 
 
 CELLS = tuple(Cell(encoder, pooling) for encoder in ENCODERS for pooling in POOLINGS)
-
-
-def cell_features(model, params: Params, cell: Cell, suite: str, slice_cache: Path) -> SuiteFeatures:
-    """A suite's features in one cell: 2D suites depend on the encoder only; volumes are pooled per the cell."""
-    images = image_features(model, params.resolve(params.paths.curated), suite)
-    if len(images.features):
-        return images
-    return volume_features(model, slice_cache, suite, pooling=cell.pooling)
 
 
 def ordering(rows: list[dict], suite: str, metric: str = "probe_accuracy") -> dict:
@@ -109,7 +100,7 @@ def ablate(params: Params, *, models: dict[str, Path], slice_caches: dict[str, P
                     if key in encoder_only:
                         kind, metrics = "2d", encoder_only[key]
                     else:
-                        features = cell_features(model, params, cell, suite, slice_caches[cell.encoder])
+                        features = suite_features(model, params, suite, slice_caches[cell.encoder], pooling=cell.pooling)
                         kind, metrics = features.kind, evaluate_features(model, features, params).metrics
                         if kind == "2d":
                             encoder_only[key] = metrics

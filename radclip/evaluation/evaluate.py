@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from radclip.config import Params
+from radclip.data.captions import make_caption
 from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
 from radclip.evaluation.metrics import (
     bootstrap_ci,
@@ -69,12 +70,13 @@ def check_no_leakage(curated_dir: Path) -> None:
             raise LeakageError(f"{len(shared)} evaluation record(s) share a {what} with training data: {examples}")
 
 
-def suite_features(model, params: Params, suite: str, slice_cache: Path) -> SuiteFeatures:
-    """2D records through the image encoder; a suite without any is a 3D suite (slice cache + adapter)."""
+def suite_features(model, params: Params, suite: str, slice_cache: Path, *, pooling: str = "adapter") -> SuiteFeatures:
+    """2D records through the image encoder; a suite without any is a 3D suite (slice cache, pooled
+    by the adapter or, for the ablation, averaged)."""
     images = image_features(model, params.resolve(params.paths.curated), suite)
     if len(images.features):
         return images
-    return volume_features(model, slice_cache, suite)
+    return volume_features(model, slice_cache, suite, pooling=pooling)
 
 
 def _interval(params: Params, name: str, value: float, metric_fn, *arrays) -> dict[str, float]:
@@ -90,8 +92,6 @@ def _multilabel(model, suite: SuiteFeatures, params: Params) -> dict[str, float]
     if not conditions:
         return {}
     region, modality = suite.region_modality
-    from radclip.data.captions import make_caption
-
     caption = params.data.caption
     positive = model.encode_text([make_caption(caption, region, modality, (c,)) for c in conditions]).float().cpu().numpy()
     normal = make_caption(caption, region, modality, ())

@@ -57,8 +57,9 @@ def image_features(model, curated_dir: Path, collection: str, *, batch_size: int
 def average_pool(slices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Global average pooling over the valid slices (the ablation's baseline): L2-normalised
     ``(B, D)`` and the uniform weights it amounts to ``(B, S)``."""
-    weights = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
-    pooled = torch.einsum("bs,bsd->bd", weights, slices.float())
+    from radclip.models.adapter import masked_mean
+
+    pooled, weights = masked_mean(slices.float(), mask.bool())
     return torch.nn.functional.normalize(pooled, dim=-1), weights
 
 

@@ -52,6 +52,13 @@ Reducer = Literal["attention", "mean"]
 POSITION_INIT_STD = 0.02
 
 
+def masked_mean(slices: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Global average pooling over the valid slices: ``(B, D)`` and its uniform weights ``(B, S)``.
+    Padded slices get weight 0, so their values must be finite (the adapter zeroes them first)."""
+    weights = valid.to(slices.dtype) / valid.sum(dim=1, keepdim=True).to(slices.dtype)
+    return torch.einsum("bs,bsd->bd", weights, slices), weights
+
+
 class SlicePoolingAdapter(nn.Module):
     def __init__(self, dim: int, heads: int, max_slices: int, dropout: float = 0.5, reducer: Reducer = "attention"):
         super().__init__()
@@ -94,8 +101,7 @@ class SlicePoolingAdapter(nn.Module):
         # Zero padded slices so that even NaN/inf padding cannot leak through 0 * x.
         slices = slices.masked_fill(~valid.unsqueeze(-1), 0.0)
         if self.reducer == "mean":
-            weights = valid.to(slices.dtype) / valid.sum(dim=1, keepdim=True).to(slices.dtype)
-            return torch.einsum("bs,bsd->bd", weights, slices), weights
+            return masked_mean(slices, valid)
 
         padding = ~valid  # PyTorch: True = ignore
         x = slices + self.position[: slices.shape[1]].to(slices.dtype)

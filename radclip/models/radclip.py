@@ -190,14 +190,16 @@ class RadCLIP(nn.Module):
         volume's own units, as curation records it) maps to 0/1, clipped. Rows that are NaN, or
         no ``display_range``, fall back to the volume's ``SLICE_RANGE_PERCENTILES``."""
         flat = volumes.to(self.device).float().reshape(volumes.shape[0], -1)
-        low_q, high_q = SLICE_RANGE_PERCENTILES
-        bounds = torch.stack([torch.quantile(row, torch.tensor([low_q, high_q], device=row.device)) for row in flat])
+        bounds = torch.full((flat.shape[0], 2), float("nan"), device=flat.device)
         if display_range is not None:
-            given = _as_tensor(display_range).to(device=bounds.device, dtype=bounds.dtype).reshape(-1, 2)
+            given = _as_tensor(display_range).to(device=flat.device, dtype=flat.dtype).reshape(-1, 2)
             if given.shape[0] != flat.shape[0]:
                 raise ValueError(f"display_range must be (B, 2) = ({flat.shape[0]}, 2), got {tuple(given.shape)}")
-            known = torch.isfinite(given).all(dim=1, keepdim=True)
-            bounds = torch.where(known, given, bounds)
+            bounds = given.clone()
+        # Percentiles only for volumes without a recorded range: a quantile sorts the whole volume.
+        quantiles = torch.tensor(SLICE_RANGE_PERCENTILES, device=flat.device)
+        for row in (~torch.isfinite(bounds).all(dim=1)).nonzero().flatten().tolist():
+            bounds[row] = torch.quantile(flat[row], quantiles)
         low, high = bounds[:, :1], bounds[:, 1:]
         unit = ((flat - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
         return unit.reshape(volumes.shape)
