@@ -41,6 +41,8 @@ bench: venv
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/adapter_seeds.py
 
 clean:
 	rm -rf .tmp data/curated.partial

@@ -6,6 +6,7 @@
 * :func:`zero_shot` — prompt-template-ensemble zero-shot classification, top-k.
 * :func:`retrieval_metrics` — image↔text Recall@K and median rank with shared captions.
 * :func:`multilabel_auroc` — positive/negative prompt-pair AUROC, base vs rare classes.
+* :func:`lesion_attention` — how the adapter's slice weights find the finding slices.
 * :func:`bootstrap_ci`, :func:`mean_std` — uncertainty.
 
 Conventions (ties in expectation, sample std, patient-disjoint folds) are documented in
@@ -19,6 +20,7 @@ from radclip.evaluation.metrics import (
     cosine_similarity,
     ensemble_class_embeddings,
     l2_normalize,
+    lesion_attention,
     linear_probe,
     matching_precision,
     mean_std,
@@ -39,6 +41,7 @@ __all__ = [
     "cosine_similarity",
     "ensemble_class_embeddings",
     "l2_normalize",
+    "lesion_attention",
     "linear_probe",
     "matching_precision",
     "mean_std",

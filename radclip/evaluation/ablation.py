@@ -70,6 +70,24 @@ def table_markdown(rows: list[dict], suites: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attention_markdown(rows: list[dict]) -> str:
+    """Where each cell's pooling put its weight, on the 3D suites' mean row: the mass on the finding
+    slices the phantoms recorded (against what average pooling puts there) and the within-volume
+    AUROC of the weights. Empty without recorded finding slices (real data)."""
+    means = {row["cell"]: row for row in rows if row["suite"] == MEAN_SUITE and "attention_lesion_mass" in row}
+    if not means:
+        return ""
+    lines = ["", "Attention on the recorded finding slices (mean over the 3D suites):", "",
+             "| 2D encoder | Slice pooling | mass on finding slices (uniform) | AUROC, finding vs other slices |",
+             "|---|---|---|---|"]
+    for cell in CELLS:
+        row = means[cell.name]
+        lines.append(f"| {ENCODER_LABELS[cell.encoder]} | {POOLING_LABELS[cell.pooling]} | "
+                     f"{row['attention_lesion_mass']:.3f} ({row['attention_lesion_mass_uniform']:.3f}) | "
+                     f"{row['attention_lesion_auroc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_table(path: Path, rows: list[dict]) -> None:
     columns = ["label", "cell", "encoder", "pooling", "suite", "kind"]
     columns += sorted({key for row in rows for key in row} - set(columns))
@@ -117,10 +135,11 @@ def ablate(params: Params, *, models: dict[str, Path], slice_caches: dict[str, P
             "# Ablation (RadCLIP Table III): 2D encoder × slice pooling, 3D suites\n\n"
             "Linear probe accuracy and macro F1 (mean ± std over patient-level folds), image–text matching P@1.\n\n"
             + markdown
+            + attention_markdown(rows)
         )
         _write_table(reports / "ablation.csv", rows)
         summary = {
-            "cells": {cell.name: {r["suite"]: {k: r[k] for k in r if k.endswith(("_mean", "_std")) or k == "matching_p1"}
+            "cells": {cell.name: {r["suite"]: {k: r[k] for k in r if _summary_metric(k)}
                                   for r in rows if r["cell"] == cell.name and r["kind"] == "3d"} for cell in CELLS},
             "ordering": checks,
         }
@@ -141,12 +160,19 @@ def ablate(params: Params, *, models: dict[str, Path], slice_caches: dict[str, P
     return summary | {"rows": rows, "markdown": markdown}
 
 
+def _summary_metric(key: str) -> bool:
+    """Metrics of the grid summary and the mean rows: folds' mean and std, matching P@1, and the
+    attention on the recorded finding slices (phantom suites)."""
+    return key.endswith(("_mean", "_std")) or key == "matching_p1" or key.startswith("attention_lesion")
+
+
 def _mean_rows(rows: list[dict], volume_suites: list[str]) -> list[dict]:
-    """Per cell, a ``mean_3d`` row: each metric (and its fold std) averaged over the 3D suites."""
+    """Per cell, a ``mean_3d`` row: each metric (and its fold std, and where the phantoms recorded the
+    finding slices, the attention on them) averaged over the 3D suites."""
     means = []
     for cell in CELLS if volume_suites else ():
         selected = [r for r in rows if r["cell"] == cell.name and r["suite"] in volume_suites]
-        keys = [k for k in selected[0] if k.endswith(("_mean", "_std")) or k == "matching_p1"]
+        keys = [k for k in selected[0] if _summary_metric(k) and all(k in r for r in selected)]
         means.append({"label": f"{MEAN_SUITE}: {cell.name}", "cell": cell.name, "encoder": cell.encoder,
                       "pooling": cell.pooling, "suite": MEAN_SUITE, "kind": "3d",
                       **{k: sum(r[k] for r in selected) / len(selected) for k in keys}})

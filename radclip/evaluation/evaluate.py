@@ -25,6 +25,7 @@ from radclip.evaluation.metrics import (
     bootstrap_ci,
     cosine_similarity,
     ensemble_class_embeddings,
+    lesion_attention,
     linear_probe,
     multilabel_auroc,
     retrieval_metrics,
@@ -138,6 +139,7 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> SuiteResul
     retrieval = retrieval_metrics(suite.features, text, positives)
     metrics.update({k: float(v) for k, v in retrieval.items() if "queries" not in k})
     metrics.update(_multilabel(model, suite, params))
+    metrics.update(_lesion_attention(params, suite))
     return SuiteResult(suite.kind, metrics, probe.confusion, tuple(probe.class_names), suite)
 
 
@@ -167,22 +169,41 @@ def lesion_truth(params: Params) -> dict[tuple[str, str], list[int]]:
     return {(r.suite, r.path): [int(s) for s in r.slices.split("|") if s] for r in table.itertuples()}
 
 
-def _attention_examples(params: Params, suite: SuiteFeatures, truth: dict, collection_paths: dict[str, str]):
-    """A few volumes with a finding: (weights over valid slices, lesion slices in curated indices, caption)."""
+def _lesion_volumes(params: Params, suite: SuiteFeatures) -> list[tuple[int, list[int]]]:
+    """Volumes of a 3D suite whose finding slices the phantoms recorded: (row, finding slices in
+    curated slice indices). Empty for 2D suites and for real data (no truth file)."""
+    if suite.kind != "3d" or suite.attention is None:
+        return []
+    truth = lesion_truth(params)
+    collection_paths = {c.name: c.path for c in params.data.collections}
     suite_folder = Path(collection_paths.get(suite.suite, "")).name
-    examples = []
+    raw_count = max(params.phantoms.volume_shape[0], 1)
+    volumes = []
     for k in np.flatnonzero(suite.labels != "Normal"):
         raw_slices = truth.get((suite_folder, suite.source_paths[k].split("#")[0]))
-        if not raw_slices or suite.attention is None:
+        if not raw_slices:
             continue
         valid = int(suite.slice_counts[k])
-        raw_count = max(params.phantoms.volume_shape[0], 1)
         # curation resamples slices: raw slice i covers curated slices around (i + 0.5) * valid / raw
-        mapped = sorted({min(valid - 1, int((i + 0.5) * valid / raw_count)) for i in raw_slices})
-        examples.append((suite.attention[k, :valid], mapped, str(suite.captions[k])))
-        if len(examples) == params.evaluate.attention_volumes:
-            break
-    return examples
+        volumes.append((int(k), sorted({min(valid - 1, int((i + 0.5) * valid / raw_count)) for i in raw_slices})))
+    return volumes
+
+
+def _lesion_attention(params: Params, suite: SuiteFeatures) -> dict[str, float]:
+    """Attention mass and AUROC on the recorded finding slices (phantom suites only)."""
+    volumes = _lesion_volumes(params, suite)
+    if not volumes:
+        return {}
+    weights = [suite.attention[k, : int(suite.slice_counts[k])] for k, _ in volumes]
+    return lesion_attention(weights, [slices for _, slices in volumes])
+
+
+def _attention_examples(params: Params, suite: SuiteFeatures):
+    """A few volumes with a finding: (weights over valid slices, lesion slices in curated indices, caption)."""
+    return [
+        (suite.attention[k, : int(suite.slice_counts[k])], slices, str(suite.captions[k]))
+        for k, slices in _lesion_volumes(params, suite)[: params.evaluate.attention_volumes]
+    ]
 
 
 def write_figures(params: Params, results: dict[str, SuiteResult], model, out_dir: Path) -> list[Path]:
@@ -191,12 +212,10 @@ def write_figures(params: Params, results: dict[str, SuiteResult], model, out_di
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    truth = lesion_truth(params)
-    collection_paths = {c.name: c.path for c in params.data.collections}
     for name, result in results.items():
         written.append(confusion_matrix_figure(result.confusion, result.classes, out_dir / f"confusion_{name}.png",
                                                title=f"{name}: linear probe (test folds)"))
-        examples = _attention_examples(params, result.features, truth, collection_paths) if result.kind == "3d" else []
+        examples = _attention_examples(params, result.features)
         if examples:
             weights, lesions, labels = zip(*examples)
             written.append(slice_attention_figure(weights, lesions, labels, out_dir / f"attention_{name}.png",

@@ -724,6 +724,42 @@ def multilabel_auroc(
     }
 
 
+# --------------------------------------------------------------------------- slice attention
+
+
+def lesion_attention(weights: Sequence[np.ndarray], lesion_slices: Sequence[Sequence[int]]) -> dict[str, float]:
+    """How well an adapter's slice weights find the slices that show the finding.
+
+    ``weights[k]`` are volume k's pooling weights over its valid slices (summing to 1),
+    ``lesion_slices[k]`` the indices of its finding slices. Returns, averaged over volumes:
+    ``attention_lesion_mass`` (weight on the finding slices), ``attention_lesion_mass_uniform``
+    (what average pooling puts there) and ``attention_lesion_auroc`` (within-volume AUROC of
+    the weights, finding vs other slices: 0.5 = blind, ties count half; volumes whose every
+    slice shows the finding have no AUROC and are left out of it only).
+    """
+    if len(weights) != len(lesion_slices):
+        raise ValueError(f"{len(weights)} weight vectors for {len(lesion_slices)} lesion lists")
+    if not len(weights):
+        raise ValueError("lesion_attention needs at least one volume")
+    mass, uniform, aurocs = [], [], []
+    for k, (w, lesions) in enumerate(zip(weights, lesion_slices)):
+        w = np.asarray(w, dtype=np.float64)
+        positive = np.zeros(len(w), dtype=bool)
+        index = np.asarray(list(lesions), dtype=int)
+        if index.size == 0 or index.min() < 0 or index.max() >= len(w):
+            raise ValueError(f"volume {k}: lesion slices {list(lesions)} must be non-empty and within its {len(w)} slices")
+        positive[index] = True
+        mass.append(float(w[positive].sum()))
+        uniform.append(float(positive.mean()))
+        if not positive.all():
+            aurocs.append(float(roc_auc_score(positive, w)))
+    return {
+        "attention_lesion_mass": float(np.mean(mass)),
+        "attention_lesion_mass_uniform": float(np.mean(uniform)),
+        "attention_lesion_auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
+    }
+
+
 # --------------------------------------------------------------------------- uncertainty
 
 

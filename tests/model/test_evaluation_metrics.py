@@ -11,6 +11,7 @@ from radclip.evaluation import (
     bootstrap_ci,
     classification_metrics,
     ensemble_class_embeddings,
+    lesion_attention,
     linear_probe,
     matching_precision,
     mean_std,
@@ -322,3 +323,27 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data() -> None:
     assert low_l <= accuracy(*large) <= high_l
     assert (high_l - low_l) < 0.5 * (high_s - low_s)
     assert bootstrap_ci(accuracy, *small, n_boot=400, seed=0) == (low_s, high_s)  # reproducible
+
+
+# ----------------------------------------------------------------- slice attention on finding slices
+
+
+def test_lesion_attention_mass_uniform_baseline_and_auroc_match_hand_calculation() -> None:
+    weights = [np.array([0.1, 0.6, 0.3]), np.array([0.5, 0.25, 0.25]), np.array([0.5, 0.5])]
+    lesions = [[1], [1, 2], [0, 1]]
+    scores = lesion_attention(weights, lesions)
+    assert scores["attention_lesion_mass"] == pytest.approx((0.6 + 0.5 + 1.0) / 3)
+    assert scores["attention_lesion_mass_uniform"] == pytest.approx((1 / 3 + 2 / 3 + 1) / 3)
+    # volume 0 ranks its finding slice first (1.0), volume 1 last (0.0); volume 2 is all finding: no AUROC
+    assert scores["attention_lesion_auroc"] == pytest.approx(0.5)
+
+
+def test_lesion_attention_of_average_pooling_is_blind() -> None:
+    scores = lesion_attention([np.full(8, 1 / 8), np.full(4, 1 / 4)], [[2, 3], [0]])
+    assert scores["attention_lesion_mass"] == pytest.approx(scores["attention_lesion_mass_uniform"])
+    assert scores["attention_lesion_auroc"] == pytest.approx(0.5)  # all ties
+
+
+def test_lesion_attention_rejects_slices_outside_the_volume_naming_it() -> None:
+    with pytest.raises(ValueError, match="volume 1"):
+        lesion_attention([np.full(4, 0.25), np.full(4, 0.25)], [[0], [4]])

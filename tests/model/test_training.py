@@ -184,6 +184,9 @@ def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
             assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"]
         assert 0.0 <= metrics["multilabel_auroc_macro"] <= 1.0
         assert any(key.startswith("multilabel_auroc.") for key in metrics)
+        # phantom volumes: how the adapter's weights find the recorded finding slices
+        if metrics["kind"] == "3d":
+            assert 0.0 < metrics["attention_lesion_mass_uniform"] < 1.0 and 0.0 <= metrics["attention_lesion_auroc"] <= 1.0
     report = write_report(params, results)
     assert "probe_fold0_accuracy" not in report.read_text() and "matching_p1" in report.read_text()
     run = _experiment_runs(params, "tags.`radclip.stage` = 'evaluate'")[0]
@@ -263,8 +266,10 @@ def test_ablation_table_has_the_paper_rows_and_columns(ablation):
     reports = params.resolve(params.paths.reports)
     volume_suites = sorted(summary["ordering"])
     assert volume_suites  # the tiny phantoms have 3D suites
-    table = [line for line in (reports / "ablation.md").read_text().splitlines() if line.startswith("| ")]
+    table_iii, attention = (reports / "ablation.md").read_text().split("Attention on the recorded finding slices")
+    table = [line for line in table_iii.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 4  # header + one row per cell
+    assert len([line for line in attention.splitlines() if line.startswith("| ")]) == 1 + 4
     assert table[0].count("Acc") == table[0].count("F1") == table[0].count("P@1") == len(volume_suites)
     rows = pd.read_csv(reports / "ablation.csv")
     assert len(rows) == 4 * len(rows["suite"].unique())
@@ -273,3 +278,7 @@ def test_ablation_table_has_the_paper_rows_and_columns(ablation):
     assert len(images) and (images["average"] == images["adapter"]).all()
     for check in summary["ordering"].values():
         assert check["holds"] == (check["gap"] > check["fold_std"])
+    # average pooling puts exactly the uniform share on the recorded finding slices and cannot rank them
+    volumes = rows[(rows["kind"] == "3d") & (rows["pooling"] == "average") & (rows["suite"] != "mean_3d")]
+    assert len(volumes) and np.allclose(volumes["attention_lesion_mass"], volumes["attention_lesion_mass_uniform"])
+    assert np.allclose(volumes["attention_lesion_auroc"], 0.5)
