@@ -416,9 +416,21 @@ class Params(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def digest(self) -> str:
-        """Stable short hash of the effective params (a lineage tag)."""
-        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+    def digest(self, *sections: str) -> str:
+        """Stable short hash of the effective params (a lineage tag), or of the dotted ``sections``
+        only: a stage's report then names exactly the params DVC reruns the stage for."""
+        dumped = self.model_dump(mode="json", by_alias=True)
+        if sections:
+            selected = {}
+            for section in sections:
+                value = dumped
+                for part in section.split("."):
+                    if not isinstance(value, dict) or part not in value:
+                        raise KeyError(f"params have no section {section!r}")
+                    value = value[part]
+                selected[section] = value
+            dumped = selected
+        blob = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolve(self, path: str | Path) -> Path:

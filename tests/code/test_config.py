@@ -74,3 +74,15 @@ def test_caption_template_must_name_the_condition():
 def test_params_model_is_immutable():
     with pytest.raises(Exception):
         Params().seed = 3  # type: ignore[misc]
+
+
+def test_section_digest_changes_only_with_its_sections(project_root):
+    default = load_params(project_root / "params.yaml")
+    other_lr = default.model_copy(update={"train_adapter": default.train_adapter.model_copy(update={"lr": 0.5})})
+    other_rule = default.model_copy(update={"validate_": default.validate_.model_copy(update={"min_class_count": 99})})
+    sections = ("validate", "curate.volume")
+    assert other_lr.digest() != default.digest()
+    assert other_lr.digest(*sections) == default.digest(*sections)  # a stage that does not read train_adapter
+    assert other_rule.digest(*sections) != default.digest(*sections)
+    with pytest.raises(KeyError, match="curate.nope"):
+        default.digest("curate.nope")
