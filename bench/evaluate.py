@@ -87,10 +87,11 @@ def changed_outputs(clone: Path) -> tuple[list[str], list[str]]:
                             capture_output=True, text=True, check=True).stdout
     measured, different = [], []
     for path in sorted(line[3:] for line in status.splitlines() if line[3:] not in STORE_DEPENDENT):
-        committed = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=clone, capture_output=True, text=True).stdout
+        committed = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=clone, capture_output=True).stdout
+        reproduced = (clone / path).read_bytes()
         try:
-            same = _without_measurements(path, committed) == _without_measurements(path, (clone / path).read_text())
-        except (UnicodeDecodeError, ValueError):  # a figure or an unreadable report: bytes decide
+            same = _without_measurements(path, committed.decode()) == _without_measurements(path, reproduced.decode())
+        except (UnicodeDecodeError, ValueError):  # a figure or an unreadable report: it differs in bytes
             same = False
         (measured if same else different).append(path)
     return measured, different
