@@ -35,6 +35,7 @@ run: venv
 	$(BIN)/dvc repro
 
 test: venv
+	$(BIN)/ruff check radclip pipelines
 	$(BIN)/python -m pytest
 
 bench: venv

@@ -43,9 +43,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from radclip.config import load_params
-    from radclip.models import RadCLIP
+    from radclip.core.models import RadCLIP
     from radclip.training.fit import fit
-    from radclip.training.stages import ADAPTED_MODELS, ENCODER_MODELS, adapter_params, model_dir, slice_cache_dir
+    from radclip.jobs.common import ADAPTED_MODELS, ENCODER_MODELS, model_dir, slice_cache_dir
+    from radclip.jobs.pretrain_adapter import adapter_params
 
     params = adapter_params(load_params(ROOT / "params.yaml"))
     scratch = Path(tempfile.mkdtemp(prefix="radclip-bench-seeds-"))

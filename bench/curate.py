@@ -64,7 +64,7 @@ def _warm_up_workers(workers: int) -> None:
 def run_one(workdir: Path, n_2d: int, n_3d: int, workers: int, chunk_size: int) -> dict:
     """Child process: curate once inside an already started Ray session, print JSON."""
     from radclip.data.curate import curate
-    from radclip.raycluster import ray_session
+    from radclip.io.ray_cluster import ray_session
 
     params = _params(workdir, n_2d, n_3d, workers, chunk_size)
     with ray_session(params, num_cpus=workers):

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def features_and_probe() -> list[tuple[str, str, int, float, float]]:
     from radclip.config import load_params
     from radclip.evaluation.evaluate import suite_features, suite_names
-    from radclip.evaluation.metrics import linear_probe
-    from radclip.models import RadCLIP
-    from radclip.training.stages import MODEL_FINAL, model_dir, slice_cache_dir
+    from radclip.core.metrics import linear_probe
+    from radclip.core.models import RadCLIP
+    from radclip.jobs.common import MODEL_FINAL, model_dir, slice_cache_dir
 
     params = load_params(ROOT / "params.yaml")
     model = RadCLIP.from_pretrained(model_dir(params, MODEL_FINAL)).eval()

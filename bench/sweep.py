@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from radclip.config import load_params
-    from radclip.tuning import sweep
+    from radclip.io.optuna_sweep import sweep
 
     params = load_params(ROOT / "params.yaml")
     scratch = Path(tempfile.mkdtemp(prefix="radclip-bench-sweep-"))

@@ -197,7 +197,7 @@ class OurStep:
 
     def __init__(self, model, images: torch.Tensor, caption_ids: torch.Tensor):
         from radclip.config import TrainParams
-        from radclip.losses import ClipLoss
+        from radclip.core.losses import ClipLoss
         from radclip.training.loop import MAX_LOG_LOGIT_SCALE, ImageStep, _optimizer
 
         self.model, self.images, self.caption_ids = model, images, caption_ids
@@ -285,7 +285,7 @@ def embedded_default() -> tuple[Vision, dict]:
 
 def bench_step(vision: Vision, batch: int, reps: int, *, naive: bool, clip_b_text: bool, text: dict | None = None) -> dict:
     """Time our step (and the naive ones) interleaved; ``text``: the text tower (None: mirror of the vision tower)."""
-    from radclip.models import build_model
+    from radclip.training.build import build_model
 
     images, caption_ids = _batch(vision, batch)
     model = build_model(_model_params(vision, text), CAPTIONS)
@@ -389,7 +389,7 @@ class AdapterEpoch:
 
     def __init__(self, model, dataset, batch: int, *, reencode: bool):
         from radclip.config import TrainParams
-        from radclip.losses import ClipLoss
+        from radclip.core.losses import ClipLoss
         from radclip.training.loop import MAX_LOG_LOGIT_SCALE, AdapterStep, _optimizer
 
         self.model, self.reencode, self.max_log_scale = model, reencode, MAX_LOG_LOGIT_SCALE
@@ -423,8 +423,8 @@ class AdapterEpoch:
 
 def bench_cache(work: Path, volumes_n: int, slices: int, size: int, batch: int, reps: int) -> dict:
     from radclip.config import Params
-    from radclip.models import build_model
-    from radclip.training.slice_cache import SliceCacheDataset, write_slice_cache
+    from radclip.training.build import build_model
+    from radclip.data.slice_cache import SliceCacheDataset, write_slice_cache
 
     curated = work / "cache-curated"
     captions = _write_curated(curated, _phantom_volumes(volumes_n, slices, size))
@@ -480,7 +480,7 @@ def bench_ray(work: Path, quick: bool) -> dict:
     from radclip.data.curate import curate
     from radclip.data.phantoms import generate
     from radclip.training.fit import fit
-    from radclip.training.stages import vocabulary
+    from radclip.jobs.common import vocabulary
 
     base = _fit_params(work, quick)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
-"""DVC stage `ablate`: runs `radclip ablate` (logic in the radclip library)."""
+"""DVC stage `ablate`: the job radclip.jobs.ablate (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.ablate import main
 
 if __name__ == "__main__":
-    run_stage("ablate")
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `curate`: runs `radclip curate` (logic in the radclip library)."""
+"""DVC stage `curate`: the job radclip.jobs.curate (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.curate import main
 
 if __name__ == "__main__":
-    run_stage("curate")
+    main()

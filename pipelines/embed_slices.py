@@ -1,6 +1,6 @@
-"""DVC stage `embed_slices`: runs `radclip embed-slices` (logic in the radclip library)."""
+"""DVC stage `embed_slices`: the job radclip.jobs.embed_slices (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.embed_slices import main
 
 if __name__ == "__main__":
-    run_stage("embed_slices")
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `evaluate`: runs `radclip evaluate` (logic in the radclip library)."""
+"""DVC stage `evaluate`: the job radclip.jobs.evaluate (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.evaluate import main
 
 if __name__ == "__main__":
-    run_stage("evaluate")
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `init_model`: runs `radclip init-model` (logic in the radclip library)."""
+"""DVC stage `init_model`: the job radclip.jobs.init_model (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.init_model import main
 
 if __name__ == "__main__":
-    run_stage("init_model")
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `phantoms`: runs `radclip phantoms` (logic in the radclip library)."""
+"""DVC stage `phantoms`: the job radclip.jobs.phantoms (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.phantoms import main
 
 if __name__ == "__main__":
-    run_stage("phantoms")
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `pretrain_2d`: runs `radclip pretrain-2d` (logic in the radclip library)."""
+"""DVC stage `pretrain_2d`: the job radclip.jobs.pretrain_2d (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.pretrain_2d import main
 
 if __name__ == "__main__":
-    run_stage("pretrain_2d")
+    main()

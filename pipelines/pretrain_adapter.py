@@ -1,6 +1,6 @@
-"""DVC stage `pretrain_adapter`: runs `radclip pretrain-adapter` (logic in the radclip library)."""
+"""DVC stage `pretrain_adapter`: the job radclip.jobs.pretrain_adapter (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.pretrain_adapter import main
 
 if __name__ == "__main__":
-    run_stage("pretrain_adapter")
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `register`: runs `radclip register` (logic in the radclip library)."""
+"""DVC stage `register`: the job radclip.jobs.register (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.register import main
 
 if __name__ == "__main__":
-    run_stage("register")
+    main()

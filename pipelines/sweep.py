@@ -1,6 +1,6 @@
-"""DVC stage `sweep`: runs `radclip sweep` (logic in the radclip library)."""
+"""DVC stage `sweep`: the job radclip.jobs.sweep (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.sweep import main
 
 if __name__ == "__main__":
-    run_stage("sweep")
+    main()

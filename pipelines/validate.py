@@ -1,6 +1,6 @@
-"""DVC stage `validate`: runs `radclip validate` (logic in the radclip library)."""
+"""DVC stage `validate`: the job radclip.jobs.validate (its logic, outputs and effective params)."""
 
-from radclip.cli import run_stage
+from radclip.jobs.validate import main
 
 if __name__ == "__main__":
-    run_stage("validate")
+    main()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,7 +16,7 @@ import typer
 from rich.console import Console
 
 from radclip.config import Params, ParamsError, load_params
-from radclip.reports import write_metrics
+from radclip.jobs.common import configure_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RadCLIP: train, tune, evaluate, track and ship.")
 console = Console(stderr=True)
@@ -32,9 +30,7 @@ def _global_options(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     _state.update(params_file=params_file, profile=profile, quiet=quiet)
-    # Our own progress at INFO; libraries (GE is chatty at INFO) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("radclip").setLevel(logging.INFO)
+    configure_logging()
 
 
 def _params() -> Params:
@@ -48,15 +44,14 @@ def _params() -> Params:
 
 
 @contextlib.contextmanager
-def _model_location(params: Params, model: Optional[str]) -> Iterator[Path]:
-    """``--model``: a RadCLIP directory, an MLflow URI (downloaded for the block), or the pipeline's final model."""
+def _model_location(params: Params, model: Optional[str]) -> Iterator[Optional[Path]]:
+    """``--model``: a RadCLIP directory, an MLflow URI (downloaded for the block), or None (the pipeline's)."""
     import tempfile
 
-    from radclip import tracking
-    from radclip.training.stages import MODEL_FINAL, model_dir
+    from radclip.io import mlflow_tracking as tracking
 
     if model is None:
-        yield model_dir(params, MODEL_FINAL)
+        yield None
     elif tracking.is_model_uri(model):
         with tempfile.TemporaryDirectory(prefix="radclip-model-") as scratch:
             yield tracking.download_model(params, model, Path(scratch))
@@ -65,78 +60,75 @@ def _model_location(params: Params, model: Optional[str]) -> Iterator[Path]:
 
 
 @app.command("params")
-def show_params() -> None:
-    """Print the effective params (after the profile overlay) as YAML, and their digest."""
+def show_params(
+    stage: Annotated[Optional[str], typer.Option(
+        help="print what this stage last ran with (reports/params/<stage>.yaml: overlay and sweep best params applied)")] = None,
+) -> None:
+    """Print the effective params (after the profile overlay) as YAML and their digest, or a stage's as it ran."""
     import yaml
 
+    from radclip.jobs.common import effective_params_path
+
     params = _params()
+    if stage is not None:
+        path = effective_params_path(params, stage)
+        if not path.is_file():
+            console.print(f"[red]params error[/red] {path}: stage {stage!r} has not run here (run `dvc repro` or "
+                          f"`radclip {stage.replace('_', '-').split('-vanilla')[0]}`)")
+            raise typer.Exit(1)
+        typer.echo(path.read_text(), nl=False)
+        return
     typer.echo(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
     console.print(f"params digest: {params.digest()}")
+
+
+def _progress() -> bool:
+    return not _state.get("quiet")
 
 
 @app.command()
 def phantoms() -> None:
     """Write the synthetic phantom collection (real formats) to paths.raw."""
-    from radclip.data.phantoms import generate
+    from radclip.jobs import phantoms as job
 
-    params = _params()
-    summary = generate(params)
-    console.print(f"phantoms written to {params.resolve(params.paths.raw)}: {json.dumps(summary.get('totals', summary))}")
+    job.run(_params(), progress=_progress())
 
 
 @app.command()
 def curate() -> None:
-    """Curate every configured collection into shards + manifest + quarantine table."""
-    from radclip.data.curate import curate as run_curation
+    """Curate every configured collection into shards + manifest + quarantine table + preprocessing contract."""
+    from radclip.jobs import curate as job
 
-    params = _params()
-    summary = run_curation(params, progress=not _state.get("quiet"))
-    metrics = {k: v for k, v in vars(summary).items() if k != "quarantine_reasons"}
-    write_metrics(params, "curate.json", metrics)
-    console.print(
-        f"curated {summary.records} records ({summary.records_2d} 2D, {summary.records_3d} 3D) from {summary.items} "
-        f"inputs in {summary.seconds:.1f}s; quarantined {summary.quarantined} (duplicates {summary.duplicates})"
-    )
-    for reason, count in summary.quarantine_reasons.items():
-        console.print(f"  quarantine: {count} × {reason}")
+    job.run(_params(), progress=_progress())
 
 
 @app.command()
 def validate() -> None:
     """Run the Great Expectations suite on the curated dataset; fails on a violation."""
-    from radclip.data.validation import ValidationFailed, validate_curated
+    from radclip.data.validation import ValidationFailed
+    from radclip.jobs import validate as job
 
-    params = _params()
     try:
-        report = validate_curated(params)
+        job.run(_params(), progress=_progress())
     except ValidationFailed as failure:
         console.print(f"[red]validation failed[/red]\n{failure}")
         raise typer.Exit(1) from None
-    console.print(f"validation passed: {len(report.checks)} checks; report in {params.resolve(params.paths.reports) / 'validation'}")
-
-
-def _print_fit(stage: str, result) -> None:
-    console.print(
-        f"{stage}: best val loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
-        f"({len(result.history)} epochs, {result.workers} worker(s), {result.seconds:.0f}s); model in {result.model_dir}; "
-        f"MLflow run {result.mlflow_run_id}"
-    )
 
 
 @app.command("init-model")
 def init_model() -> None:
     """Save the starting weights (pretrained CLIP or the small config-built one): the vanilla encoder."""
-    from radclip.training.stages import init_model as run
+    from radclip.jobs import init_model as job
 
-    console.print(f"init_model: starting weights in {run(_params())}")
+    job.run(_params(), progress=_progress())
 
 
 @app.command("pretrain-2d")
 def pretrain_2d() -> None:
     """Fine-tune the 2D image encoder (text tower frozen) with Ray Train; logs to MLflow."""
-    from radclip.training.stages import pretrain_2d as run
+    from radclip.jobs import pretrain_2d as job
 
-    _print_fit("pretrain_2d", run(_params()))
+    job.run(_params(), progress=_progress())
 
 
 EncoderOption = Annotated[str, typer.Option(help="2D encoder: finetuned (the pipeline) or vanilla (ablation)")]
@@ -145,21 +137,17 @@ EncoderOption = Annotated[str, typer.Option(help="2D encoder: finetuned (the pip
 @app.command("embed-slices")
 def embed_slices(encoder: EncoderOption = "finetuned") -> None:
     """Encode every slice of every curated volume once with a frozen 2D encoder (slice cache)."""
-    from radclip.training.stages import embed_slices as run, report_name
+    from radclip.jobs import embed_slices as job
 
-    params = _params()
-    info = run(params, encoder=encoder, progress=not _state.get("quiet"))
-    metrics = {k: info[k] for k in ("count", "embedding_dim", "max_slices", "seconds", "volumes_per_second")}
-    write_metrics(params, f"{report_name('embed_slices', encoder)}.json", metrics)
-    console.print(f"embed_slices ({encoder}): {info['count']} volumes cached at {info['volumes_per_second']:.1f} volumes/s")
+    job.run(_params(), encoder=encoder, progress=_progress())
 
 
 @app.command("pretrain-adapter")
 def pretrain_adapter(encoder: EncoderOption = "finetuned") -> None:
     """Train the slice pooling adapter on one encoder's slice cache (encoders frozen); logs to MLflow."""
-    from radclip.training.stages import pretrain_adapter as run
+    from radclip.jobs import pretrain_adapter as job
 
-    _print_fit(f"pretrain_adapter ({encoder})", run(_params(), encoder=encoder))
+    job.run(_params(), encoder=encoder, progress=_progress())
 
 
 @app.command()
@@ -170,27 +158,9 @@ def sweep(
 
     Run it in several terminals (or machines sharing sweep.storage) to work on one study together.
     """
-    import multiprocessing
+    from radclip.jobs import sweep as job
 
-    from radclip.tuning import sweep as run, write_best
-
-    params = _params()
-    # Extra local workers share the study through its storage; this process is one of them.
-    context = multiprocessing.get_context("spawn")
-    helpers = [context.Process(target=run, args=(params,), kwargs={"n_trials": trials, "write_outputs": False})
-               for _ in range(params.sweep.workers - 1)]
-    for helper in helpers:
-        helper.start()
-    result = run(params, n_trials=trials)
-    for helper in helpers:
-        helper.join()
-    if helpers:  # they may have finished trials after this process wrote its outputs
-        result = write_best(params, result.mlflow_run_id)
-    console.print(
-        f"sweep {result.study}: best val loss {result.best_value:.4f} at trial {result.best_trial} {result.best_params}; "
-        f"trials {result.trials['COMPLETE']} complete, {result.trials['PRUNED']} pruned, {result.trials['FAIL']} failed; "
-        f"dashboard: optuna-dashboard {result.storage}"
-    )
+    job.run(_params(), progress=_progress(), n_trials=trials)
 
 
 @app.command()
@@ -199,42 +169,23 @@ def evaluate(
         help="RadCLIP directory or MLflow URI (models:/<name>@<alias>, models:/<name>/<version>); default: the pipeline's final model")] = None,
     suite: Annotated[Optional[list[str]], typer.Option(help="evaluation collection(s); default: all")] = None,
 ) -> None:
-    """Linear probe, image–text matching, zero-shot, retrieval and multi-label AUROC on the evaluation suites."""
-    from radclip.evaluation.evaluate import evaluate as run, write_report
-    from radclip.training.stages import slice_cache_dir
+    """Linear probe, image–text matching, zero-shot, retrieval and multi-label AUROC on the evaluation suites.
+
+    3D suites are encoded with the evaluated model's own 2D encoder (a slice cache per encoder fingerprint).
+    """
+    from radclip.jobs import evaluate as job
 
     params = _params()
-    pipeline_default = model is None and not suite
     with _model_location(params, model) as location:
-        results = run(params, model_dir=location, slice_cache=slice_cache_dir(params), suites=suite or None,
-                      figures=pipeline_default)
-    if pipeline_default:
-        write_report(params, results)
-    for name, metrics in results.items():
-        console.print(
-            f"{name} ({metrics['kind']}): probe acc {metrics['probe_accuracy_mean']:.3f} ± {metrics['probe_accuracy_std']:.3f}, "
-            f"F1 {metrics['probe_macro_f1_mean']:.3f} ± {metrics['probe_macro_f1_std']:.3f}; matching P@1 {metrics['matching_p1']:.3f}; "
-            f"zero-shot top-1 {metrics['zero_shot_top1']:.3f}"
-        )
+        job.run(params, model_dir_=location, suites=suite or None, progress=_progress())
 
 
 @app.command()
 def ablate() -> None:
     """The 2×2 ablation (RadCLIP Table III): {vanilla, fine-tuned} encoder × {average pooling, adapter}."""
-    from radclip.evaluation.ablation import ENCODERS, ablate as run
-    from radclip.training.stages import ADAPTED_MODELS, model_dir, slice_cache_dir
+    from radclip.jobs import ablate as job
 
-    params = _params()
-    summary = run(
-        params,
-        models={encoder: model_dir(params, ADAPTED_MODELS[encoder]) for encoder in ENCODERS},
-        slice_caches={encoder: slice_cache_dir(params, encoder) for encoder in ENCODERS},
-    )
-    typer.echo(summary["markdown"])
-    for suite, check in summary["ordering"].items():
-        verdict = "holds" if check["holds"] else "does NOT hold"
-        console.print(f"{suite}: fine-tuned+adapter − vanilla+average = {check['gap']:+.3f} "
-                      f"(fold std {check['fold_std']:.3f}): ordering {verdict}")
+    job.run(_params(), progress=_progress())
 
 
 # --------------------------------------------------------------------------- serving and the model registry
@@ -242,25 +193,37 @@ def ablate() -> None:
 ModelOption = Annotated[Optional[str], typer.Option(
     help="RadCLIP directory or MLflow URI (models:/<name>@<alias>, models:/<name>/<version>); default: the pipeline's final model")]
 InputsArgument = Annotated[list[Path], typer.Argument(
-    help="PNG/JPEG images, DICOM files or series folders, NIfTI (.nii/.nii.gz), .npy arrays")]
+    help="PNG/JPEG/BMP/TIFF images, DICOM files or series folders, NIfTI (.nii/.nii.gz), .npy arrays")]
+CollectionOption = Annotated[Optional[str], typer.Option(
+    help="the collection the inputs come from: its CT window, as in curation")]
+RegionOption = Annotated[str, typer.Option(help="region of the inputs (e.g. Chest): with --modality, picks the CT window")]
+ModalityOption = Annotated[str, typer.Option(help="modality of the inputs (e.g. CT)")]
+
+
+def _source(collection: Optional[str], region: str, modality: str):
+    from radclip.serving import Source
+
+    return Source(collection=collection, region=region, modality=modality)
 
 
 def _predictor(model: Optional[str]):
-    """The model (directory or MLflow URI) ready to predict, preprocessing inputs as params.curate says."""
-    from radclip.serving import Predictor, Preprocessing
+    """The model (directory or MLflow URI) ready to predict, preprocessing inputs by its own contract."""
+    from radclip.core.preprocessing import ContractError
+    from radclip.jobs.common import MODEL_FINAL, model_dir
+    from radclip.serving import Predictor
 
     params = _params()
     try:
         with _model_location(params, model) as location:
             # Loaded into memory here, so the downloaded copy may go with the scratch folder.
-            return Predictor.from_directory(location, Preprocessing.from_params(params))
-    except FileNotFoundError as error:
+            return Predictor.from_directory(location or model_dir(params, MODEL_FINAL))
+    except (FileNotFoundError, ContractError) as error:
         console.print(f"[red]model error[/red] {error}")
         raise typer.Exit(1) from None
 
 
 def _input_error_exits(operation):
-    from radclip.data.records import InputError
+    from radclip.core.records import InputError
 
     try:
         return operation()
@@ -274,12 +237,15 @@ def embed(
     paths: InputsArgument,
     model: ModelOption = None,
     output: Annotated[Optional[Path], typer.Option(help="save the (N, D) float32 embeddings as .npy instead of printing")] = None,
+    collection: CollectionOption = None,
+    region: RegionOption = "",
+    modality: ModalityOption = "",
 ) -> None:
-    """Embed images and volumes with RadCLIP, preprocessed as curation prepares records."""
+    """Embed images and volumes with RadCLIP, preprocessed by the model's contract as curation prepared its data."""
     import numpy as np
 
     predictor = _predictor(model)
-    embeddings = _input_error_exits(lambda: predictor.embed(paths))
+    embeddings = _input_error_exits(lambda: predictor.embed(paths, _source(collection, region, modality)))
     if output is None:
         for path, embedding in zip(paths, embeddings):
             typer.echo(json.dumps({"path": str(path), "embedding": [round(float(v), 6) for v in embedding]}))
@@ -294,10 +260,14 @@ def zero_shot(
     path: Annotated[Path, typer.Argument(help="an image, DICOM file or series folder, NIfTI or .npy array")],
     labels: Annotated[list[str], typer.Option("--labels", help="a candidate caption; repeat for each (--labels A --labels B)")],
     model: ModelOption = None,
+    collection: CollectionOption = None,
+    region: RegionOption = "",
+    modality: ModalityOption = "",
 ) -> None:
     """Zero-shot classification: the probability of each candidate caption for one image or volume."""
     predictor = _predictor(model)
-    result = _input_error_exits(lambda: predictor.zero_shot(predictor.embed([path]), labels))
+    origin = _source(collection, region, modality)
+    result = _input_error_exits(lambda: predictor.zero_shot(predictor.embed([path], origin), labels))
     for label, probability, score in zip(result.candidates, result.probabilities[0], result.scores[0]):
         typer.echo(f"{probability:.4f}  {label}  (cosine {score:+.4f})")
     console.print(f"prediction: {result.predictions[0]}")
@@ -305,13 +275,11 @@ def zero_shot(
 
 def _registry_decision(operation):
     """Run a registry operation; its refusals (a missing metric, nothing to roll back) exit 1 with the reason."""
-    from mlflow.exceptions import MlflowException
-
-    from radclip.registry import RegistryError
+    from radclip.io.mlflow_registry import REGISTRY_ERRORS
 
     try:
         decision = operation()
-    except (RegistryError, FileNotFoundError, MlflowException) as error:
+    except REGISTRY_ERRORS as error:
         console.print(f"[red]registry error[/red] {error}")
         raise typer.Exit(1) from None
     console.print(decision.summary())
@@ -321,24 +289,10 @@ def _registry_decision(operation):
 @app.command()
 def register() -> None:
     """Register the final model (alias challenger); the gate makes it champion if its metrics beat the champion's."""
-    import yaml
-
-    from radclip import registry
-    from radclip.training.stages import MODEL_FINAL, model_dir
-    from radclip.tuning import best_params_path
+    from radclip.jobs import register as job
 
     params = _params()
-    report = params.resolve(params.paths.reports) / "evaluate.json"
-    if not report.is_file():
-        console.print(f"[red]registry error[/red] {report}: no evaluation results (run `radclip evaluate` first)")
-        raise typer.Exit(1)
-    evaluation = json.loads(report.read_text())
-    best = best_params_path(params)
-    sweep_result = (yaml.safe_load(best.read_text()) or {}) if best.exists() else {}
-    extra_tags = {f"optuna.{key}": sweep_result[key] for key in ("study", "best_trial") if key in sweep_result}
-    decision = _registry_decision(lambda: registry.register(
-        params, model_dir=model_dir(params, MODEL_FINAL), evaluation=evaluation, extra_tags=extra_tags))
-    write_metrics(params, "registry.json", decision.as_dict())
+    _registry_decision(lambda: job.run(params, progress=_progress()))
 
 
 @app.command()
@@ -347,7 +301,7 @@ def promote(
     force: Annotated[bool, typer.Option(help="make it champion even if the gate refuses (recorded as a manual promotion)")] = False,
 ) -> None:
     """Run the promotion gate for a version: it becomes champion only if it beats the current one."""
-    from radclip import registry
+    from radclip.io import mlflow_registry as registry
 
     params = _params()
     _registry_decision(lambda: registry.promote(params, version, force=force))
@@ -356,7 +310,7 @@ def promote(
 @app.command()
 def rollback() -> None:
     """Move the champion alias back to the previous champion; recorded in the champion history."""
-    from radclip import registry
+    from radclip.io import mlflow_registry as registry
 
     params = _params()
     _registry_decision(lambda: registry.rollback(params))
@@ -364,14 +318,3 @@ def rollback() -> None:
 
 def main() -> None:
     app(prog_name="radclip")
-
-
-def run_stage(stage: str) -> None:
-    """Entry for pipelines/<stage>.py: the DVC stage runs the CLI command of the same name.
-
-    Arguments are global options (``--quiet``), then after ``--`` the command's own
-    (``pipelines/embed_slices.py --quiet -- --encoder vanilla``).
-    """
-    args = sys.argv[1:]
-    split = args.index("--") if "--" in args else len(args)
-    app([*args[:split], stage.replace("_", "-"), *args[split + 1 :]], prog_name=f"pipelines/{stage}.py")

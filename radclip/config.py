@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "params"
@@ -166,7 +173,7 @@ class DataParams(Strict):
     collections: list[Collection] = []
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "DataParams":
+    def _unique_names(self) -> DataParams:
         names = [c.name for c in self.collections]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -214,7 +221,7 @@ class SplitFractions(Strict):
     test: float = Field(default=0.1, ge=0)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitFractions":
+    def _sums_to_one(self) -> SplitFractions:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split fractions must sum to 1, got {total}")
@@ -290,7 +297,6 @@ class ModelParams(Strict):
     projection_dim: int = Field(default=128, ge=8)
     vision: VisionTower = VisionTower()
     text: TextTower = TextTower()
-    freeze_text: bool = True  # the paper freezes the text tower and its projection
     adapter: AdapterParams = AdapterParams()
 
 
@@ -355,15 +361,14 @@ class SearchSpace(Strict):
 
 
 class SweepParams(Strict):
-    """Optuna study over the adapter (cheap: the slice cache) or the 2D stage (expensive)."""
+    """Optuna study over the adapter, trained on the fine-tuned slice cache (seconds a trial). The
+    objective is the trial's best validation InfoNCE (minimised; the test split is never read)."""
 
-    stage: Literal["adapter", "2d"] = "adapter"
     n_trials: int = Field(default=20, ge=1)  # finished trials (complete or pruned) the study should hold
     study: str = "radclip-adapter"
     # None: a journal file under paths.sweeps (crash-safe, several local processes);
     # an RDB URL ("postgresql://user@host/optuna") for workers on several machines.
     storage: str | None = None
-    objective: Literal["val_loss"] = "val_loss"  # validation InfoNCE of the trial's best epoch (minimised)
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
     pruner: Literal["median", "hyperband", "none"] = "median"

@@ -31,8 +31,8 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,9 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from radclip.config import CaptionTemplate, CollectionBase, CurateParams, Params, project_root
+from radclip.config import CaptionTemplate, CollectionBase, Params, project_root
+from radclip.core.preprocessing import Preprocessing
+from radclip.core.records import InputError, LoadedImage, SourceItem
 from radclip.data.captions import make_caption
-from radclip.data.records import InputError, LoadedImage, SourceItem
+from radclip.data.loaders import load
 
 log = logging.getLogger(__name__)
 
@@ -108,126 +110,18 @@ def content_hash(pixels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- the contract
 
 
-def load_item(item: SourceItem, window: tuple[float, float] | None) -> list[LoadedImage]:
-    """Read an item's pixels with the adapter its loader names."""
-    if item.loader == "image":
-        from radclip.data.images import load_image
-
-        return [load_image(item.path)]
-    if item.loader == "dicom":
-        from radclip.data.dicom import load_dicom
-
-        return load_dicom(item.path, window_2d=window)
-    if item.loader == "nifti":
-        from radclip.data.nifti import load_nifti
-
-        return [load_nifti(item.path)]
-    if item.loader == "npz":
-        from radclip.data.medmnist import load_member
-
-        return [load_member(item.path, item.member)]
-    raise InputError(item.path, f"no loader named {item.loader!r}")
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-def _to_display_range(pixels: np.ndarray, window: tuple[float, float] | None, eight_bit: bool) -> np.ndarray:
-    """2D intensities to [0, 1]: a CT window when given, 8-bit images as they are, else robust min-max."""
-    if window is not None:
-        center, width = window
-        low, high = center - width / 2, center + width / 2
-    elif eight_bit:
-        low, high = 0.0, 255.0
-    else:
-        low, high = np.percentile(pixels, [0.5, 99.5])
-        if high <= low:
-            high = low + 1.0
-    return np.clip((pixels - low) / (high - low), 0.0, 1.0)
-
-
-def normalise_image(pixels: np.ndarray, size: int, window: tuple[float, float] | None, eight_bit: bool = False) -> np.ndarray:
-    """2D → uint8 (size, size): windowed/scaled, resized with anti-aliasing."""
-    import torch
-    import torch.nn.functional as F
-
-    scaled = _to_display_range(pixels.astype(np.float32), window, eight_bit)
-    tensor = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))[None, None]
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return np.clip(np.rint(resized[0, 0].numpy() * 255.0), 0, 255).astype(np.uint8)
-
-
-def normalise_volume(
-    pixels: np.ndarray, slices: int, size: int, window: tuple[float, float] | None, source: str
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """3D → float16 (slices, size, size): windowed (CT), z-scored, resampled per plane shape.
-
-    Also returns the volume's display range in its z-scored units: the CT window's
-    bounds when windowed, else its 0.5/99.5 percentiles, the same rule
-    :func:`_to_display_range` applies to a 2D image. The encoder maps slices to
-    [0, 1] by it, so a CT slice looks to the 2D encoder like a 2D CT image does.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    volume = pixels.astype(np.float32)
-    if window is not None:
-        center, width = window
-        low, high = center - width / 2, center + width / 2
-        volume = np.clip(volume, low, high)
-    else:
-        low, high = (float(v) for v in np.percentile(volume, [0.5, 99.5]))
-    mean, std = float(volume.mean()), float(volume.std())
-    if not std > 1e-6:
-        raise InputError(source, "volume has constant intensity (cannot be z-scored)")
-    volume = (volume - mean) / std
-    tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
-    resized = F.interpolate(tensor, size=(slices, size, size), mode="trilinear", align_corners=False)
-    display = ((low - mean) / std, (max(high, low + 1e-6) - mean) / std)
-    return resized[0, 0].numpy().astype(np.float16), display
-
-
-def normalise_loaded(
-    image: LoadedImage,
-    *,
-    image_size: int,
-    volume_shapes: Mapping[str, tuple[int, int]],
-    window: tuple[float, float] | None,
-    source: str,
-) -> tuple[np.ndarray, str, tuple[float, float]]:
-    """A loaded image as a curated record: ``(array, plane, display range)``.
-
-    2D → uint8 (PNG/JPEG are display values already, so no window); the plane is "" and
-    the display range NaN. 3D → z-scored float16 shaped per ``volume_shapes[plane]``
-    (slices, size), with its display range. Curation and serving both go through here,
-    so a served input reaches the model exactly as a training record did.
-    """
-    if image.kind == "2d":
-        eight_bit = image.extra.get("bit_depth") == 8
-        array = normalise_image(image.pixels, image_size, None if eight_bit else window, eight_bit)
-        return array, "", (float("nan"), float("nan"))
-    plane = image.plane or "axial"
-    slices, size = volume_shapes[plane]
-    array, display = normalise_volume(image.pixels, slices, size, window, source)
-    return array, plane, display
-
-
-def record_window(
-    collection_window: tuple[float, float] | None,
-    windows: dict[str, tuple[float, float]],
-    item: SourceItem,
-    image: LoadedImage,
-) -> tuple[float, float] | None:
-    """The CT window of one record: the collection's, else its region/modality's, else the DICOM file's."""
-    if collection_window is not None:
-        return collection_window
-    named = windows.get(f"{item.region} {item.modality}")
-    if named is not None:
-        return named
-    return image.window if image.dicom_modality == "CT" else None
+def preprocessing_from_params(params: Params) -> Preprocessing:
+    """The preprocessing contract of the configured collections (written next to the curated data)."""
+    curate = params.curate
+    return Preprocessing.build(
+        image_size=curate.image_size,
+        volume_shapes={plane: (shape.slices, shape.size) for plane, shape in curate.volume.items()},
+        min_pixels=curate.min_pixels,
+        collections={c.name: (c.region, c.modality, c.window, dict(c.windows)) for c in params.data.collections},
+    )
 
 
 # --------------------------------------------------------------------------- the task
@@ -238,10 +132,8 @@ class ChunkTask:
     task_id: int
     items: list[SourceItem]
     shard_dir: str
-    curate: CurateParams
+    preprocessing: Preprocessing
     captions: dict[str, CaptionTemplate]  # per collection
-    windows: dict[str, tuple[float, float] | None]
-    region_windows: dict[str, dict[str, tuple[float, float]]]  # per collection: "{region} {modality}" → window
     roles: dict[str, str]
     roots: dict[str, str]
     salt: str
@@ -262,34 +154,11 @@ def _relative_to_collection(path: str, root: str) -> str:
         return Path(path).name  # outside the collection: never echo absolute paths
 
 
-def volume_shapes(params: CurateParams) -> dict[str, tuple[int, int]]:
-    """Plane → (slices, in-plane size) of curated volumes."""
-    return {plane: (shape.slices, shape.size) for plane, shape in params.volume.items()}
-
-
-def check_pixels(image: LoadedImage, source: str, min_pixels: int) -> None:
-    """Dimensions, size and finite values of a loaded image; InputError naming ``source`` otherwise."""
-    pixels = image.pixels
-    expected_ndim = 2 if image.kind == "2d" else 3
-    if pixels.ndim != expected_ndim:
-        raise InputError(source, f"{pixels.ndim}D array where a {image.kind.upper()} image was expected")
-    if pixels.size == 0:
-        raise InputError(source, "empty image (zero pixels)")
-    in_plane = pixels.shape[-2:]
-    if min(in_plane) < min_pixels:
-        raise InputError(
-            source, f"image too small ({in_plane[0]}x{in_plane[1]} pixels, minimum {min_pixels} per side)"
-        )
-    if not np.isfinite(pixels).all():
-        raise InputError(source, "pixel values contain NaN or Inf")
-
-
-def _check_image(image: LoadedImage, item: SourceItem, params: CurateParams) -> None:
+def _check_kind(image: LoadedImage, item: SourceItem) -> None:
     if item.expect_kind and image.kind != item.expect_kind:
         raise InputError(
             item.path, f"{image.kind.upper()} data where {item.expect_kind.upper()} expected (shape {image.pixels.shape})"
         )
-    check_pixels(image, item.path, params.min_pixels)
 
 
 def curate_chunk(task: ChunkTask) -> ChunkResult:
@@ -303,12 +172,12 @@ def curate_chunk(task: ChunkTask) -> ChunkResult:
     for item in task.items:
         root = task.roots[item.collection]
         try:
-            images = load_item(item, task.windows[item.collection])
+            images = load(item.path, item.loader, item.member)
             if not images:
                 raise InputError(item.path, "no image data found")
             prepared = []
             for image in images:
-                _check_image(image, item, task.curate)
+                _check_kind(image, item)
                 prepared.append(_curate_image(image, item, task))
         except InputError as error:
             result.quarantine.append(
@@ -338,14 +207,12 @@ def curate_chunk(task: ChunkTask) -> ChunkResult:
 
 
 def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tuple[str, np.ndarray, dict]:
-    params = task.curate
     caption = make_caption(task.captions[item.collection], item.region, item.modality, item.conditions)
     if not caption.strip() or not item.region.strip() or not item.modality.strip():
         raise InputError(item.path, f"empty caption field (region={item.region!r}, modality={item.modality!r})")
-    window = record_window(task.windows[item.collection], task.region_windows[item.collection], item, image)
-    array, plane, display = normalise_loaded(
-        image, image_size=params.image_size, volume_shapes=volume_shapes(params), window=window, source=item.path
-    )
+    prepared = task.preprocessing.prepare(image, item.path, collection=item.collection, region=item.region,
+                                          modality=item.modality)
+    array, plane, display = prepared.array, prepared.plane, prepared.display_range
     shard_key = f"3d-{plane}" if plane else "2d-image"
     patient_key = image.patient_id or item.patient_id or f"{item.collection}/{item.rel_path}"
     record_key = f"{item.collection}/{item.rel_path}/{item.member or ''}/{image.part}"
@@ -381,23 +248,13 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
 # --------------------------------------------------------------------------- executors
 
 
-def _run_serial(tasks: Iterable[ChunkTask], in_flight: int) -> Iterator[ChunkResult]:
-    for task in tasks:
-        yield curate_chunk(task)
+# Runs ``curate_chunk`` over the tasks, results in task order (the jobs layer passes Ray's).
+Executor = Callable[[Callable[[ChunkTask], ChunkResult], Iterable[ChunkTask]], Iterator[ChunkResult]]
 
 
-def _run_ray(tasks: Iterable[ChunkTask], in_flight: int) -> Iterator[ChunkResult]:
-    """Ray tasks with bounded look-ahead, results in submission order (deterministic output)."""
-    import ray
-
-    remote = ray.remote(num_cpus=1, max_retries=2)(curate_chunk)
-    queue: deque = deque()
-    for task in tasks:
-        queue.append(remote.remote(task))
-        if len(queue) >= in_flight:
-            yield ray.get(queue.popleft())
-    while queue:
-        yield ray.get(queue.popleft())
+def run_serial(function: Callable[[ChunkTask], ChunkResult], tasks: Iterable[ChunkTask]) -> Iterator[ChunkResult]:
+    """In this process, one task after another."""
+    return map(function, tasks)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -472,8 +329,11 @@ class _TableWriter:
         self.writer.close()
 
 
-def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True) -> CurationSummary:
-    """Run curation for every collection in params; returns the summary it also writes."""
+def curate(
+    params: Params, *, executor: Executor = run_serial, out_dir: Path | None = None, progress: bool = True
+) -> CurationSummary:
+    """Run curation for every collection in params (chunks through ``executor``); returns the summary it also
+    writes."""
     started = time.perf_counter()
     root = project_root()
     out = out_dir or params.resolve(params.paths.curated)
@@ -483,6 +343,7 @@ def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True
     settings = params.curate
     salt = os.environ.get(settings.salt_env) or settings.salt
     collections = {c.name: c for c in params.data.collections}
+    contract = preprocessing_from_params(params)
 
     summary = CurationSummary()
     manifest = _TableWriter(staging / "manifest.parquet", MANIFEST_SCHEMA)
@@ -505,10 +366,8 @@ def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True
             task_id=index,
             items=chunk,
             shard_dir=str(staging / "shards"),
-            curate=settings,
+            preprocessing=contract,
             captions={name: c.caption or params.data.caption for name, c in collections.items()},
-            windows={name: c.window for name, c in collections.items()},
-            region_windows={name: dict(c.windows) for name, c in collections.items()},
             roles={name: c.role for name, c in collections.items()},
             roots={name: str(_collection_root(c, root)) for name, c in collections.items()},
             salt=salt,
@@ -516,31 +375,29 @@ def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True
         for index, chunk in enumerate(_chunks(_scan_all(params, root, scan_error), settings.chunk_size))
     )
     seen_content: dict[str, str] = {}  # content hash -> record id (16+16 bytes per record)
-    run = _run_serial if settings.engine == "serial" else _run_ray
     bar = _progress(progress)
     with bar:
         task_bar = bar.add_task("curate", total=None)
-        with _engine_session(params, settings):
-            for result in run(tasks, in_flight=2 * settings.workers):
-                summary.items += result.items
-                for row in result.quarantine:
-                    add_quarantine(row)
-                for row in result.records:
-                    first = seen_content.get(row["content_hash"])
-                    if first is not None:
-                        summary.duplicates += 1
-                        add_quarantine({"collection": row["collection"], "source_path": row["source_path"],
-                                        "reason": f"duplicate of record {first} (identical pixels)", "stage": "dedupe"})
-                        continue
-                    seen_content[row["content_hash"]] = row["record_id"]
-                    row["split"] = assign_split(row["patient_hash"], row["role"], settings.split)
-                    manifest.append(row)
-                    summary.records += 1
-                    summary.records_2d += row["kind"] == "2d"
-                    summary.records_3d += row["kind"] == "3d"
-                    per_collection[row["collection"]] += 1
-                    per_split[row["split"]] += 1
-                bar.update(task_bar, advance=result.items, description=f"curate: {summary.records} records")
+        for result in executor(curate_chunk, tasks):
+            summary.items += result.items
+            for row in result.quarantine:
+                add_quarantine(row)
+            for row in result.records:
+                first = seen_content.get(row["content_hash"])
+                if first is not None:
+                    summary.duplicates += 1
+                    add_quarantine({"collection": row["collection"], "source_path": row["source_path"],
+                                    "reason": f"duplicate of record {first} (identical pixels)", "stage": "dedupe"})
+                    continue
+                seen_content[row["content_hash"]] = row["record_id"]
+                row["split"] = assign_split(row["patient_hash"], row["role"], settings.split)
+                manifest.append(row)
+                summary.records += 1
+                summary.records_2d += row["kind"] == "2d"
+                summary.records_3d += row["kind"] == "3d"
+                per_collection[row["collection"]] += 1
+                per_split[row["split"]] += 1
+            bar.update(task_bar, advance=result.items, description=f"curate: {summary.records} records")
     manifest.close()
     quarantine.close()
     pq.read_table(staging / "quarantine.parquet").to_pandas().to_csv(staging / "quarantine.csv", index=False)
@@ -554,23 +411,21 @@ def curate(params: Params, *, out_dir: Path | None = None, progress: bool = True
     summary.by_collection = dict(sorted(per_collection.items()))
     summary.quarantine_reasons = dict(reasons.most_common())
     (staging / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    contract.write(staging)  # what every reader of these arrays (and every model trained on them) repeats
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return summary
 
 
-def _engine_session(params: Params, settings: CurateParams):
-    if settings.engine == "serial":
-        import contextlib
-
-        return contextlib.nullcontext()
-    from radclip.raycluster import ray_session
-
-    return ray_session(params, num_cpus=settings.workers if not params.ray.address else None)
-
-
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

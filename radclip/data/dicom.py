@@ -36,7 +36,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 
-from radclip.data.records import InputError, LoadedImage, Plane
+from radclip.core.records import InputError, LoadedImage, Plane
 
 # Files in a DICOM folder that are clearly not images: skipped silently.
 _IGNORED_SUFFIXES = {
@@ -412,25 +412,24 @@ def _frames_of(path: Path, ds: Dataset) -> list[_Slice]:
     return slices
 
 
-def _image_2d(piece: _Slice, window_2d: tuple[float, float] | None) -> LoadedImage:
+def _image_2d(piece: _Slice) -> LoadedImage:
     plane = plane_of_normal(np.cross(*piece.orientation)) if piece.orientation is not None else None
     return LoadedImage(
         pixels=np.ascontiguousarray(piece.pixels, dtype=np.float32),
         kind="2d",
         plane=plane,
         spacing=piece.pixel_spacing or (1.0, 1.0),
-        window=window_2d if window_2d is not None else piece.window,
+        window=piece.window,
         extra={"n_files": 1} | ({} if piece.pixel_spacing else {"pixel_spacing_assumed": True}),
         **_identity(piece.ds),
     )
 
 
-def load_dicom(path: str | Path, *, window_2d: tuple[float, float] | None = None) -> list[LoadedImage]:
+def load_dicom(path: str | Path) -> list[LoadedImage]:
     """Load a DICOM file or folder: one LoadedImage per series (or per multi-frame file).
 
-    ``window_2d`` (center, width), when given, is reported as the window of 2D
-    images instead of the file's own (e.g. a collection-wide CT window); pixels
-    stay physical either way. Images are returned in a stable order with
+    Pixels are physical values; ``window`` is the file's own (which window an image is shown
+    with is the preprocessing contract's rule, radclip.core.preprocessing). Images are returned in a stable order with
     ``part`` = "series-0", "series-1", ... (ordered by SeriesNumber, then path).
     """
     root = Path(path)
@@ -453,7 +452,7 @@ def load_dicom(path: str | Path, *, window_2d: tuple[float, float] | None = None
     for index, members in enumerate(sorted(groups.values(), key=sort_key)):
         slices = [piece for file, ds in members for piece in _frames_of(file, ds)]
         if len(slices) == 1:
-            image = _image_2d(slices[0], window_2d)
+            image = _image_2d(slices[0])
         else:
             first_ds = members[0][1]
             thickness = _slice_thickness(first_ds) or _slice_thickness(

@@ -23,9 +23,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
-    ComputedRadiographyImageStorage,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
@@ -34,7 +34,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from radclip.data.records import Plane
+from radclip.core.records import Plane
 
 # The identifying tags this writer fills from ``patient`` (or neutral defaults);
 # tests of de-identification can check that none of these values leak downstream.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from radclip.data.records import InputError, LoadedImage
+from radclip.core.records import InputError, LoadedImage
 
 # Extension -> the Pillow format name its content must have.
 IMAGE_FORMATS: dict[str, str] = {

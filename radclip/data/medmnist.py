@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radclip.data.records import InputError, LoadedImage
+from radclip.core.records import InputError, LoadedImage
 
 _CACHED_ARRAYS = 4  # enough for one split's images and labels in each of two files
 

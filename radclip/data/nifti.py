@@ -21,8 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from radclip.core.records import InputError, LoadedImage, Plane
 from radclip.data.dicom import orient_volume
-from radclip.data.records import InputError, LoadedImage, Plane
 
 # Canonical RAS+ voxel axes i, j, k expressed as LPS directions (DICOM's patient axes).
 _RAS_AXES_IN_LPS = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])

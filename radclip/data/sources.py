@@ -20,12 +20,12 @@ Two kinds of problems, two behaviours:
   hidden files (names starting with ``.``, e.g. ``.DS_Store``), which are OS
   metadata, and CheXpert lateral views under ``frontal_only`` (see below).
 
-How each item is loaded follows from its path: ``.png``/``.jpg``/``.jpeg`` ->
-``image``; ``.dcm``, a folder (a DICOM series) or an extension-less file that
-starts with the DICOM preamble (``DICM`` at byte 128, only those 132 bytes are
-read) -> ``dicom``; ``.nii``/``.nii.gz`` -> ``nifti``; ``.npz`` -> ``npz``;
-anything else -> an error item "unsupported file type". Suffixes are matched
-case-insensitively.
+How each item is loaded follows from its path, decided by the one dispatcher that
+serving uses too (:func:`radclip.data.loaders.loader_for`): images (PNG, JPEG, BMP,
+TIFF) -> ``image``; ``.dcm``, a folder (a DICOM series) or an extension-less file that
+starts with the DICOM preamble -> ``dicom``; ``.nii``/``.nii.gz`` -> ``nifti``;
+``.npz`` -> ``npz``; ``.npy`` -> ``npy``; anything else -> an error item "unsupported
+file type". Suffixes are matched case-insensitively.
 
 Layouts, as you prepare real data (``<path>`` is the collection's ``path``)
 ============================================================================
@@ -122,7 +122,6 @@ import math
 import os
 import posixpath
 import re
-import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,16 +135,14 @@ from radclip.config import (
     IxiCollection,
     MedmnistCollection,
 )
-from radclip.data.records import InputError, Kind, SourceItem
+from radclip.core.records import InputError, Kind, SourceItem
+from radclip.data.loaders import loader_for
 
 log = logging.getLogger(__name__)
 
 NORMAL_LABEL = "Normal"  # the evaluation label of a study with no condition
 LABEL_JOINER = "|"  # joins the conditions of a multi-label item into one label
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SUPPORTED_TYPES = ".png/.jpg/.jpeg, .dcm or a DICOM folder, .nii/.nii.gz, .npz"
 # SourceItem.loader cannot be None; an item whose type is unsupported is an error
 # item (never loaded), so it carries this placeholder.
 UNKNOWN_LOADER = "image"
@@ -173,49 +170,6 @@ def scan_collection(collection: Collection, root: str | Path) -> Iterator[Source
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def loader_for(path: Path, is_dir: bool | None = None) -> tuple[str | None, str | None]:
-    """``(loader, error)`` for a path named by an index or a listing.
-
-    Stats the path once (``is_dir`` known from a directory listing skips that);
-    a missing path keeps the loader its suffix implies, with an error.
-    """
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        loader: str | None = "nifti"
-    elif name.endswith(IMAGE_SUFFIXES):
-        loader = "image"
-    elif name.endswith(".dcm"):
-        loader = "dicom"
-    elif name.endswith(".npz"):
-        loader = "npz"
-    else:
-        loader = None
-    if is_dir is None:
-        try:
-            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-        except FileNotFoundError:
-            return loader, "listed but not found on disk"
-        except OSError as exc:
-            return loader, f"cannot access: {exc.strerror or exc}"
-    if is_dir:
-        return "dicom", None  # a folder is one DICOM series
-    if loader is not None:
-        return loader, None
-    if _has_dicom_preamble(path):
-        return "dicom", None  # DICOM files are often named by UID or number, no .dcm
-    suffix = "".join(path.suffixes[-1:]) or "no extension"
-    return None, f"unsupported file type '{suffix}' (supported: {SUPPORTED_TYPES})"
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _require_dir(path: Path, what: str) -> None:

@@ -10,10 +10,10 @@
 * :func:`bootstrap_ci`, :func:`mean_std` — uncertainty.
 
 Conventions (ties in expectation, sample std, patient-disjoint folds) are documented in
-:mod:`radclip.evaluation.metrics`.
+:mod:`radclip.core.metrics`.
 """
 
-from radclip.evaluation.metrics import (
+from radclip.core.metrics import (
     ProbeResult,
     bootstrap_ci,
     classification_metrics,

@@ -14,10 +14,6 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from radclip.config import Params
-from radclip.evaluation.evaluate import evaluate_features, suite_features, suite_names
-from radclip.reports import write_metrics
-
 ENCODERS = ("vanilla", "finetuned")
 POOLINGS = ("average", "adapter")
 ENCODER_LABELS = {"vanilla": "Vanilla CLIP", "finetuned": "Fine-tuned"}
@@ -88,7 +84,7 @@ def attention_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_table(path: Path, rows: list[dict]) -> None:
+def write_table(path: Path, rows: list[dict]) -> None:
     columns = ["label", "cell", "encoder", "pooling", "suite", "kind"]
     columns += sorted({key for row in rows for key in row} - set(columns))
     with open(path, "w", newline="") as handle:
@@ -97,82 +93,19 @@ def _write_table(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def ablate(params: Params, *, models: dict[str, Path], slice_caches: dict[str, Path]) -> dict:
-    """Evaluate the four cells; ``models[encoder]`` holds that encoder with its trained adapter,
-    ``slice_caches[encoder]`` its slice cache. Writes ``reports/ablation.{json,csv,md,png}``."""
-    from radclip import tracking
-    from radclip.evaluation.plots import ablation_figure
-    from radclip.models import RadCLIP
-
-    suites = suite_names(params)
-    rows: list[dict] = []
-    loaded = {encoder: RadCLIP.from_pretrained(models[encoder]).eval() for encoder in ENCODERS}
-    encoder_only: dict[tuple[str, str], dict] = {}  # 2D suites: same numbers for both poolings
-    with tracking.start_run(params, stage="ablate", run_name="ablation-grid", tags={"ablation.cells": len(CELLS)}) as parent:
-        for cell in CELLS:
-            model = loaded[cell.encoder]
-            tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling, "model.dir": str(models[cell.encoder])}
-            with tracking.start_run(params, stage="ablate", run_name=cell.name, nested=True, tags=tags):
-                for suite in suites:
-                    key = (cell.encoder, suite)
-                    if key in encoder_only:
-                        kind, metrics = "2d", encoder_only[key]
-                    else:
-                        features = suite_features(model, params, suite, slice_caches[cell.encoder], pooling=cell.pooling)
-                        kind, metrics = features.kind, evaluate_features(model, features, params).metrics
-                        if kind == "2d":
-                            encoder_only[key] = metrics
-                    headline = {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
-                    tracking.log_metrics({f"{suite}.{k}": v for k, v in headline.items()})
-                    rows.append({"label": f"{suite}: {cell.name}", "cell": cell.name, "encoder": cell.encoder,
-                                 "pooling": cell.pooling, "suite": suite, "kind": kind, **headline})
-        volume_suites = [s for s in suites if any(r["suite"] == s and r["kind"] == "3d" for r in rows)]
-        rows += _mean_rows(rows, volume_suites)
-        checks = {suite: ordering(rows, suite) for suite in volume_suites + ([MEAN_SUITE] if volume_suites else [])}
-        reports = params.resolve(params.paths.reports)
-        markdown = table_markdown(rows, volume_suites + ([MEAN_SUITE] if volume_suites else []))
-        (reports / "ablation.md").write_text(
-            "# Ablation (RadCLIP Table III): 2D encoder × slice pooling, 3D suites\n\n"
-            "Linear probe accuracy and macro F1 (mean ± std over patient-level folds), image–text matching P@1.\n\n"
-            + markdown
-            + attention_markdown(rows)
-        )
-        _write_table(reports / "ablation.csv", rows)
-        summary = {
-            "cells": {cell.name: {r["suite"]: {k: r[k] for k in r if _summary_metric(k)}
-                                  for r in rows if r["cell"] == cell.name and r["kind"] == "3d"} for cell in CELLS},
-            "ordering": checks,
-        }
-        write_metrics(params, "ablation.json", summary)
-        figure_rows = [
-            {**next(r for r in rows if r["cell"] == c.name and r["suite"] == MEAN_SUITE),
-             "encoder": ENCODER_LABELS[c.encoder], "pooling": POOLING_LABELS[c.pooling]}
-            for c in CELLS
-        ] if volume_suites else []
-        if figure_rows:
-            ablation_figure(figure_rows, FIGURE_METRICS, reports / "ablation.png",
-                            title="Ablation on the 3D suites (mean over suites)")
-        tracking.log_metrics({f"ordering.{suite}.gap": check["gap"] for suite, check in checks.items()})
-        for name in ("ablation.md", "ablation.csv", "ablation.json", "ablation.png"):
-            if (reports / name).exists():
-                tracking.log_artifact(reports / name, "ablation")
-        summary["mlflow_run_id"] = parent.info.run_id
-    return summary | {"rows": rows, "markdown": markdown}
-
-
-def _summary_metric(key: str) -> bool:
+def summary_metric(key: str) -> bool:
     """Metrics of the grid summary and the mean rows: folds' mean and std, matching P@1, and the
     attention on the recorded finding slices (phantom suites)."""
     return key.endswith(("_mean", "_std")) or key == "matching_p1" or key.startswith("attention_lesion")
 
 
-def _mean_rows(rows: list[dict], volume_suites: list[str]) -> list[dict]:
+def mean_rows(rows: list[dict], volume_suites: list[str]) -> list[dict]:
     """Per cell, a ``mean_3d`` row: each metric (and its fold std, and where the phantoms recorded the
     finding slices, the attention on them) averaged over the 3D suites."""
     means = []
     for cell in CELLS if volume_suites else ():
         selected = [r for r in rows if r["cell"] == cell.name and r["suite"] in volume_suites]
-        keys = [k for k in selected[0] if _summary_metric(k) and all(k in r for r in selected)]
+        keys = [k for k in selected[0] if summary_metric(k) and all(k in r for r in selected)]
         means.append({"label": f"{MEAN_SUITE}: {cell.name}", "cell": cell.name, "encoder": cell.encoder,
                       "pooling": cell.pooling, "suite": MEAN_SUITE, "kind": "3d",
                       **{k: sum(r[k] for r in selected) / len(selected) for k in keys}})

@@ -1,4 +1,4 @@
-"""The ``evaluate`` stage: every evaluation suite through the paper's protocol, into DVC metrics and MLflow.
+"""Every evaluation suite through the paper's protocol (the ``evaluate`` and ``ablate`` jobs run it).
 
 Per suite (an evaluation collection: 2D through the image encoder, 3D through the
 slice cache and the adapter): linear probe on frozen features (5-fold, patient-level
@@ -19,9 +19,7 @@ import numpy as np
 import pandas as pd
 
 from radclip.config import Params
-from radclip.data.captions import make_caption
-from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
-from radclip.evaluation.metrics import (
+from radclip.core.metrics import (
     bootstrap_ci,
     cosine_similarity,
     ensemble_class_embeddings,
@@ -32,7 +30,8 @@ from radclip.evaluation.metrics import (
     top1_precision,
     zero_shot,
 )
-from radclip.reports import write_metrics
+from radclip.data.captions import make_caption
+from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
 
 FIGURES_DIR = "figures"  # under paths.reports
 
@@ -208,7 +207,11 @@ def _attention_examples(params: Params, suite: SuiteFeatures):
 
 def write_figures(params: Params, results: dict[str, SuiteResult], model, out_dir: Path) -> list[Path]:
     """Confusion matrices, slice attention with lesion slices marked, and the Fig. 5 prompt scores."""
-    from radclip.evaluation.plots import confusion_matrix_figure, prompt_scores_figure, slice_attention_figure
+    from radclip.evaluation.plots import (
+        confusion_matrix_figure,
+        prompt_scores_figure,
+        slice_attention_figure,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -225,37 +228,3 @@ def write_figures(params: Params, results: dict[str, SuiteResult], model, out_di
         written.append(prompt_scores_figure(scores, out_dir / "modality_prompts.png",
                                             title="Modality prompts and distractors (mean softmax probability)"))
     return written
-
-
-def evaluate(
-    params: Params, *, model_dir: Path, slice_cache: Path, suites: list[str] | None = None, figures: bool = True,
-) -> dict[str, dict]:
-    """Evaluate a saved RadCLIP on the configured suites; logs one MLflow run, returns metrics per suite."""
-    from radclip import tracking
-    from radclip.models import RadCLIP
-
-    check_no_leakage(params.resolve(params.paths.curated))
-    model = RadCLIP.from_pretrained(model_dir)
-    model.eval()
-    results: dict[str, SuiteResult] = {}
-    with tracking.start_run(params, stage="evaluate", tags={"model.dir": str(model_dir)}):
-        for suite in suites or suite_names(params):
-            features = suite_features(model, params, suite, slice_cache)
-            results[suite] = evaluate_features(model, features, params)
-            tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()})
-        flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
-        tracking.log_dict(flat, "evaluation.json")
-        if figures:
-            figure_dir = params.resolve(params.paths.reports) / FIGURES_DIR
-            for path in write_figures(params, results, model, figure_dir):
-                tracking.log_artifact(path, "figures")
-    return flat
-
-
-def write_report(params: Params, results: dict[str, dict]) -> Path:
-    """Headline metrics per suite for `dvc metrics show` (per-fold and per-class values stay in MLflow)."""
-    headline = {
-        suite: {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
-        for suite, metrics in results.items()
-    }
-    return write_metrics(params, "evaluate.json", headline)

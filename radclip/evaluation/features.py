@@ -57,7 +57,7 @@ def image_features(model, curated_dir: Path, collection: str, *, batch_size: int
 def average_pool(slices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Global average pooling over the valid slices (the ablation's baseline): L2-normalised
     ``(B, D)`` and the uniform weights it amounts to ``(B, S)``."""
-    from radclip.models.adapter import masked_mean
+    from radclip.core.models.adapter import masked_mean
 
     pooled, weights = masked_mean(slices.float(), mask.bool())
     return torch.nn.functional.normalize(pooled, dim=-1), weights
@@ -67,12 +67,16 @@ def average_pool(slices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
 def volume_features(
     model, slice_cache_dir: Path, collection: str, *, pooling: str = "adapter", batch_size: int = 64
 ) -> SuiteFeatures:
-    """Volume embeddings from cached slice embeddings, pooled by the trained adapter or by averaging."""
-    from radclip.training.slice_cache import SliceCacheDataset
+    """Volume embeddings from cached slice embeddings, pooled by the trained adapter or by averaging.
+
+    The cache must have been built by this model's own 2D encoder (its fingerprint is checked): another
+    encoder's embeddings would be scored silently as this model's."""
+    from radclip.data.slice_cache import SliceCacheDataset, encoder_fingerprint
 
     if pooling not in ("adapter", "average"):
         raise ValueError(f"pooling must be 'adapter' or 'average', got {pooling!r}")
-    data = SliceCacheDataset(slice_cache_dir, query=f"collection == '{collection}'")
+    data = SliceCacheDataset(slice_cache_dir, query=f"collection == '{collection}'",
+                             expect_fingerprint=encoder_fingerprint(model))
     model.eval()
     features, weights = [], []
     for start in range(0, len(data), batch_size):

@@ -20,10 +20,18 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from radclip import tracking
 from radclip.config import Params
 from radclip.evaluation.plots import loss_curves_figure
-from radclip.training.loop import BEST_FILE, STATE_FILE, FitConfig, Stage, fresh_adapter, train_worker
+from radclip.io import mlflow_tracking as tracking
+from radclip.io import ray_train
+from radclip.training.loop import (
+    BEST_FILE,
+    STATE_FILE,
+    FitConfig,
+    Stage,
+    fresh_adapter,
+    train_worker,
+)
 
 STOP_FILE = "stop-requested"  # in the run's scratch dir: workers stop after the epoch that finds it
 
@@ -49,34 +57,6 @@ def _ray_storage(params: Params) -> Path:
     return params.resolve(params.paths.tmp) / "ray-results"
 
 
-def _run_ray(params: Params, config: FitConfig, name: str) -> Path:
-    """Ray Train workers; returns the directory of the last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from radclip.raycluster import ray_session
-
-    train = _train_params(params, config.stage)
-    storage = _ray_storage(params)
-    with ray_session(params, num_cpus=None):
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config=asdict(config),
-            scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
-            torch_config=TorchConfig(backend=train.backend),
-            run_config=RunConfig(
-                name=name,  # unique: reusing a name would resume that run's checkpoints
-                storage_path=str(storage),
-                failure_config=FailureConfig(max_failures=train.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-            ),
-        )
-        result = trainer.fit()
-        if result.error:
-            raise RuntimeError(f"training failed: {result.error}") from result.error
-        return Path(result.checkpoint.to_directory())
-
-
 def fit(
     params: Params,
     stage: Stage,
@@ -97,7 +77,8 @@ def fit(
     True stops training after that epoch (the sweep's pruner). ``parent_run_id`` nests the
     run (a sweep trial under its sweep).
     """
-    from radclip.models import RadCLIP, build_model
+    from radclip.core.models import RadCLIP
+    from radclip.training.build import build_model
 
     train = _train_params(params, stage)
     name = run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
@@ -131,7 +112,8 @@ def fit(
         )
         if train.engine == "ray":
             with _EpochPoller(run.info.run_id, epoch_done if on_epoch else None):
-                checkpoint_dir = _run_ray(params, config, name)
+                checkpoint_dir = ray_train.run_trainer(params, train, train_worker, asdict(config), name=name,
+                                                       storage=_ray_storage(params))
             history = _history_from_run(run.info.run_id)
         else:
             reports = train_worker(asdict(config), on_epoch=epoch_done)
@@ -189,7 +171,7 @@ class _EpochPoller:
         while not self.done.wait(self.interval):
             self._poll()
 
-    def __enter__(self) -> "_EpochPoller":
+    def __enter__(self) -> _EpochPoller:
         if self.callback is not None:
             self.thread.start()
         return self
@@ -201,13 +183,9 @@ class _EpochPoller:
             self._poll()  # epochs logged after the last poll
 
 
+HISTORY_KEYS = ("train_loss", "val_loss", "lr", "temperature", "pairs_per_second")
+
+
 def _history_from_run(run_id: str) -> list[dict]:
     """Per-epoch metrics as rank 0 logged them into the run (Ray keeps only the last report)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    by_epoch: dict[int, dict] = {}
-    for key in ("train_loss", "val_loss", "lr", "temperature", "pairs_per_second"):
-        for point in client.get_metric_history(run_id, key):
-            by_epoch.setdefault(point.step, {"epoch": point.step})[key] = point.value
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return tracking.metric_history(run_id, HISTORY_KEYS)

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from radclip.config import Params, TrainParams
+from radclip.core.losses import MAX_LOGIT_SCALE
+from radclip.io import mlflow_tracking as tracking
+from radclip.io import ray_train
 
 Stage = Literal["2d", "adapter"]
 TRAINABLE_FILE = "trainable.safetensors"
@@ -44,7 +47,7 @@ BEST_FILE = "best.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FAULT_MARKER = "fault-injected"
-MAX_LOG_LOGIT_SCALE = math.log(100.0)
+MAX_LOG_LOGIT_SCALE = math.log(MAX_LOGIT_SCALE)
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _datasets(config: FitConfig) -> tuple[Dataset, Dataset, list[str], list[str]
     if config.stage == "2d":
         train, val = ImageCaptionDataset(config.data_dir, "train"), ImageCaptionDataset(config.data_dir, "val")
     else:
-        from radclip.training.slice_cache import SliceCacheDataset
+        from radclip.data.slice_cache import SliceCacheDataset
 
         train = SliceCacheDataset(config.data_dir, query="role == 'train' and split == 'train'")
         val = SliceCacheDataset(config.data_dir, query="role == 'train' and split == 'val'")
@@ -132,27 +135,15 @@ class WorkerContext:
     local_root: str | None = None
 
     @classmethod
-    def current(cls, local_root: str | None = None) -> "WorkerContext":
-        try:
-            import ray.train
-
-            ctx = ray.train.get_context()
-            checkpoint = ray.train.get_checkpoint()
-            return cls(
-                rank=ctx.get_world_rank(),
-                world_size=ctx.get_world_size(),
-                in_ray=True,
-                checkpoint_dir=checkpoint.to_directory() if checkpoint else None,
-            )
-        except Exception:  # not inside a Ray Train worker
+    def current(cls, local_root: str | None = None) -> WorkerContext:
+        worker = ray_train.current_worker()
+        if worker is None:
             return cls(local_root=local_root)
+        return cls(rank=worker.rank, world_size=worker.world_size, in_ray=True, checkpoint_dir=worker.checkpoint_dir)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if self.in_ray:
-            import ray.train
-
-            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            ray.train.report(metrics, checkpoint=checkpoint)  # Ray copies it into the run's storage
+            ray_train.report(metrics, checkpoint_dir)
             if checkpoint_dir:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
         else:
@@ -227,18 +218,10 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[dict
 def fresh_adapter(model, params: Params, seed: int) -> None:
     """Stage adapter starts from the 2D model but with the adapter and τ these params ask for
     (head count, dropout, reducer and temperature are what a sweep tunes)."""
-    from radclip.models import SlicePoolingAdapter
+    from radclip.training.build import adapter_spec
 
     torch.manual_seed(seed)
-    settings = params.model.adapter
-    model.adapter = SlicePoolingAdapter(
-        model.embedding_dim, settings.heads, settings.max_slices, dropout=settings.dropout, reducer=settings.reducer
-    )
-    model.model_params = model.model_params.model_copy(update={"adapter": settings})
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(1.0 / params.loss.temperature))
-    model.temperature = params.loss.temperature
-    model.learnable_temperature = params.loss.learnable_temperature
+    model.replace_adapter(adapter_spec(params.model.adapter), params.loss.temperature, params.loss.learnable_temperature)
 
 
 def update_early_stopping(state: dict, epoch: int, val_loss: float, patience: int) -> bool:
@@ -273,9 +256,7 @@ def _device(train: TrainParams, ctx: WorkerContext) -> torch.device:
     if not train.use_gpu:
         return torch.device("cpu")
     if ctx.in_ray:
-        import ray.train.torch
-
-        return ray.train.torch.get_device()  # this worker's GPU
+        return ray_train.worker_device()
     if not torch.cuda.is_available():
         raise RuntimeError("train.use_gpu is true but no CUDA device is visible to this process")
     return torch.device("cuda")
@@ -311,8 +292,9 @@ def _stop_requested(config: FitConfig, ctx: WorkerContext) -> bool:
 def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = None) -> list:
     """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly,
     with ``on_epoch`` called after every epoch's report: the sweep's pruning hook)."""
-    from radclip.losses import ClipLoss
-    from radclip.models import RadCLIP, build_model
+    from radclip.core.losses import ClipLoss
+    from radclip.core.models import RadCLIP
+    from radclip.training.build import build_model
 
     config = FitConfig(**raw_config)
     params = Params.model_validate(config.params)
@@ -324,8 +306,6 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
     model = RadCLIP.from_pretrained(config.model_source) if config.model_source else build_model(params, config.vocabulary)
     if config.stage == "adapter":
         fresh_adapter(model, params, train.seed)
-    if not model.text_frozen:
-        raise ValueError("model.freeze_text: false is not supported by this loop (caption embeddings are computed once)")
     model.trainable_parameters(config.stage)
     if train.gradient_checkpointing and config.stage == "2d":
         model.clip.gradient_checkpointing_enable()  # recompute activations in backward: ViT-L batches fit
@@ -347,7 +327,7 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         train_text = model.encode_text(train_captions).detach().float()
         val_text = model.encode_text(val_captions).detach().float()
 
-    loss_fn = ClipLoss.from_params(params.loss)
+    loss_fn = ClipLoss(duplicate_aware=params.loss.duplicate_aware)
     optimizer = _optimizer(model, train)
     total_steps = max(1, train.epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -410,8 +390,6 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
             checkpoint_dir = tempfile.mkdtemp(prefix="radclip-ckpt-")
             _save_checkpoint(Path(checkpoint_dir), model, optimizer, scheduler, state, best)
             if config.mlflow_run_id:
-                from radclip import tracking
-
                 tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=config.mlflow_run_id)
         ctx.report(metrics, checkpoint_dir)
         if on_epoch is not None:

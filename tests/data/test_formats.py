@@ -22,7 +22,7 @@ from radclip.data.dicom_write import PHI_TAGS, write_dicom_image, write_dicom_mu
 from radclip.data.images import load_image
 from radclip.data.medmnist import list_members, load_member
 from radclip.data.nifti import load_nifti
-from radclip.data.records import InputError
+from radclip.core.records import InputError
 
 PATIENT = {
     "PatientName": "DOE^JANE",
@@ -254,10 +254,11 @@ def test_dicom_undecodable_compressed_pixel_data_is_a_clear_error(tmp_path):
     assert caught.value.path == str(path)
 
 
-def test_dicom_window_2d_overrides_reported_window_of_2d_images(tmp_path):
+def test_dicom_reports_the_files_own_window_of_2d_images(tmp_path):
+    # Which window an image is shown with is the preprocessing contract's rule; the loader only reports the file's.
     path = write_dicom_image(tmp_path / "w.dcm", np.zeros((4, 4)), uid_seed="w", patient=PATIENT, window=(1, 2))
-    [image] = load_dicom(path, window_2d=(40.0, 400.0))
-    assert image.window == (40.0, 400.0)
+    [image] = load_dicom(path)
+    assert image.window == (1.0, 2.0)
 
 
 # --------------------------------------------------------------------------- NIfTI

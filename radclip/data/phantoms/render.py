@@ -1,0 +1,126 @@
+"""Rendering one study: a scene's anatomy on a grid, its findings, then its noise.
+
+3D findings
+-----------
+In a volume a finding spans ``phantoms.lesion_slices`` (e.g. 2-4 of 32)
+contiguous slices at a random depth: its extent along the slice axis matches
+that slab and it is drawn only into those slices. Anatomy, texture and noise
+come from random streams separate from the finding's, so a study rendered with
+and without its finding differs only in the slab: averaging slice embeddings
+dilutes the signal, attending to the right slices does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from radclip.core.records import Plane
+from radclip.data.phantoms.geometry import Grid, Rng, Slab, _plane_directions
+from radclip.data.phantoms.scenes import SCENES, Finding, Scene
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    seed: int
+    image_size: int
+    volume_shape: tuple[int, int, int]
+    lesion_slices: tuple[int, int]
+
+
+@dataclass
+class Rendered:
+    """One synthesized study: float32 pixels in physical units (HU for CT, MR signal,
+    X-ray brightness in [0, 1]), shaped (S, H, W) (S = 1 for 2D), with its geometry."""
+
+    pixels: np.ndarray
+    grid: Grid
+    finding_slices: tuple[int, ...]  # volume slices the findings were drawn into (3D)
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.pixels[0]
+
+
+def volume_grid(scene: Scene, shape: Sequence[int], plane: Plane, depth: float = 0.0) -> Grid:
+    """A volume through the scene's field of view; slices are always the thickest axis."""
+    rows, columns = scene.fov_mm / shape[1], scene.fov_mm / shape[2]
+    thickness = max(scene.coverage_mm / shape[0], 1.25 * max(rows, columns))
+    return Grid.build(plane, shape, (thickness, rows, columns), depth)
+
+
+def image_grid(scene: Scene, size: int, depth: float = 0.0, plane: Plane | None = None) -> Grid:
+    """One 2D slice; ``depth`` is the slice's patient coordinate along its normal axis."""
+    plane = plane or scene.plane_2d
+    step = scene.fov_mm / size
+    normal = _plane_directions(plane)[0]
+    sign = float(normal[int(np.argmax(np.abs(normal)))])  # Grid offsets run along the (signed) normal
+    return Grid.build(plane, (1, size, size), (5.0, step, step), depth * sign)
+
+
+def _pick_slab(
+    finding: Finding, anatomy: Any, grid: Grid, rng: Rng, lesion_slices: tuple[int, int]
+) -> tuple[int, int, Slab]:
+    """Choose ``n`` contiguous slices at a random depth the finding allows."""
+    positions = grid.slice_positions
+    n = min(int(rng.integers(lesion_slices[0], lesion_slices[1] + 1)), len(positions))
+    low, high = finding.depth(anatomy, grid.slice_axis)
+    target = rng.uniform(min(low, high), max(low, high))
+    nearest = int(np.argmin(np.abs(positions - target)))
+    start = int(np.clip(nearest - (n - 1) // 2 - int(n % 2 == 0 and rng.uniform() < 0.5), 0, len(positions) - n))
+    center = float(positions[start : start + n].mean())
+    half = (n / 2 + 0.4) * grid.spacing[0]  # every slice of the slab cuts the finding
+    return start, start + n, Slab(grid.slice_axis, center, half)
+
+
+def synthesize(
+    scene_key: str,
+    conditions: Sequence[str],
+    *,
+    kind: Literal["2d", "3d"],
+    rng: Rng,
+    settings: RenderSettings,
+    plane: Plane = "axial",
+) -> Rendered:
+    """Draw one study of a scene with the given conditions (none: normal).
+
+    The generator is split into anatomy, finding and noise streams, so the same
+    generator state with and without a finding gives the same anatomy and noise.
+    """
+    scene = SCENES[scene_key]
+    anatomy_rng, finding_rng, noise_rng = rng.spawn(3)
+    anatomy = scene.sample(anatomy_rng)
+    findings = [scene.finding(name) for name in conditions]
+    for finding in findings:
+        if finding.adjust is not None:
+            anatomy = finding.adjust(anatomy, finding_rng)
+
+    if kind == "3d":
+        if plane not in scene.planes_3d:
+            raise ValueError(f"{scene.region} {scene.modality} volumes are not drawn in the {plane} plane")
+        grid = volume_grid(scene, settings.volume_shape, plane)
+        slabs = [_pick_slab(f, anatomy, grid, finding_rng, settings.lesion_slices) for f in findings]
+    elif scene.slice_range is None:  # projection or fixed-plane 2D scene: findings need no depth
+        grid = image_grid(scene, settings.image_size)
+        slabs = [(0, 1, None) for _ in findings]
+    else:  # a slice through the first finding (or anywhere in range for a normal study)
+        # Sectional scenes are cut in any plane their volumes have (brain: axial or sagittal),
+        # so the 2D encoder has seen every plane the adapter will get slices of.
+        plane_2d = plane if plane in scene.planes_3d else scene.plane_2d
+        axis = image_grid(scene, 1, 0.0, plane_2d).slice_axis
+        low, high = findings[0].depth(anatomy, axis) if findings else scene.slice_range(anatomy, axis)
+        depth = finding_rng.uniform(min(low, high), max(low, high))
+        grid = image_grid(scene, settings.image_size, depth, plane_2d)
+        slabs = [(0, 1, Slab(axis, depth)) for _ in findings]
+
+    image = scene.render(anatomy, grid, anatomy_rng)
+    touched: set[int] = set()
+    for finding, (start, stop, slab) in zip(findings, slabs):
+        spec = finding.place(anatomy, slab, finding_rng)
+        finding.draw(image[start:stop], grid.slices(start, stop), anatomy, spec)
+        touched.update(range(start, stop))
+    pixels = scene.finish(image, grid, noise_rng).astype(np.float32)
+    return Rendered(pixels, grid, tuple(sorted(touched)) if kind == "3d" else ())

@@ -1,0 +1,167 @@
+"""The held-out evaluation suites, each planned in its public dataset's layout:
+CheXpert (chest X-ray, 5 classes), Crystal Clean brain tumour MRI (4 classes),
+IXI T1 volumes (normal vs glioma) and COVID-CT-MD (chest CT series, 3 classes).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radclip.config import Params
+from radclip.core.records import Plane
+from radclip.data.phantoms.geometry import Rng
+from radclip.data.phantoms.plan import (
+    SAGITTAL_BRAIN_FRACTION,
+    STREAM_BRAIN_MRI_3D_2CLASS,
+    STREAM_BRAIN_MRI_4CLASS,
+    STREAM_CHEST_CT_3D_3CLASS,
+    STREAM_CHEST_XRAY_5CLASS,
+    STREAM_SUITE_PLAN,
+    _fake_phi,
+)
+from radclip.data.phantoms.writers import Job
+
+CHEXPERT_OBSERVATIONS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+)  # fmt: skip
+CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS)
+CHEXPERT_5 = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+CHEXPERT_FIRST_PATIENT = 64541  # the real validation set's first patient folder
+BRAIN_4 = {  # class folder -> (condition, file name prefix)
+    "glioma": ("Glioma", "gl"),
+    "meningioma": ("Meningioma", "me"),
+    "notumor": (None, "no"),
+    "pituitary": ("Pituitary Tumor", "pi"),
+}
+IXI_SITES = ("Guys", "HH", "IOP")
+COVID_CLASSES = {
+    "COVID-19": ("COVID-19 Cases", "P", ("COVID-19",)),
+    "CAP": ("CAP Cases", "cap", ("Community-Acquired Pneumonia",)),
+    "Normal": ("Normal Cases", "normal", ()),
+}
+
+
+@dataclass
+class SuitePlan:
+    name: str
+    jobs: list[Job]
+    tables: dict[str, tuple[Sequence[str], list[list[Any]]]]  # relative path -> (header, rows)
+    counts: dict[str, int]
+    folders: tuple[str, ...] = ()  # created even when empty, so a zero-size suite still scans
+
+
+def _shuffled_classes(classes: Sequence[Any], per_class: int, rng: Rng) -> list[Any]:
+    """Each class ``per_class`` times, in random order (so ids and file order say nothing)."""
+    ordered = [c for c in classes for _ in range(per_class)]
+    return [ordered[i] for i in rng.permutation(len(ordered))]
+
+
+def _chexpert_row(rel_path: str, positive: str, rng: Rng) -> list[Any]:
+    """One valid.csv row: the positive, 0.0/blank for the other four, and the other
+    observations as a radiologist's labeller would leave them (some uncertain)."""
+    values: dict[str, str] = {name: "" for name in CHEXPERT_OBSERVATIONS}
+    values["No Finding"] = "" if rng.uniform() < 0.5 else "0.0"
+    for name in CHEXPERT_5:
+        values[name] = "1.0" if name == positive else ("0.0" if rng.uniform() < 0.5 else "")
+    if positive in ("Atelectasis", "Consolidation", "Edema"):
+        values["Lung Opacity"] = "1.0" if rng.uniform() < 0.7 else "-1.0"
+    if positive == "Consolidation" and rng.uniform() < 0.4:
+        values["Pneumonia"] = "-1.0"
+    if positive == "Cardiomegaly":
+        values["Enlarged Cardiomediastinum"] = "1.0" if rng.uniform() < 0.5 else "-1.0"
+    elif rng.uniform() < 0.15:
+        values["Enlarged Cardiomediastinum"] = "-1.0"
+    if rng.uniform() < 0.1:
+        values["Pleural Other"] = "0.0"
+    sex = "Male" if rng.uniform() < 0.5 else "Female"
+    view = "AP" if rng.uniform() < 0.6 else "PA"
+    return [rel_path, sex, int(rng.integers(18, 91)), "Frontal", view, *(values[n] for n in CHEXPERT_OBSERVATIONS)]
+
+
+def _plan_chest_xray_5class(params: Params, root: Path, rng: Rng) -> SuitePlan:
+    per_class = params.phantoms.suites.chest_xray_5class
+    jobs, rows = [], []
+    for index, condition in enumerate(_shuffled_classes(CHEXPERT_5, per_class, rng)):
+        rel = f"CheXpert-v1.0-small/valid/patient{CHEXPERT_FIRST_PATIENT + index}/study1/view1_frontal.jpg"
+        path = str(root / rel)
+        jobs.append(Job(STREAM_CHEST_XRAY_5CLASS, index, "chest_xray", (condition,), "2d", "jpeg", path, "coronal"))
+        rows.append(_chexpert_row(rel, condition, rng))
+    table = {"CheXpert-v1.0-small/valid.csv": (CHEXPERT_COLUMNS, rows)}
+    counts = {c: per_class for c in CHEXPERT_5}
+    return SuitePlan("chest_xray_5class", jobs, table, counts, ("CheXpert-v1.0-small/valid",))
+
+
+def _plan_brain_mri_4class(params: Params, root: Path, rng: Rng) -> SuitePlan:
+    per_class = params.phantoms.suites.brain_mri_4class
+    jobs, numbers = [], Counter()
+    for index, folder in enumerate(_shuffled_classes(list(BRAIN_4), per_class, rng)):
+        condition, short = BRAIN_4[folder]
+        numbers[folder] += 1
+        path = root / "Testing" / folder / f"Te-{short}_{numbers[folder]:04d}.jpg"
+        conditions = (condition,) if condition else ()
+        jobs.append(Job(STREAM_BRAIN_MRI_4CLASS, index, "brain_mri", conditions, "2d", "jpeg", str(path)))
+    folders = tuple(f"Testing/{folder}" for folder in BRAIN_4)
+    return SuitePlan("brain_mri_4class", jobs, {}, {folder: per_class for folder in BRAIN_4}, folders)
+
+
+def _plan_brain_mri_3d_2class(params: Params, root: Path, rng: Rng) -> SuitePlan:
+    per_class = params.phantoms.suites.brain_mri_3d_2class
+    jobs, rows = [], []
+    for index, finding in enumerate(_shuffled_classes((0, 1), per_class, rng)):
+        ixi_id = index + 2  # IXI ids start at 002
+        site, number = IXI_SITES[int(rng.integers(len(IXI_SITES)))], int(rng.integers(0, 10000))
+        name = f"IXI{ixi_id:03d}-{site}-{number:04d}-T1.nii.gz"
+        plane: Plane = "sagittal" if rng.uniform() < SAGITTAL_BRAIN_FRACTION else "axial"
+        conditions = ("Glioma",) if finding else ()
+        path = str(root / "IXI-T1" / name)
+        jobs.append(Job(STREAM_BRAIN_MRI_3D_2CLASS, index, "brain_mri", conditions, "3d", "nifti", path, plane))
+        height = round(float(rng.normal(170, 9)), 1)
+        weight, age = round(float(rng.normal(72, 12)), 1), round(float(rng.uniform(20, 86)), 2)
+        rows.append([ixi_id, int(rng.integers(1, 3)), height, weight, age, finding])
+    table = {"IXI.csv": (("IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "AGE", "FINDING"), rows)}
+    return SuitePlan("brain_mri_3d_2class", jobs, table, {"0": per_class, "1": per_class}, ("IXI-T1",))
+
+
+def _plan_chest_ct_3d_3class(params: Params, root: Path, rng: Rng) -> SuitePlan:
+    ph, per_class = params.phantoms, params.phantoms.suites.chest_ct_3d_3class
+    jobs, rows, numbers = [], [], Counter()
+    for index, diagnosis in enumerate(_shuffled_classes(list(COVID_CLASSES), per_class, rng)):
+        class_folder, prefix, conditions = COVID_CLASSES[diagnosis]
+        numbers[diagnosis] += 1
+        folder = f"{prefix}{numbers[diagnosis]:03d}"
+        patient_id = f"PH-E-CT-{index + 1:04d}"
+        jobs.append(
+            Job(
+                STREAM_CHEST_CT_3D_3CLASS, index, "chest_ct", conditions, "3d", "dicom_series",
+                str(root / class_folder / folder), "axial",
+                patient=_fake_phi(patient_id, 500000 + index, 0),
+                uid_seed=f"radclip-phantom:{ph.seed}:{STREAM_CHEST_CT_3D_3CLASS}:{index}",
+            )
+        )  # fmt: skip
+        rows.append([folder, patient_id, diagnosis, "MF"[int(rng.integers(2))], int(rng.integers(20, 90))])
+    table = {"Index.csv": (("Folder/ID", "Patient ID", "Diagnosis", "Gender", "Age"), rows)}
+    folders = tuple(class_folder for class_folder, _, _ in COVID_CLASSES.values())
+    return SuitePlan("chest_ct_3d_3class", jobs, table, {c: per_class for c in COVID_CLASSES}, folders)
+
+
+def plan_suites(params: Params, out_dir: Path) -> list[SuitePlan]:
+    """The four held-out evaluation suites, each in its public dataset's layout."""
+    seed = params.phantoms.seed
+    planners = (
+        ("chest_xray_5class", _plan_chest_xray_5class),
+        ("brain_mri_4class", _plan_brain_mri_4class),
+        ("brain_mri_3d_2class", _plan_brain_mri_3d_2class),
+        ("chest_ct_3d_3class", _plan_chest_ct_3d_3class),
+    )
+    return [
+        planner(params, out_dir / "eval" / name, np.random.default_rng([seed, STREAM_SUITE_PLAN, number]))
+        for number, (name, planner) in enumerate(planners)
+    ]

@@ -1,0 +1,271 @@
+"""Optuna sweep over the adapter's head count, the learning rate and the temperature.
+
+Trials train the slice pooling adapter on the slice-embedding cache (seconds each). The
+Optuna trial always lives in this (the driver's) process: the training loop reports every
+epoch back here, ``trial.report`` / ``trial.should_prune`` decide, and a pruned trial's
+workers stop after that epoch.
+
+Storage: a journal file under ``paths.sweeps`` by default (crash-safe, shared by
+several processes on one machine), an RDB URL from ``sweep.storage`` for workers on
+several machines (with heartbeats, so a dead machine's trial ends FAIL). A re-run
+loads the study (``load_if_exists``) and runs only the trials still missing, so no
+finished trial is lost or repeated; a trial left RUNNING by a killed process on this
+machine is marked FAIL first.
+
+Every trial is an MLflow child run under one sweep run, which logs the best params,
+the optimisation history and the parameter importances. The ``sweep`` job
+(:mod:`radclip.jobs.sweep`) writes the best params for the final training stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from radclip.config import Params
+from radclip.io import mlflow_tracking as tracking
+from radclip.training.fit import fit
+
+JOURNAL_FILE = "optuna.journal"
+OBJECTIVE = "val_loss"  # validation InfoNCE of the trial's best epoch (minimised); the test split is never read
+MAX_HEADS = 16
+WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class SweepResult:
+    study: str
+    storage: str
+    best_value: float
+    best_params: dict
+    best_trial: int
+    trials: dict[str, int]  # state name → count
+    mlflow_run_id: str
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def head_choices(params: Params) -> list[int]:
+    """Head counts to try: ``sweep.space.heads`` or every divisor of the embedding width up to 16."""
+    width = params.model.projection_dim
+    choices = params.sweep.space.heads or [h for h in range(1, MAX_HEADS + 1) if width % h == 0]
+    wrong = [h for h in choices if h < 1 or width % h]
+    if wrong:
+        raise ValueError(f"sweep.space.heads {wrong} do not divide the embedding width {width}")
+    return sorted(choices)
+
+
+def _cache_fingerprint(cache_dir: Path) -> str:
+    from radclip.data.slice_cache import read_cache_info
+
+    return read_cache_info(cache_dir)["encoder_fingerprint"][:8]
+
+
+def study_name(params: Params, data_fingerprint: str) -> str:
+    """The configured name plus a digest of what the trials depend on: a changed search space,
+    objective or encoder starts a new study instead of mixing incomparable trials."""
+    basis = {
+        "sweep": params.sweep.model_dump(mode="json", exclude={"n_trials", "workers", "storage"}),
+        "model": params.model.model_dump(mode="json"),
+        "loss": params.loss.model_dump(mode="json"),
+        "train": params.train_adapter.model_dump(mode="json"),
+        "data": data_fingerprint,
+    }
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{params.sweep.study}-{digest}"
+
+
+def storage_for(params: Params) -> tuple[optuna.storages.BaseStorage, str]:
+    """(storage, its location for `optuna-dashboard`)."""
+    if params.sweep.storage:
+        # Heartbeats: a trial whose process died stops beating and is failed by the next trial.
+        storage = optuna.storages.RDBStorage(params.sweep.storage, heartbeat_interval=30, grace_period=120)
+        return storage, params.sweep.storage
+    path = params.resolve(params.paths.sweeps) / JOURNAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(str(path))
+    return optuna.storages.JournalStorage(backend), str(path)
+
+
+def _sampler(params: Params) -> optuna.samplers.BaseSampler:
+    seed = params.sweep.seed
+    if params.sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.sweep.startup_trials)
+
+
+def _pruner(params: Params, epochs: int) -> optuna.pruners.BasePruner:
+    sweep = params.sweep
+    if sweep.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, sweep.warmup_epochs), max_resource=epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs)
+
+
+def _this_worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_here(worker: str) -> bool | None:
+    """Whether the process that runs a trial is alive; None when it ran on another machine."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process on this machine is gone (a killed sweep)."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _alive_here(str(trial.user_attrs.get(WORKER_ATTR, ""))) is False:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial.number)
+    return failed
+
+
+def open_study(params: Params, data_fingerprint: str) -> tuple[optuna.Study, str]:
+    storage, location = storage_for(params)
+    epochs = params.sweep.epochs or params.train_adapter.epochs
+    study = optuna.create_study(
+        study_name=study_name(params, data_fingerprint),
+        storage=storage,
+        sampler=_sampler(params),
+        pruner=_pruner(params, epochs),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    return study, location
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def trial_params(params: Params, values: dict) -> Params:
+    """``params`` with a trial's (or the best) values: the adapter's heads, lr and temperature."""
+    stage_key = "train_adapter"
+    raw = params.model_dump(mode="json", by_alias=True)
+    raw["model"]["adapter"]["heads"] = int(values["heads"])
+    raw[stage_key]["lr"] = float(values["lr"])
+    raw["loss"]["temperature"] = float(values["temperature"])
+    if params.sweep.epochs:
+        raw[stage_key]["epochs"] = params.sweep.epochs
+    return Params.model_validate(raw)
+
+
+def _suggest(trial: optuna.Trial, params: Params) -> dict:
+    space = params.sweep.space
+    return {
+        "heads": trial.suggest_categorical(name="heads", choices=head_choices(params)),
+        "lr": trial.suggest_float(name="lr", low=space.lr[0], high=space.lr[1], log=True),
+        "temperature": trial.suggest_float(name="temperature", low=space.temperature[0], high=space.temperature[1], log=True),
+    }
+
+
+def _objective(params: Params, parent_run_id: str, scratch: Path, data_dir: Path, model_source: Path):
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, _this_worker())
+        values = _suggest(trial, params)
+        settings = trial_params(params, values)
+
+        def on_epoch(metrics: dict) -> bool:
+            trial.report(metrics["val_loss"], step=int(metrics["epoch"]))
+            return trial.should_prune()
+
+        out_dir = scratch / f"trial-{trial.number}"
+        try:
+            result = fit(settings, "adapter", data_dir=data_dir, vocabulary=[], model_source=model_source,
+                         out_dir=out_dir, on_epoch=on_epoch, parent_run_id=parent_run_id,
+                         run_name=f"trial-{trial.number}", tags={"optuna.trial": trial.number, "optuna.study": trial.study.study_name})
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        state = "PRUNED" if result.stopped_by_callback else "COMPLETE"
+        tracking.set_run_tags(result.mlflow_run_id, {"optuna.state": state, **{f"optuna.param.{k}": v for k, v in values.items()}})
+        if result.stopped_by_callback:
+            raise optuna.TrialPruned()
+        return result.best_val_loss
+
+    return objective
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int | None = None) -> SweepResult:
+    """Run (or continue) the study until it holds ``n_trials`` finished trials of adapters trained on the
+    slice cache ``data_dir`` from ``model_source``; log it to MLflow."""
+    target = n_trials or params.sweep.n_trials
+    study, location = open_study(params, _cache_fingerprint(data_dir))
+    interrupted = fail_interrupted_trials(study)
+    scratch = params.resolve(params.paths.tmp) / "sweep" / _this_worker().replace(":", "-")
+    tags = {"optuna.study": study.study_name, "optuna.storage": location, "optuna.failed_interrupted": len(interrupted)}
+    with tracking.start_run(params, stage="sweep", run_name=f"sweep-{study.study_name}", tags=tags) as parent:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if done < target:
+            study.optimize(
+                _objective(params, parent.info.run_id, scratch, data_dir, model_source),
+                callbacks=[optuna.study.MaxTrialsCallback(n_trials=target, states=FINISHED)],
+                catch=(),
+            )
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not finished:
+            raise RuntimeError(f"study {study.study_name}: no trial completed (all pruned or failed)")
+        best = study.best_trial
+        counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+        tracking.log_metrics({"best_value": best.value, "trials_complete": counts["COMPLETE"],
+                              "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"]})
+        tracking.log_dict({"study": study.study_name, "best_trial": best.number, "params": best.params}, "best_params.json")
+        for name, path in _study_figures(study, params.resolve(params.paths.tmp) / "sweep-figures").items():
+            tracking.log_artifact(path, "optuna")
+        return SweepResult(study.study_name, location, float(best.value), dict(best.params), best.number,
+                           counts, parent.info.run_id)
+
+
+def study_result(params: Params, data_dir: Path, mlflow_run_id: str) -> SweepResult:
+    """The study as it is now (after parallel workers finished)."""
+    study, location = open_study(params, _cache_fingerprint(data_dir))
+    best = study.best_trial
+    counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+    return SweepResult(study.study_name, location, float(best.value), dict(best.params), best.number, counts, mlflow_run_id)
+
+
+def _study_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+    """Optimisation history and parameter importances (Optuna's matplotlib plots) as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # this CLI process never shows windows
+    from optuna.visualization import matplotlib as optuna_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {"optimization_history": optuna_plots.plot_optimization_history}
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+        figures["param_importances"] = optuna_plots.plot_param_importances
+    written = {}
+    for name, plot in figures.items():
+        with warnings.catch_warnings():  # Optuna flags its matplotlib plots experimental; we pin Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axes = plot(study)
+        path = out_dir / f"{name}.png"
+        axes.figure.savefig(path, dpi=110, bbox_inches="tight")
+        matplotlib.pyplot.close(axes.figure)
+        written[name] = path
+    return written

@@ -1,0 +1,127 @@
+"""What every job shares: where artifacts live, the metrics writer, the effective params, the stage entry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from radclip.config import Params, ParamsError, load_params
+
+MODEL_INIT = "radclip-init"  # the starting weights ("vanilla CLIP"): what 2D pretraining fine-tunes
+MODEL_2D = "radclip-2d"  # fine-tuned 2D encoder (+ untrained adapter)
+MODEL_FINAL = "radclip"  # fine-tuned 2D encoder + trained slice pooling adapter: the RadCLIP model
+CACHE_FINETUNED = "finetuned"
+# Per 2D encoder: the model holding it, and the model its trained adapter is saved as.
+ENCODER_MODELS = {"finetuned": MODEL_2D, "vanilla": MODEL_INIT}
+ADAPTED_MODELS = {"finetuned": MODEL_FINAL, "vanilla": "radclip-vanilla"}
+EFFECTIVE_PARAMS_DIR = "params"  # under paths.reports
+BEST_PARAMS_FILE = "best_params.yaml"  # under paths.sweeps: the sweep's best adapter params
+
+log = logging.getLogger("radclip")
+
+
+def model_dir(params: Params, name: str) -> Path:
+    return params.resolve(params.paths.models) / name
+
+
+def check_encoder(encoder: str) -> None:
+    if encoder not in ENCODER_MODELS:
+        raise ValueError(f"unknown 2D encoder {encoder!r}: expected one of {sorted(ENCODER_MODELS)}")
+
+
+def slice_cache_dir(params: Params, encoder: str = CACHE_FINETUNED) -> Path:
+    check_encoder(encoder)
+    return params.resolve(params.paths.slice_cache) / encoder
+
+
+def report_name(stage: str, encoder: str) -> str:
+    """reports/ file stem of a per-encoder stage: the RadCLIP pipeline's keeps the plain name."""
+    return stage if encoder == CACHE_FINETUNED else f"{stage}-{encoder}"
+
+
+def vocabulary(params: Params) -> list[str]:
+    """Every caption of the curated manifest: what a freshly built tokenizer must cover (words only)."""
+    manifest = pd.read_parquet(params.resolve(params.paths.curated) / "manifest.parquet", columns=["caption"])
+    return sorted(manifest["caption"].unique())
+
+
+def best_params_path(params: Params) -> Path:
+    return params.resolve(params.paths.sweeps) / BEST_PARAMS_FILE
+
+
+def write_metrics(params: Params, name: str, data: dict) -> Path:
+    """``<reports>/<name>`` as sorted, indented JSON (stable bytes for identical numbers)."""
+    path = params.resolve(params.paths.reports) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def select_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
+    """The dotted ``sections`` of the params, as plain values (``{"train_adapter": {...}, "model.adapter": {...}}``)."""
+    dumped = params.model_dump(mode="json", by_alias=True)
+    selected: dict[str, Any] = {}
+    for section in sections:
+        value: Any = dumped
+        for part in section.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(f"params have no section {section!r}")
+            value = value[part]
+        selected[section] = value
+    return selected
+
+
+def effective_params_path(params: Params, stage: str) -> Path:
+    return params.resolve(params.paths.reports) / EFFECTIVE_PARAMS_DIR / f"{stage}.yaml"
+
+
+def write_effective_params(
+    params: Params, stage: str, sections: Sequence[str], options: dict[str, Any] | None = None
+) -> Path:
+    """``reports/params/<stage>.yaml``: the sections the stage reads, as it ran with them (profile overlay and
+    sweep best params applied), the command's options and the digest of those sections."""
+    document = {
+        "stage": stage,
+        "profile": params.profile,
+        "options": dict(options or {}),
+        "digest": params.digest(*sections) if sections else None,
+        "params": select_sections(params, sections),
+    }
+    path = effective_params_path(params, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def configure_logging() -> None:
+    # Our own progress at INFO; libraries (GE is chatty at INFO) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("radclip").setLevel(logging.INFO)
+
+
+def stage_main(run: Callable[..., Any], *, encoder_option: bool = False, argv: Sequence[str] | None = None) -> None:
+    """Entry of ``pipelines/<stage>.py``: ``[--params FILE] [--profile NAME] [--quiet] [--encoder NAME]``."""
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name)
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
+    parser.add_argument("--profile", default=None, help="overlay params/<profile>.yaml")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if encoder_option:
+        parser.add_argument("--encoder", default=CACHE_FINETUNED, choices=sorted(ENCODER_MODELS))
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        params = load_params(args.params, profile=args.profile)
+    except ParamsError as error:
+        sys.exit(f"params error\n{error}")
+    options = {"progress": not args.quiet}
+    if encoder_option:
+        options["encoder"] = args.encoder
+    run(params, **options)

@@ -1,0 +1,63 @@
+"""Stage ``embed_slices``: every slice of every curated volume, encoded once by a frozen 2D encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from radclip.config import Params
+from radclip.core.models.radclip import RadCLIP
+from radclip.data.slice_cache import (
+    encoder_fingerprint,
+    read_cache_info,
+    write_slice_cache,
+)
+from radclip.jobs.common import (
+    CACHE_FINETUNED,
+    ENCODER_MODELS,
+    log,
+    model_dir,
+    report_name,
+    slice_cache_dir,
+    stage_main,
+    write_effective_params,
+    write_metrics,
+)
+
+STAGE = "embed_slices"
+PARAMS: tuple[str, ...] = ()  # the encoder and the curated data decide the cache; no params do
+METRICS = ("count", "embedding_dim", "max_slices", "seconds", "volumes_per_second")
+MODEL_CACHES = "slice_cache_by_fingerprint"  # under paths.tmp: caches of models outside the pipeline
+
+
+def run(params: Params, *, encoder: str = CACHE_FINETUNED, progress: bool = True) -> dict[str, Any]:
+    """The pipeline's cache of one 2D encoder (``finetuned`` or ``vanilla``)."""
+    out = slice_cache_dir(params, encoder)
+    model = RadCLIP.from_pretrained(model_dir(params, ENCODER_MODELS[encoder]))
+    info = write_slice_cache(model, params.resolve(params.paths.curated), out, progress=progress,
+                             meta={"model": str(Path(params.paths.models) / ENCODER_MODELS[encoder]), "encoder": encoder})
+    report = report_name(STAGE, encoder)
+    write_metrics(params, f"{report}.json", {k: info[k] for k in METRICS})
+    write_effective_params(params, report, PARAMS, {"encoder": encoder})
+    log.info("embed_slices (%s): %d volumes cached at %.1f volumes/s", encoder, info["count"], info["volumes_per_second"])
+    return info
+
+
+def cache_for(params: Params, model: RadCLIP, *, progress: bool = True) -> Path:
+    """A slice cache built by ``model``'s own 2D encoder: the pipeline's when its fingerprint matches
+    (no work), else one under ``paths.tmp`` keyed by the fingerprint, built on first use."""
+    fingerprint = encoder_fingerprint(model)
+    for encoder in ENCODER_MODELS:
+        pipeline_cache = slice_cache_dir(params, encoder)
+        if (pipeline_cache / "cache.json").is_file() and read_cache_info(pipeline_cache)["encoder_fingerprint"] == fingerprint:
+            return pipeline_cache
+    own = params.resolve(params.paths.tmp) / MODEL_CACHES / fingerprint[:16]
+    if not (own / "cache.json").is_file():
+        log.info("slice cache for encoder %s… (not the pipeline's): encoding every curated volume", fingerprint[:12])
+        write_slice_cache(model, params.resolve(params.paths.curated), own, progress=progress,
+                          meta={"encoder_fingerprint": fingerprint})
+    return own
+
+
+def main() -> None:
+    stage_main(run, encoder_option=True)

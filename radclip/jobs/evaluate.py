@@ -1,0 +1,84 @@
+"""Stage ``evaluate``: every evaluation suite through the paper's protocol, into DVC metrics and MLflow.
+
+``run(params)`` is the pipeline's stage (its final model, all suites, figures and
+``reports/evaluate.json``); ``run(params, model_dir=X, suites=[...])`` scores any saved
+model, 3D suites through slices encoded by X's own 2D encoder (see
+:func:`radclip.jobs.embed_slices.cache_for`), and writes no pipeline report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radclip.config import Params
+from radclip.core.models.radclip import RadCLIP
+from radclip.evaluation.evaluate import (
+    FIGURES_DIR,
+    SuiteResult,
+    check_no_leakage,
+    evaluate_features,
+    suite_features,
+    suite_names,
+    write_figures,
+)
+from radclip.io import mlflow_tracking as tracking
+from radclip.jobs import embed_slices
+from radclip.jobs.common import (
+    MODEL_FINAL,
+    log,
+    model_dir,
+    stage_main,
+    write_effective_params,
+    write_metrics,
+)
+
+STAGE = "evaluate"
+PARAMS = ("seed", "evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
+
+
+def headline(metrics: dict) -> dict:
+    """What `dvc metrics show` carries per suite (per-fold and per-class values stay in MLflow)."""
+    return {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
+
+
+def run(
+    params: Params, *, model_dir_: Path | None = None, suites: list[str] | None = None, progress: bool = True
+) -> dict[str, dict]:
+    """Evaluate a saved RadCLIP (default: the pipeline's final model) on the configured suites; one MLflow run."""
+    pipeline = model_dir_ is None and not suites
+    location = model_dir_ or model_dir(params, MODEL_FINAL)
+    check_no_leakage(params.resolve(params.paths.curated))
+    model = RadCLIP.from_pretrained(location).eval()
+    names = suites or suite_names(params)
+    cache = embed_slices.cache_for(params, model, progress=progress) if _has_volumes(params, names) else None
+    results: dict[str, SuiteResult] = {}
+    with tracking.start_run(params, stage=STAGE, tags={"model.dir": str(location)}):
+        for suite in names:
+            features = suite_features(model, params, suite, cache)
+            results[suite] = evaluate_features(model, features, params)
+            tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()})
+        flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
+        tracking.log_dict(flat, "evaluation.json")
+        if pipeline:
+            for path in write_figures(params, results, model, params.resolve(params.paths.reports) / FIGURES_DIR):
+                tracking.log_artifact(path, "figures")
+            write_metrics(params, "evaluate.json", {suite: headline(metrics) for suite, metrics in flat.items()})
+            tracking.log_artifact(write_effective_params(params, STAGE, PARAMS), "params")
+    for name, metrics in flat.items():
+        log.info("%s (%s): probe acc %.3f ± %.3f, F1 %.3f ± %.3f; matching P@1 %.3f; zero-shot top-1 %.3f", name,
+                 metrics["kind"], metrics["probe_accuracy_mean"], metrics["probe_accuracy_std"],
+                 metrics["probe_macro_f1_mean"], metrics["probe_macro_f1_std"], metrics["matching_p1"],
+                 metrics["zero_shot_top1"])
+    return flat
+
+
+def _has_volumes(params: Params, suites: list[str]) -> bool:
+    """Whether any suite has 3D records (those need a slice cache of the model's encoder)."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(params.resolve(params.paths.curated) / "manifest.parquet", columns=["collection", "kind"])
+    return bool(((manifest["kind"] == "3d") & manifest["collection"].isin(suites)).any())
+
+
+def main() -> None:
+    stage_main(run)
