@@ -25,7 +25,9 @@ _state: dict = {}
 
 @app.callback()
 def _global_options(
-    params_file: Annotated[Optional[Path], typer.Option("--params", help="params file (default: ./params.yaml)")] = None,
+    params_file: Annotated[
+        Optional[Path], typer.Option("--params", help="params file (default: ./params.yaml)")
+    ] = None,
     profile: Annotated[Optional[str], typer.Option(help="overlay params/<profile>.yaml (e.g. paper)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -62,7 +64,8 @@ def _model_location(params: Params, model: Optional[str]) -> Iterator[Optional[P
 @app.command("params")
 def show_params(
     stage: Annotated[Optional[str], typer.Option(
-        help="print what this stage last ran with (reports/params/<stage>.yaml: overlay and sweep best params applied)")] = None,
+        help="print what this stage last ran with "
+             "(reports/params/<stage>.yaml: overlay and sweep best params applied)")] = None,
 ) -> None:
     """Print the effective params (after the profile overlay) as YAML and their digest, or a stage's as it ran."""
     import yaml
@@ -152,7 +155,9 @@ def pretrain_adapter(encoder: EncoderOption = "finetuned") -> None:
 
 @app.command()
 def sweep(
-    trials: Annotated[Optional[int], typer.Option(help="finished trials the study should hold (default: sweep.n_trials)")] = None,
+    trials: Annotated[
+        Optional[int], typer.Option(help="finished trials the study should hold (default: sweep.n_trials)")
+    ] = None,
 ) -> None:
     """Optuna sweep over adapter heads, lr and temperature; continues the study if it exists.
 
@@ -166,7 +171,8 @@ def sweep(
 @app.command()
 def evaluate(
     model: Annotated[Optional[str], typer.Option(
-        help="RadCLIP directory or MLflow URI (models:/<name>@<alias>, models:/<name>/<version>); default: the pipeline's final model")] = None,
+        help="RadCLIP directory or MLflow URI (models:/<name>@<alias>, models:/<name>/<version>); "
+             "default: the pipeline's final model")] = None,
     suite: Annotated[Optional[list[str]], typer.Option(help="evaluation collection(s); default: all")] = None,
 ) -> None:
     """Linear probe, image–text matching, zero-shot, retrieval and multi-label AUROC on the evaluation suites.
@@ -191,12 +197,15 @@ def ablate() -> None:
 # --------------------------------------------------------------------------- serving and the model registry
 
 ModelOption = Annotated[Optional[str], typer.Option(
-    help="RadCLIP directory or MLflow URI (models:/<name>@<alias>, models:/<name>/<version>); default: the pipeline's final model")]
+    help="RadCLIP directory or MLflow URI (models:/<name>@<alias>, models:/<name>/<version>); "
+         "default: the pipeline's final model")]
 InputsArgument = Annotated[list[Path], typer.Argument(
     help="PNG/JPEG/BMP/TIFF images, DICOM files or series folders, NIfTI (.nii/.nii.gz), .npy arrays")]
 CollectionOption = Annotated[Optional[str], typer.Option(
     help="the collection the inputs come from: its CT window, as in curation")]
-RegionOption = Annotated[str, typer.Option(help="region of the inputs (e.g. Chest): with --modality, picks the CT window")]
+RegionOption = Annotated[
+    str, typer.Option(help="region of the inputs (e.g. Chest): with --modality, picks the CT window")
+]
 ModalityOption = Annotated[str, typer.Option(help="modality of the inputs (e.g. CT)")]
 
 
@@ -236,7 +245,9 @@ def _input_error_exits(operation):
 def embed(
     paths: InputsArgument,
     model: ModelOption = None,
-    output: Annotated[Optional[Path], typer.Option(help="save the (N, D) float32 embeddings as .npy instead of printing")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option(help="save the (N, D) float32 embeddings as .npy instead of printing")
+    ] = None,
     collection: CollectionOption = None,
     region: RegionOption = "",
     modality: ModalityOption = "",
@@ -258,7 +269,9 @@ def embed(
 @app.command("zero-shot")
 def zero_shot(
     path: Annotated[Path, typer.Argument(help="an image, DICOM file or series folder, NIfTI or .npy array")],
-    labels: Annotated[list[str], typer.Option("--labels", help="a candidate caption; repeat for each (--labels A --labels B)")],
+    labels: Annotated[
+        list[str], typer.Option("--labels", help="a candidate caption; repeat for each (--labels A --labels B)")
+    ],
     model: ModelOption = None,
     collection: CollectionOption = None,
     region: RegionOption = "",
@@ -297,8 +310,12 @@ def register() -> None:
 
 @app.command()
 def promote(
-    version: Annotated[Optional[int], typer.Option(help="model version to promote (default: the challenger alias)")] = None,
-    force: Annotated[bool, typer.Option(help="make it champion even if the gate refuses (recorded as a manual promotion)")] = False,
+    version: Annotated[
+        Optional[int], typer.Option(help="model version to promote (default: the challenger alias)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="make it champion even if the gate refuses (recorded as a manual promotion)")
+    ] = False,
 ) -> None:
     """Run the promotion gate for a version: it becomes champion only if it beats the current one."""
     from radclip.io import mlflow_registry as registry

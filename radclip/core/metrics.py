@@ -106,7 +106,9 @@ def classification_metrics(
     return accuracy, macro_f1, confusion
 
 
-def _expected_hits_at_k(scores: np.ndarray, is_positive: np.ndarray, ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _expected_hits_at_k(
+    scores: np.ndarray, is_positive: np.ndarray, ks: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-query expected Recall@K and expected rank of the first positive (1-based).
 
     ``scores`` (Q, M) and boolean ``is_positive`` (Q, M), every query with ≥ 1 positive.
@@ -438,7 +440,8 @@ def linear_probe(
     patient_ids = np.asarray(patient_ids)
     if x.ndim != 2 or labels.shape != (x.shape[0],) or patient_ids.shape != (x.shape[0],):
         raise ValueError(
-            f"features (N, D) with labels and patient_ids of shape (N,); got {x.shape}, {labels.shape}, {patient_ids.shape}"
+            f"features (N, D) with labels and patient_ids of shape (N,); "
+            f"got {x.shape}, {labels.shape}, {patient_ids.shape}"
         )
     if not np.all(np.isfinite(x)):
         raise ValueError("features contain NaN or inf")
@@ -589,7 +592,9 @@ def _positive_matrix(positives: Any, n_images: int, n_texts: int) -> np.ndarray:
             raise ValueError(f"positives must list {n_images} entries, one per image")
         matrix = np.zeros((n_images, n_texts), dtype=bool)
         for i, entry in enumerate(positives):
-            indices = np.atleast_1d(np.asarray(list(entry) if isinstance(entry, (set, frozenset)) else entry, dtype=np.int64))
+            indices = np.atleast_1d(
+                np.asarray(list(entry) if isinstance(entry, (set, frozenset)) else entry, dtype=np.int64)
+            )
             if np.any((indices < 0) | (indices >= n_texts)):
                 raise ValueError(f"image {i}: text index out of range")
             matrix[i, indices] = True
@@ -749,7 +754,9 @@ def lesion_attention(weights: Sequence[np.ndarray], lesion_slices: Sequence[Sequ
         positive = np.zeros(len(w), dtype=bool)
         index = np.asarray(list(lesions), dtype=int)
         if index.size == 0 or index.min() < 0 or index.max() >= len(w):
-            raise ValueError(f"volume {k}: lesion slices {list(lesions)} must be non-empty and within its {len(w)} slices")
+            raise ValueError(
+                f"volume {k}: lesion slices {list(lesions)} must be non-empty and within its {len(w)} slices"
+            )
         positive[index] = True
         mass.append(float(w[positive].sum()))
         uniform.append(float(positive.mean()))

@@ -296,7 +296,9 @@ class Preprocessing:
             return Prepared("2d", array)
         plane = image.plane or "axial"
         if plane not in self.volume_shapes:
-            raise InputError(source, f"no curated volume shape for plane {plane!r} (known: {sorted(self.volume_shapes)})")
+            raise InputError(
+                source, f"no curated volume shape for plane {plane!r} (known: {sorted(self.volume_shapes)})"
+            )
         slices, size = self.volume_shapes[plane]
         array, display = normalise_volume(image.pixels, slices, size, window, source)
         return Prepared("3d", array, plane, (float(display[0]), float(display[1])))
@@ -310,7 +312,8 @@ class Preprocessing:
             "image_size": self.image_size,
             "volume_shapes": {plane: {"slices": s, "size": z} for plane, (s, z) in sorted(self.volume_shapes.items())},
             "min_pixels": self.min_pixels,
-            "collection_windows": {k: None if w is None else list(w) for k, w in sorted(self.collection_windows.items())},
+            "collection_windows": {k: None if w is None else list(w)
+                                   for k, w in sorted(self.collection_windows.items())},
             "collection_region_windows": {k: {n: list(w) for n, w in sorted(v.items())}
                                           for k, v in sorted(self.collection_region_windows.items())},
             "region_windows": {k: list(w) for k, w in sorted(self.region_windows.items())},
@@ -338,7 +341,9 @@ class Preprocessing:
                 pixels=None if data.get("pixels") is None else PixelNormalisation.from_dict(data["pixels"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise ContractError(f"{source}: malformed preprocessing contract ({type(error).__name__}: {error})") from None
+            raise ContractError(
+                f"{source}: malformed preprocessing contract ({type(error).__name__}: {error})"
+            ) from None
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / PREPROCESSING_FILE

@@ -93,7 +93,9 @@ def _multilabel(model, suite: SuiteFeatures, params: Params) -> dict[str, float]
         return {}
     region, modality = suite.region_modality
     caption = params.data.caption
-    positive = model.encode_text([make_caption(caption, region, modality, (c,)) for c in conditions]).float().cpu().numpy()
+    positive = (
+        model.encode_text([make_caption(caption, region, modality, (c,)) for c in conditions]).float().cpu().numpy()
+    )
     normal = make_caption(caption, region, modality, ())
     negative = np.repeat(model.encode_text([normal]).float().cpu().numpy(), len(conditions), axis=0)
     targets = np.array([[int(c in value.split("|")) for c in conditions] for value in suite.conditions])

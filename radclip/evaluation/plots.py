@@ -79,7 +79,9 @@ def _confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {counts.shape}")
     if counts.shape[0] != len(classes):
-        raise ValueError(f"confusion matrix is {counts.shape[0]}x{counts.shape[1]} but {len(classes)} class names given")
+        raise ValueError(
+            f"confusion matrix is {counts.shape[0]}x{counts.shape[1]} but {len(classes)} class names given"
+        )
     n = len(classes)
     totals = counts.sum(axis=1, keepdims=True).astype(float)
     # Row-normalised so a rare class with few samples is as readable as a frequent one.

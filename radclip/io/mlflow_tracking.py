@@ -125,8 +125,8 @@ def _is_local_store(uri: str) -> bool:
 def configure(params: Params) -> str:
     """Point MLflow at the store, create or reuse the experiment; returns its id.
 
-    A new experiment gets ``experiment_artifact_location`` as its artifact location when the store is local (or the artifact
-    root is itself a URI); a tracking server otherwise decides where artifacts go. An
+    A new experiment gets ``experiment_artifact_location`` as its artifact location when the store is local (or the
+    artifact root is itself a URI); a tracking server otherwise decides where artifacts go. An
     existing experiment keeps the location it was created with (MLflow cannot move it).
     """
     uri, registry = tracking_uri(params), registry_uri(params)
@@ -365,7 +365,9 @@ def download_model(params: Params, uri: str, dst: Path) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as error:
-        raise FileNotFoundError(f"{uri}: cannot resolve in the MLflow registry at {registry_uri(params)}: {error}") from None
+        raise FileNotFoundError(
+            f"{uri}: cannot resolve in the MLflow registry at {registry_uri(params)}: {error}"
+        ) from None
     from radclip.core.models.radclip import CONFIG_FILE, FORMAT_NAME
 
     candidates = [local] if (local / CONFIG_FILE).exists() else sorted(p.parent for p in local.rglob(CONFIG_FILE))

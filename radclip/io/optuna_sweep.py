@@ -176,7 +176,9 @@ def _suggest(trial: optuna.Trial, params: Params) -> dict:
     return {
         "heads": trial.suggest_categorical(name="heads", choices=head_choices(params)),
         "lr": trial.suggest_float(name="lr", low=space.lr[0], high=space.lr[1], log=True),
-        "temperature": trial.suggest_float(name="temperature", low=space.temperature[0], high=space.temperature[1], log=True),
+        "temperature": trial.suggest_float(
+            name="temperature", low=space.temperature[0], high=space.temperature[1], log=True
+        ),
     }
 
 
@@ -195,11 +197,14 @@ def _objective(params: Params, parent_run_id: str, scratch: Path, data_dir: Path
         try:
             result = fit(settings, "adapter", data_dir=data_dir, vocabulary=[], model_source=model_source,
                          out_dir=out_dir, on_epoch=on_epoch, parent_run_id=parent_run_id,
-                         run_name=f"trial-{trial.number}", tags={"optuna.trial": trial.number, "optuna.study": trial.study.study_name})
+                         run_name=f"trial-{trial.number}",
+                         tags={"optuna.trial": trial.number, "optuna.study": trial.study.study_name})
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         state = "PRUNED" if result.stopped_by_callback else "COMPLETE"
-        tracking.set_run_tags(result.mlflow_run_id, {"optuna.state": state, **{f"optuna.param.{k}": v for k, v in values.items()}})
+        tracking.set_run_tags(
+            result.mlflow_run_id, {"optuna.state": state, **{f"optuna.param.{k}": v for k, v in values.items()}}
+        )
         if result.stopped_by_callback:
             raise optuna.TrialPruned()
         return result.best_val_loss
@@ -233,8 +238,10 @@ def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int |
         counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
         tracking.log_metrics({"best_value": best.value, "trials_complete": counts["COMPLETE"],
                               "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"]})
-        tracking.log_dict({"study": study.study_name, "best_trial": best.number, "params": best.params}, "best_params.json")
-        for name, path in _study_figures(study, params.resolve(params.paths.tmp) / "sweep-figures").items():
+        tracking.log_dict(
+            {"study": study.study_name, "best_trial": best.number, "params": best.params}, "best_params.json"
+        )
+        for _name, path in _study_figures(study, params.resolve(params.paths.tmp) / "sweep-figures").items():
             tracking.log_artifact(path, "optuna")
         return SweepResult(study.study_name, location, float(best.value), dict(best.params), best.number,
                            counts, parent.info.run_id)
@@ -245,7 +252,9 @@ def study_result(params: Params, data_dir: Path, mlflow_run_id: str) -> SweepRes
     study, location = open_study(params, _cache_fingerprint(data_dir))
     best = study.best_trial
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
-    return SweepResult(study.study_name, location, float(best.value), dict(best.params), best.number, counts, mlflow_run_id)
+    return SweepResult(
+        study.study_name, location, float(best.value), dict(best.params), best.number, counts, mlflow_run_id
+    )
 
 
 def _study_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:

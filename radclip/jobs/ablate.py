@@ -44,17 +44,22 @@ def run(params: Params, *, progress: bool = True) -> dict:
     rows: list[dict] = []
     loaded = {encoder: RadCLIP.from_pretrained(models[encoder]).eval() for encoder in ENCODERS}
     encoder_only: dict[tuple[str, str], dict] = {}  # 2D suites: same numbers for both poolings
-    with tracking.start_run(params, stage="ablate", run_name="ablation-grid", tags={"ablation.cells": len(CELLS)}) as parent:
+    with tracking.start_run(
+        params, stage="ablate", run_name="ablation-grid", tags={"ablation.cells": len(CELLS)}
+    ) as parent:
         for cell in CELLS:
             model = loaded[cell.encoder]
-            tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling, "model.dir": str(models[cell.encoder])}
+            tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling,
+                    "model.dir": str(models[cell.encoder])}
             with tracking.start_run(params, stage="ablate", run_name=cell.name, nested=True, tags=tags):
                 for suite in suites:
                     key = (cell.encoder, suite)
                     if key in encoder_only:
                         kind, metrics = "2d", encoder_only[key]
                     else:
-                        features = suite_features(model, params, suite, slice_caches[cell.encoder], pooling=cell.pooling)
+                        features = suite_features(
+                            model, params, suite, slice_caches[cell.encoder], pooling=cell.pooling
+                        )
                         kind, metrics = features.kind, evaluate_features(model, features, params).metrics
                         if kind == "2d":
                             encoder_only[key] = metrics

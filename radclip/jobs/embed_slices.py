@@ -35,11 +35,13 @@ def run(params: Params, *, encoder: str = CACHE_FINETUNED, progress: bool = True
     out = slice_cache_dir(params, encoder)
     model = RadCLIP.from_pretrained(model_dir(params, ENCODER_MODELS[encoder]))
     info = write_slice_cache(model, params.resolve(params.paths.curated), out, progress=progress,
-                             meta={"model": str(Path(params.paths.models) / ENCODER_MODELS[encoder]), "encoder": encoder})
+                             meta={"model": str(Path(params.paths.models) / ENCODER_MODELS[encoder]),
+                                   "encoder": encoder})
     report = report_name(STAGE, encoder)
     write_metrics(params, f"{report}.json", {k: info[k] for k in METRICS})
     write_effective_params(params, report, PARAMS, {"encoder": encoder})
-    log.info("embed_slices (%s): %d volumes cached at %.1f volumes/s", encoder, info["count"], info["volumes_per_second"])
+    log.info("embed_slices (%s): %d volumes cached at %.1f volumes/s",
+             encoder, info["count"], info["volumes_per_second"])
     return info
 
 
@@ -49,7 +51,8 @@ def cache_for(params: Params, model: RadCLIP, *, progress: bool = True) -> Path:
     fingerprint = encoder_fingerprint(model)
     for encoder in ENCODER_MODELS:
         pipeline_cache = slice_cache_dir(params, encoder)
-        if (pipeline_cache / "cache.json").is_file() and read_cache_info(pipeline_cache)["encoder_fingerprint"] == fingerprint:
+        if ((pipeline_cache / "cache.json").is_file()
+                and read_cache_info(pipeline_cache)["encoder_fingerprint"] == fingerprint):
             return pipeline_cache
     own = params.resolve(params.paths.tmp) / MODEL_CACHES / fingerprint[:16]
     if not (own / "cache.json").is_file():

@@ -76,7 +76,9 @@ def _has_volumes(params: Params, suites: list[str]) -> bool:
     """Whether any suite has 3D records (those need a slice cache of the model's encoder)."""
     import pandas as pd
 
-    manifest = pd.read_parquet(params.resolve(params.paths.curated) / "manifest.parquet", columns=["collection", "kind"])
+    manifest = pd.read_parquet(
+        params.resolve(params.paths.curated) / "manifest.parquet", columns=["collection", "kind"]
+    )
     return bool(((manifest["kind"] == "3d") & manifest["collection"].isin(suites)).any())
 
 

@@ -128,7 +128,9 @@ def fit(
         shutil.rmtree(out_dir, ignore_errors=True)
         model.save_pretrained(out_dir)
         seconds = time.perf_counter() - started
-        tracking.log_metrics({"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds})
+        tracking.log_metrics(
+            {"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds}
+        )
         tracking.log_artifacts(out_dir, "model")
         curves = loss_curves_figure(history, run_dir / f"loss_{stage}.png", title=f"pretrain_{stage}: loss per epoch")
         tracking.log_artifact(curves, "plots")

@@ -221,7 +221,9 @@ def fresh_adapter(model, params: Params, seed: int) -> None:
     from radclip.training.build import adapter_spec
 
     torch.manual_seed(seed)
-    model.replace_adapter(adapter_spec(params.model.adapter), params.loss.temperature, params.loss.learnable_temperature)
+    model.replace_adapter(
+        adapter_spec(params.model.adapter), params.loss.temperature, params.loss.learnable_temperature
+    )
 
 
 def update_early_stopping(state: dict, epoch: int, val_loss: float, patience: int) -> bool:
@@ -303,7 +305,10 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
     if ctx.in_ray:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
 
-    model = RadCLIP.from_pretrained(config.model_source) if config.model_source else build_model(params, config.vocabulary)
+    model = (
+        RadCLIP.from_pretrained(config.model_source) if config.model_source
+        else build_model(params, config.vocabulary)
+    )
     if config.stage == "adapter":
         fresh_adapter(model, params, train.seed)
     model.trainable_parameters(config.stage)
@@ -390,7 +395,9 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
             checkpoint_dir = tempfile.mkdtemp(prefix="radclip-ckpt-")
             _save_checkpoint(Path(checkpoint_dir), model, optimizer, scheduler, state, best)
             if config.mlflow_run_id:
-                tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=config.mlflow_run_id)
+                tracking.log_metrics(
+                    {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=config.mlflow_run_id
+                )
         ctx.report(metrics, checkpoint_dir)
         if on_epoch is not None:
             on_epoch(metrics)

@@ -1,4 +1,5 @@
-"""Curation: shapes, normalisation, patient-level splits, PHI removal, de-duplication, quarantine."""
+"""Curation: shapes, normalisation, patient-level splits, PHI removal, de-duplication, quarantine, the
+preprocessing contract it writes (preprocessing.json) and the Ray job's parity with the serial default."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from helpers import tiny_params
 from PIL import Image
 
-from helpers import tiny_params
 from radclip.config import Params
-from radclip.data.curate import _to_display_range, curate, normalise_volume
+from radclip.core.preprocessing import PREPROCESSING_FILE, Preprocessing, normalise_volume, to_display_range
+from radclip.data.curate import curate
 from radclip.data.dicom_write import PHI_TAGS, write_dicom_image, write_dicom_series
+from radclip.data.loaders import load_file
 from radclip.data.phantoms import generate
 from radclip.data.shards import CuratedDataset
+from radclip.jobs import curate as curate_job
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,7 @@ def test_volume_display_range_gives_back_what_a_2d_image_of_the_same_values_show
     hu = rng.choice([-1024.0, -850.0, -500.0, 40.0, 700.0], size=(4, 8, 8)) + rng.normal(0, 5, (4, 8, 8))
     volume, (low, high) = normalise_volume(hu, 4, 8, window, "ct.nii.gz")  # same shape: no resampling
     unit = np.clip((volume.astype(np.float32) - low) / (high - low), 0.0, 1.0)
-    np.testing.assert_allclose(unit, _to_display_range(hu, window, eight_bit=False), atol=5e-3)
+    np.testing.assert_allclose(unit, to_display_range(hu, window, eight_bit=False), atol=5e-3)
 
 
 def test_captions_follow_the_template(curated_phantoms):
@@ -134,16 +138,164 @@ def test_no_dicom_identifier_appears_in_any_curated_byte(curated_phantoms):
             assert value.encode() not in blob, f"{value!r} (a DICOM identifier) found in {path}"
 
 
-def test_curation_is_identical_with_ray_and_two_workers(curated_phantoms, tmp_path):
+def test_curate_is_serial_by_default_and_the_ray_job_gives_identical_output(curated_phantoms, tmp_path):
+    """curate(params) runs in-process (the fixture's engine: serial); the job with curate.engine: ray and two
+    workers writes byte-identical shards, the same manifest, quarantine and contract."""
     params, _ = curated_phantoms
-    ray_params = Params.model_validate(
-        {**params.model_dump(by_alias=True), "curate": {**params.curate.model_dump(), "engine": "ray", "workers": 2}}
-    )
-    curate(ray_params, out_dir=tmp_path / "curated", progress=False)
-    serial_dir = params.resolve(params.paths.curated)
-    pd.testing.assert_frame_equal(pd.read_parquet(serial_dir / "manifest.parquet"), pd.read_parquet(tmp_path / "curated" / "manifest.parquet"))
-    for shard in sorted((serial_dir / "shards").iterdir()):
-        assert hashlib.sha256(shard.read_bytes()).digest() == hashlib.sha256((tmp_path / "curated/shards" / shard.name).read_bytes()).digest()
+    assert params.curate.engine == "serial"
+    ray_params = Params.model_validate({
+        **params.model_dump(by_alias=True),
+        "paths": {**params.paths.model_dump(), "curated": str(tmp_path / "curated"),
+                  "reports": str(tmp_path / "reports")},
+        "curate": {**params.curate.model_dump(), "engine": "ray", "workers": 2},
+    })
+    summary = curate_job.run(ray_params, progress=False)
+    serial_dir, ray_dir = params.resolve(params.paths.curated), tmp_path / "curated"
+    for table in ("manifest.parquet", "quarantine.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(serial_dir / table), pd.read_parquet(ray_dir / table))
+    shards = sorted((serial_dir / "shards").iterdir())
+    assert [p.name for p in shards] == sorted(p.name for p in (ray_dir / "shards").iterdir())
+    for shard in shards:
+        ray_shard = ray_dir / "shards" / shard.name
+        assert hashlib.sha256(shard.read_bytes()).digest() == hashlib.sha256(ray_shard.read_bytes()).digest()
+    assert (serial_dir / PREPROCESSING_FILE).read_bytes() == (ray_dir / PREPROCESSING_FILE).read_bytes()
+    metrics = json.loads((tmp_path / "reports" / "curate.json").read_text())  # the job writes the stage's metrics
+    assert metrics["records"] == summary.records == len(_manifest(params))
+
+
+# --------------------------------------------------------------------------- the preprocessing contract
+
+# (center, width) windows, all different, so each rule's winner is visible.
+COLLECTION_WINDOW = (40.0, 400.0)  # the "windowed" collection's window
+CHEST_CT_WINDOW = (-600.0, 1500.0)  # both collections' "Chest CT" window
+OWN_WINDOW = (300.0, 1200.0)  # what every DICOM file carries in its header
+
+
+def _bounds(window):
+    center, width = window
+    return center - width / 2, center + width / 2
+
+
+def _hu(rng, shape):
+    return np.clip(rng.normal(-200.0, 500.0, shape), -1024, 2000).round()
+
+
+@pytest.fixture(scope="module")
+def windowed_curation(tmp_path_factory) -> tuple[Params, Path]:
+    """Two CSV collections of CT (DICOM 2D, DICOM series, NIfTI) and one MR series, curated."""
+    tmp = tmp_path_factory.mktemp("windows")
+    rng = np.random.default_rng(7)
+    size = 32  # = curate.image_size of the tiny params: 2D images are not resized
+    collections = []
+    for name, window in (("windowed", COLLECTION_WINDOW), ("by_region", None)):
+        root = tmp / name
+        rows: list[dict] = []
+
+        def add(path, region, modality, patient, rows=rows, name=name):
+            rows.append({"path": path, "findings": "", "patient_id": f"{name}-{patient}", "region": region,
+                         "modality": modality})
+
+        write_dicom_image(root / "ct2d.dcm", _hu(rng, (size, size)), uid_seed=f"{name}-ct2d", patient=PHI,
+                          modality="CT", rescale=(1.0, -1024.0), window=OWN_WINDOW)
+        add("ct2d.dcm", "Chest", "CT", "a")
+        write_dicom_series(root / "chest_series", _hu(rng, (10, 24, 24)), uid_seed=f"{name}-chest", patient=PHI,
+                           modality="CT", window=OWN_WINDOW)
+        add("chest_series", "Chest", "CT", "b")
+        write_dicom_series(root / "abdomen_series", _hu(rng, (10, 24, 24)), uid_seed=f"{name}-abdomen", patient=PHI,
+                           modality="CT", window=OWN_WINDOW)
+        add("abdomen_series", "Abdomen", "CT", "c")
+        _nifti(root / "chest.nii.gz", _hu(rng, (24, 24, 10)))
+        add("chest.nii.gz", "Chest", "CT", "d")
+        _nifti(root / "abdomen.nii.gz", _hu(rng, (24, 24, 10)))
+        add("abdomen.nii.gz", "Abdomen", "CT", "e")
+        write_dicom_series(root / "mr_series", rng.uniform(0, 1000, (10, 24, 24)).round(), uid_seed=f"{name}-mr",
+                           patient=PHI, modality="MR", rescale=(1.0, 0.0), window=OWN_WINDOW)
+        add("mr_series", "Brain", "MRI", "f")
+        pd.DataFrame(rows).to_csv(root / "index.csv", index=False)
+        collection = {"name": name, "format": "csv", "path": str(root), "patient_column": "patient_id",
+                      "region_column": "region", "modality_column": "modality",
+                      "windows": {"Chest CT": list(CHEST_CT_WINDOW)}}
+        if window is not None:
+            collection["window"] = list(window)
+        collections.append(collection)
+    params = tiny_params(tmp, data={"collections": collections})
+    summary = curate(params, progress=False)
+    assert summary.quarantined == 0 and summary.records == 12, _quarantine(params)
+    return params, tmp
+
+
+# What the rule gives each file, worked out by hand from the params above: the collection's window wins
+# everywhere in "windowed"; in "by_region" Chest CT takes the "Chest CT" window (NIfTI too), Abdomen CT the
+# DICOM's own (NIfTI has none: percentiles), and an MR's header window is never used.
+EXPECTED_WINDOWS = {
+    ("windowed", path): COLLECTION_WINDOW
+    for path in ("ct2d.dcm", "chest_series", "abdomen_series", "chest.nii.gz", "abdomen.nii.gz", "mr_series")
+} | {
+    ("by_region", "ct2d.dcm"): CHEST_CT_WINDOW,
+    ("by_region", "chest_series"): CHEST_CT_WINDOW,
+    ("by_region", "chest.nii.gz"): CHEST_CT_WINDOW,
+    ("by_region", "abdomen_series"): OWN_WINDOW,
+    ("by_region", "abdomen.nii.gz"): None,
+    ("by_region", "mr_series"): None,
+}
+REGION_MODALITY = {"ct2d.dcm": ("Chest", "CT"), "chest_series": ("Chest", "CT"), "abdomen_series": ("Abdomen", "CT"),
+                   "chest.nii.gz": ("Chest", "CT"), "abdomen.nii.gz": ("Abdomen", "CT"), "mr_series": ("Brain", "MRI")}
+
+
+def test_curate_writes_the_contract_and_reading_it_back_reproduces_the_window_rule(windowed_curation):
+    params, tmp = windowed_curation
+    curated_dir = params.resolve(params.paths.curated)
+    assert (curated_dir / PREPROCESSING_FILE).is_file()
+    contract = Preprocessing.read(curated_dir)
+    # The sizes are the params' (by hand), and the curated copy carries no model's pixel normalisation.
+    assert contract.image_size == params.curate.image_size and contract.min_pixels == params.curate.min_pixels
+    by_plane = {plane: (shape.slices, shape.size) for plane, shape in params.curate.volume.items()}
+    assert dict(contract.volume_shapes) == by_plane
+    assert contract.pixels is None
+    assert dict(contract.collection_windows) == {"windowed": COLLECTION_WINDOW, "by_region": None}
+
+    for (collection, path), expected in EXPECTED_WINDOWS.items():
+        image = load_file(tmp / collection / path)
+        region, modality = REGION_MODALITY[path]
+        if image.dicom_modality is not None:
+            assert image.window == OWN_WINDOW, path  # the fixture really carries its own window
+        chosen = contract.window(image, collection=collection, region=region, modality=modality)
+        assert chosen == expected, (collection, path)
+
+    # Served without a collection: every collection's "{region} {modality}" windows, then the file's own (CT only).
+    chest, chest_nifti = load_file(tmp / "by_region/chest_series"), load_file(tmp / "by_region/chest.nii.gz")
+    abdomen, abdomen_nifti = load_file(tmp / "by_region/abdomen_series"), load_file(tmp / "by_region/abdomen.nii.gz")
+    assert contract.window(chest, region="Chest", modality="CT") == CHEST_CT_WINDOW
+    assert contract.window(chest_nifti, region="Chest", modality="CT") == CHEST_CT_WINDOW
+    assert contract.window(abdomen, region="Abdomen", modality="CT") == OWN_WINDOW
+    assert contract.window(abdomen_nifti, region="Abdomen", modality="CT") is None
+    assert contract.window(load_file(tmp / "by_region" / "mr_series"), region="Brain", modality="MRI") is None
+
+
+def test_curated_arrays_follow_the_window_the_rule_chose(windowed_curation):
+    """The curated pixels and display ranges are those of the expected window, computed by hand."""
+    params, tmp = windowed_curation
+    dataset = CuratedDataset(params.resolve(params.paths.curated))
+    rows = {(row.collection, row.source_path.split("#")[0]): index  # "#series-0": the DICOM series' part
+            for index, row in enumerate(dataset.manifest.itertuples())}
+    assert set(rows) == set(EXPECTED_WINDOWS)
+    for (collection, path), window in EXPECTED_WINDOWS.items():
+        pixels = load_file(tmp / collection / path).pixels.astype(np.float64)
+        row = dataset.manifest.iloc[rows[(collection, path)]]
+        if row["kind"] == "2d":  # windowed to [0, 1] then 8 bits; same size, so no resampling
+            low, high = _bounds(window)
+            expected = np.rint(np.clip((pixels - low) / (high - low), 0, 1) * 255)
+            np.testing.assert_allclose(dataset.array(rows[(collection, path)]).astype(np.float64), expected, atol=1)
+            continue
+        if window is None:  # no window: the volume's 0.5/99.5 percentiles, nothing clipped
+            volume = pixels
+            low, high = np.percentile(pixels, (0.5, 99.5))
+        else:
+            low, high = _bounds(window)
+            volume = np.clip(pixels, low, high)
+        mean, std = volume.mean(), volume.std()
+        assert row["display_low"] == pytest.approx((low - mean) / std, rel=1e-4, abs=1e-4), (collection, path)
+        assert row["display_high"] == pytest.approx((high - mean) / std, rel=1e-4, abs=1e-4), (collection, path)
 
 
 # --------------------------------------------------------------------------- bad inputs and PHI fixture

@@ -23,7 +23,8 @@ from radclip.config import (
     IxiCollection,
     MedmnistCollection,
 )
-from radclip.data.records import InputError
+from radclip.core.records import InputError
+from radclip.data.loaders import SUPPORTED_TYPES, load_file
 from radclip.data.sources import NORMAL_LABEL, normal_key, scan_collection
 
 # --------------------------------------------------------------------------- fixture helpers
@@ -161,6 +162,34 @@ def test_csv_missing_file_and_unsupported_extension_become_error_items_naming_th
     assert "unsupported file type" in items["raw_blob"].error
     uid_named = items["1.2.840.113619.2.55.3"]
     assert (uid_named.loader, uid_named.error) == ("dicom", None)
+
+
+def test_csv_bmp_tiff_and_npy_files_are_supported(tmp_path):
+    base = tmp_path / "ds"
+    for name in ("scan.bmp", "scan.tif", "SCAN2.TIFF"):
+        write_image(base / name)
+    base.joinpath("volume.npy").write_bytes(b"scanning never opens arrays")
+    write_csv(base / "index.csv", ["path", "findings", "patient_id"],
+              [["scan.bmp", "", "p1"], ["scan.tif", "", "p2"], ["SCAN2.TIFF", "", "p3"], ["volume.npy", "", "p4"]])
+    items = by_rel(scan_collection(CsvCollection(name="more", path="ds", region="Chest", modality="CT"), tmp_path))
+    assert {rel: (item.loader, item.error) for rel, item in items.items()} == {
+        "scan.bmp": ("image", None), "scan.tif": ("image", None), "SCAN2.TIFF": ("image", None),
+        "volume.npy": ("npy", None)}
+
+
+@pytest.mark.parametrize("name", ["scan.gif", "notes.txt", "raw_blob", "volume.mha"])
+def test_scanning_and_load_file_reject_an_unsupported_type_with_the_same_reason(tmp_path, name):
+    """Curation (through scanning) and serving (load_file) share one dispatcher: same decision, same words."""
+    base = tmp_path / "ds"
+    base.mkdir()
+    (base / name).write_bytes(b"\x00" * 300)  # no DICOM preamble either
+    write_csv(base / "index.csv", ["path", "findings", "patient_id"], [[name, "", "p1"]])
+    [item] = scan_collection(CsvCollection(name="odd", path="ds", region="Chest", modality="CT"), tmp_path)
+    with pytest.raises(InputError) as served:
+        load_file(base / name)
+    assert item.error == served.value.reason
+    assert served.value.reason.startswith("unsupported file type") and SUPPORTED_TYPES in served.value.reason
+    assert served.value.path == item.path == str(base / name)
 
 
 def test_csv_region_modality_fall_back_to_collection_and_missing_ones_are_error_items(tmp_path):

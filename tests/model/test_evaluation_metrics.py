@@ -1,4 +1,4 @@
-"""Evaluation metrics against hand-computed small cases (radclip.evaluation.metrics)."""
+"""Evaluation metrics against hand-computed small cases (radclip.core.metrics)."""
 
 from __future__ import annotations
 

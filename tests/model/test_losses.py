@@ -1,4 +1,7 @@
-"""ClipLoss and LogitScale: hand formulas, duplicate-aware targets, and the 2-worker gather."""
+"""ClipLoss: hand formulas, duplicate-aware targets, and the 2-worker gather.
+
+(The temperature and its clamp belong to the model: RadCLIP.logit_scale_exp, tests/model/test_models.py.)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from radclip.config import LossParams
-from radclip.losses import MAX_LOGIT_SCALE, ClipLoss, LogitScale, soft_targets
+from radclip.core.losses import MAX_LOGIT_SCALE, ClipLoss, soft_targets
 
 WORLD_SIZE = 2
 LOCAL_BATCH = 4
@@ -112,46 +115,18 @@ def test_loss_rejects_mismatched_shapes():
         ClipLoss()(images, texts, torch.tensor(10.0), torch.tensor([1, 2]))
 
 
-def test_from_params():
-    loss = ClipLoss.from_params(LossParams(duplicate_aware=False))
-    assert loss.duplicate_aware is False
-    scale = LogitScale.from_params(LossParams(temperature=0.05, learnable_temperature=False))
-    assert scale.temperature == pytest.approx(0.05, rel=1e-5)
-    assert not scale.learnable
+def test_construction_from_the_loss_settings():
+    assert ClipLoss().duplicate_aware is True and ClipLoss().gather_with_grad is True  # the defaults
+    loss = ClipLoss(duplicate_aware=LossParams(duplicate_aware=False).duplicate_aware)
+    assert loss.duplicate_aware is False and "duplicate_aware=False" in repr(loss)
+    assert list(loss.parameters()) == []  # the temperature is the model's, passed in as a scale
+    assert MAX_LOGIT_SCALE == 100.0  # CLIP's clamp, applied by RadCLIP.logit_scale_exp
 
 
-# --------------------------------------------------------------------------- LogitScale
-
-
-def test_logit_scale_initialises_from_temperature_and_learns():
-    scale = LogitScale(temperature=0.07, learnable=True)
-    assert scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
-    assert scale.temperature == pytest.approx(0.07, rel=1e-5)
-    assert [name for name, _ in scale.named_parameters()] == ["log_scale"]
-    scale().backward()
-    assert scale.log_scale.grad is not None
-
-
-def test_logit_scale_clamps_at_100():
-    scale = LogitScale(temperature=0.001, learnable=True)  # 1/τ = 1000
-    assert scale().item() == pytest.approx(MAX_LOGIT_SCALE)
-    assert scale.temperature == pytest.approx(0.01)
-    scale.clamp_()
-    assert scale.log_scale.item() == pytest.approx(math.log(MAX_LOGIT_SCALE))
-
-
-def test_fixed_logit_scale_has_no_gradient():
-    scale = LogitScale(temperature=0.1, learnable=False)
-    assert list(scale.parameters()) == []
-    assert "log_scale" in scale.state_dict()  # a buffer: saved with the model
-    value = scale()
-    assert not value.requires_grad
-    assert value.item() == pytest.approx(10.0, rel=1e-5)
-
-
-def test_logit_scale_rejects_non_positive_temperature():
-    with pytest.raises(ValueError):
-        LogitScale(temperature=0.0)
+def test_loss_rejects_an_unknown_reduction():
+    images, texts = _features(4, 6, seed=5)
+    with pytest.raises(ValueError, match="reduction"):
+        ClipLoss()(images, texts, torch.tensor(10.0), reduction="sum")
 
 
 # --------------------------------------------------------------------------- two workers (gloo)

@@ -1,23 +1,30 @@
-"""radclip.models: adapter masking, tokenizer/EOS pooling, text cache, freezing, saving and loading."""
+"""radclip.core.models: adapter masking, tokenizer/EOS pooling, text cache, freezing, pixel normalisation,
+saving and loading."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
 
+import pydantic
 import pytest
 import torch
+from transformers import CLIPImageProcessorPil
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from radclip.config import ModelParams, Params
-from radclip.models import (
+from radclip.core.models import (
     PretrainedWeightsUnavailable,
     RadCLIP,
     SlicePoolingAdapter,
-    build_model,
     build_word_level_tokenizer,
     load_pretrained_clip,
 )
-from radclip.models.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from radclip.core.models.radclip import image_processor
+from radclip.core.models.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from radclip.core.preprocessing import PixelNormalisation
+from radclip.training.build import build_model
 
 CAPTIONS = [
     "Brain MRI with Glioma",
@@ -185,11 +192,18 @@ def test_text_cache_runs_the_tower_once_per_unique_caption():
 
 
 def test_text_tower_frozen_and_stage_parameters():
+    """The text tower is always frozen (no setting turns it on): in stage "2d" only the vision side trains."""
+    with pytest.raises(pydantic.ValidationError, match="freeze_text"):
+        Params.model_validate({"model": {"freeze_text": False}})
     model = build_model(Params(), CAPTIONS)
-    text_params = {id(p) for m in (model.clip.text_model, model.clip.text_projection) for p in m.parameters()}
-    assert all(not p.requires_grad for m in (model.clip.text_model, model.clip.text_projection) for p in m.parameters())
+    text_modules = (model.clip.text_model, model.clip.text_projection)
+    text_params = {id(p) for m in text_modules for p in m.parameters()}
+    assert text_params and model.text_frozen
+    assert all(not p.requires_grad for m in text_modules for p in m.parameters())
 
+    model.clip.text_model.requires_grad_(True)  # even unfrozen by hand, a training stage freezes it again
     stage_2d = {id(p) for p in model.trainable_parameters("2d")}
+    assert model.text_frozen and not any(p.requires_grad for m in text_modules for p in m.parameters())
     vision = {id(p) for m in (model.clip.vision_model, model.clip.visual_projection) for p in m.parameters()}
     assert stage_2d == vision | {id(model.logit_scale)}
     assert not stage_2d & text_params
@@ -209,6 +223,14 @@ def test_logit_scale_fixed_or_learnable_and_clamped():
     assert all(p is not fixed.logit_scale for p in fixed.trainable_parameters("adapter"))
     learnable = build_model(Params(), CAPTIONS)
     assert learnable.logit_scale_exp().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert learnable.logit_scale.requires_grad
+    assert any(p is learnable.logit_scale for p in learnable.trainable_parameters("adapter"))
+    with torch.no_grad():  # trained past CLIP's bound: the clamp holds, and its gradient stops there
+        learnable.logit_scale.fill_(math.log(1000.0))
+    clamped = learnable.logit_scale_exp()
+    assert clamped.item() == pytest.approx(100.0)
+    clamped.backward()
+    assert learnable.logit_scale.grad.item() == 0.0
 
 
 # --------------------------------------------------------------------------- preprocessing and encoders
@@ -276,7 +298,10 @@ def test_save_and_load_round_trip_gives_identical_embeddings(model, tmp_path, mo
     model.save_pretrained(tmp_path / "saved")
 
     saved = {p.relative_to(tmp_path / "saved").as_posix() for p in (tmp_path / "saved").rglob("*") if p.is_file()}
-    assert {"config.json", "adapter.safetensors", "clip/config.json", "clip/model.safetensors"} <= saved
+    assert {"config.json", "adapter.safetensors", "clip/config.json", "clip/model.safetensors",
+            "clip/preprocessor_config.json"} <= saved
+    config = json.loads((tmp_path / "saved/config.json").read_text())
+    assert config["format_version"] == 2 and "adapter" in config and "model" not in config
     assert not [name for name in saved if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
 
     def refuse(*args, **kwargs):
@@ -285,6 +310,7 @@ def test_save_and_load_round_trip_gives_identical_embeddings(model, tmp_path, mo
     monkeypatch.setattr(torch, "load", refuse)
     loaded = RadCLIP.from_pretrained(tmp_path / "saved")
     assert loaded.config == model.config and not loaded.training
+    assert loaded.adapter_spec == model.adapter_spec and loaded.pixels == model.pixels
     assert loaded.logit_scale.item() == pytest.approx(3.0)
     assert all(not p.requires_grad for p in loaded.clip.text_model.parameters())
     with torch.no_grad():
@@ -297,7 +323,9 @@ def test_tiny_clip_saved_with_save_pretrained_loads_by_path(model, tmp_path):
     directory = tmp_path / "tiny-clip"
     model.clip.save_pretrained(directory)
     model.tokenizer.save_pretrained(directory)
-    clip, tokenizer = load_pretrained_clip(str(directory))
+    image_processor(model.pixels).save_pretrained(directory)
+    clip, tokenizer, pixels = load_pretrained_clip(str(directory))
+    assert pixels == model.pixels
     reference = model.clip.state_dict()
     for name, value in clip.state_dict().items():
         assert torch.equal(value, reference[name]), name
@@ -322,3 +350,64 @@ def test_missing_pretrained_weights_fail_fast_with_instructions(tmp_path):
     params = Params.model_validate({"model": {"pretrained": "radclip-tests/clip-that-is-not-cached"}})
     with pytest.raises(PretrainedWeightsUnavailable):
         build_model(params, CAPTIONS)
+
+
+# --------------------------------------------------------------------------- pixel normalisation from the checkpoint
+
+OTHER_MEAN = (0.25, 0.5, 0.75)
+OTHER_STD = (0.5, 0.25, 0.125)
+
+
+def _write_image_processor(clip_dir, size: int, resample: int, mean=OTHER_MEAN, std=OTHER_STD) -> None:
+    CLIPImageProcessorPil(
+        image_mean=list(mean), image_std=list(std), size={"shortest_edge": size},
+        crop_size={"height": size, "width": size}, resample=resample,
+    ).save_pretrained(clip_dir)
+
+
+@pytest.mark.parametrize("resample, mode", [(0, "nearest"), (2, "bilinear"), (3, "bicubic")])
+def test_pixels_are_normalised_with_the_checkpoints_image_processor(model, tmp_path, resample, mode):
+    directory = model.save_pretrained(tmp_path / "saved")
+    size = model.vision_image_size
+    _write_image_processor(directory / "clip", size, resample)  # replaces the one save_pretrained wrote
+    loaded = RadCLIP.from_pretrained(directory)
+    assert loaded.pixels == PixelNormalisation(size=size, mean=OTHER_MEAN, std=OTHER_STD, resample=mode)
+
+    # Independent reference: a constant image stays constant when resized, so each channel is (v/255 - mean) / std.
+    value = 100
+    constant = torch.full((2, size // 2, size // 2), value, dtype=torch.uint8)  # curated size ≠ tower size: resized
+    pixels = loaded.preprocess_images(constant)
+    assert pixels.shape == (2, 3, size, size)
+    for channel, (mean, std) in enumerate(zip(OTHER_MEAN, OTHER_STD)):
+        expected = torch.full((2, size, size), (value / 255.0 - mean) / std)
+        torch.testing.assert_close(pixels[:, channel], expected, rtol=0, atol=1e-5)
+    original = model.preprocess_images(constant)
+    assert not torch.allclose(original, pixels, atol=1e-2)  # the default (OpenAI) statistics differ
+
+    # The model saves what it was loaded with: a second round trip keeps the checkpoint's settings.
+    again = RadCLIP.from_pretrained(loaded.save_pretrained(tmp_path / "again"))
+    assert again.pixels == loaded.pixels
+    saved = json.loads((tmp_path / "again/clip/preprocessor_config.json").read_text())
+    assert saved["image_mean"] == list(OTHER_MEAN) and saved["image_std"] == list(OTHER_STD)
+    assert saved["resample"] == resample
+
+
+def test_a_checkpoint_without_an_image_processor_config_fails_naming_the_file(model, tmp_path):
+    directory = model.save_pretrained(tmp_path / "saved")
+    (directory / "clip" / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        RadCLIP.from_pretrained(directory)
+
+    # model.pretrained pointing at a CLIP directory without one: the same file named, no silent default.
+    bare = tmp_path / "bare-clip"
+    model.clip.save_pretrained(bare)
+    model.tokenizer.save_pretrained(bare)
+    with pytest.raises(PretrainedWeightsUnavailable, match="preprocessor_config.json"):
+        load_pretrained_clip(str(bare))
+
+
+def test_an_image_processor_whose_size_differs_from_the_vision_tower_is_refused(model, tmp_path):
+    directory = model.save_pretrained(tmp_path / "saved")
+    _write_image_processor(directory / "clip", model.vision_image_size * 2, resample=2)
+    with pytest.raises(ValueError, match="image processor size"):
+        RadCLIP.from_pretrained(directory)

@@ -1,9 +1,11 @@
-"""radclip.training.slice_cache: which records are cached, exactness, padding, determinism, sharding, staleness."""
+"""radclip.data.slice_cache: which records are cached, exactness, padding, determinism, sharding, staleness;
+the fingerprint check of 3D evaluation (radclip.evaluation.features) and jobs.embed_slices.cache_for."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from radclip.config import Params
+from radclip.core.models import RadCLIP
 from radclip.data.curate import MANIFEST_COLUMNS, MANIFEST_SCHEMA
-from radclip.models import RadCLIP, build_model
-from radclip.training.slice_cache import (
+from radclip.data.slice_cache import (
     INDEX_FILE,
     INFO_FILE,
     TIMING_KEYS,
@@ -25,7 +27,11 @@ from radclip.training.slice_cache import (
     encoder_fingerprint,
     write_slice_cache,
 )
+from radclip.evaluation.features import volume_features
+from radclip.jobs import embed_slices
+from radclip.training.build import build_model
 
+SUITE = "phantom-3d"  # the collection of every 3D record of make_curated
 CAPTIONS = ["Brain MRI with Glioma", "Normal Brain MRI", "Chest CT with COVID-19", "Chest X-ray with Edema"]
 # Two planes with different slice counts and in-plane sizes: batches must split on shape, shards pad slices.
 AXIAL_SLICES, AXIAL_SIZE = 6, 16
@@ -213,3 +219,87 @@ def test_a_crash_leaves_no_cache_that_looks_complete(curated, model, tmp_path, m
     assert not out.exists()
     with pytest.raises(SliceCacheError, match="did not finish"):
         SliceCacheDataset(tmp_path / "crashed.partial")
+
+
+# --------------------------------------------------------------------------- the fingerprint in 3D evaluation
+
+
+def _same_adapter(source: RadCLIP, target: RadCLIP) -> RadCLIP:
+    """``target`` with ``source``'s adapter and temperature: only the 2D encoders differ."""
+    target.adapter.load_state_dict(source.adapter.state_dict())
+    with torch.no_grad():
+        target.logit_scale.copy_(source.logit_scale)
+    return target.eval()
+
+
+def test_another_encoders_cache_is_refused_naming_both_fingerprints(curated, tmp_path):
+    model_a = tiny_model(seed=0).eval()
+    model_b = _same_adapter(model_a, tiny_model(seed=1))
+    fingerprint_a, fingerprint_b = encoder_fingerprint(model_a), encoder_fingerprint(model_b)
+    assert fingerprint_a != fingerprint_b
+    cache_a, cache_b = tmp_path / "cache_a", tmp_path / "cache_b"
+    write_slice_cache(model_a, curated[0], cache_a, batch_volumes=2, progress=False)
+    write_slice_cache(model_b, curated[0], cache_b, batch_volumes=2, progress=False)
+
+    # Each model with its own cache: the encoders differ, so the same suite's volume features do.
+    features_a = volume_features(model_a, cache_a, SUITE)
+    features_b = volume_features(model_b, cache_b, SUITE)
+    assert len(features_a.features) == len(features_b.features) == 5
+    assert list(features_a.labels) == list(features_b.labels)
+    assert np.abs(features_a.features - features_b.features).max() > 1e-2
+
+    # Model B reading model A's cache would score A's embeddings as B's: refused, naming both encoders.
+    with pytest.raises(SliceCacheError) as refused:
+        volume_features(model_b, cache_a, SUITE)
+    message = str(refused.value)
+    assert fingerprint_a[:12] in message and fingerprint_b[:12] in message and str(cache_a) in message
+    with pytest.raises(SliceCacheError, match=fingerprint_b[:12]):
+        volume_features(model_a, cache_b, SUITE, pooling="average")  # averaging reads the same slices
+
+
+# --------------------------------------------------------------------------- jobs.embed_slices.cache_for
+
+
+def _pipeline_params(root: Path, curated_dir: Path) -> Params:
+    paths = {"raw": root / "raw", "curated": curated_dir, "reports": root / "reports", "models": root / "models",
+             "slice_cache": root / "slice_cache", "tmp": root / "scratch", "sweeps": root / "sweeps"}
+    return Params.model_validate({**TINY, "paths": {k: str(v) for k, v in paths.items()}})
+
+
+def test_cache_for_uses_the_pipeline_cache_of_the_same_encoder_and_builds_one_for_another(
+    cache, curated, tmp_path, monkeypatch
+):
+    params = _pipeline_params(tmp_path, curated[0])
+    pipeline = params.resolve(params.paths.slice_cache) / "finetuned"
+    shutil.copytree(cache, pipeline)  # the pipeline's cache, built by tiny_model(seed=0)'s encoder
+    own_caches = params.resolve(params.paths.tmp) / embed_slices.MODEL_CACHES
+
+    same = tiny_model(seed=0)
+    assert embed_slices.cache_for(params, same, progress=False) == pipeline
+    assert not own_caches.exists()  # nothing encoded
+    vanilla = params.resolve(params.paths.slice_cache) / "vanilla"
+    other_seed = tiny_model(seed=1)
+    write_slice_cache(other_seed, curated[0], vanilla, progress=False)
+    assert embed_slices.cache_for(params, other_seed, progress=False) == vanilla  # the other pipeline encoder
+    assert not own_caches.exists()
+
+    different = tiny_model(seed=2).eval()
+    fingerprint = encoder_fingerprint(different)
+    built = embed_slices.cache_for(params, different, progress=False)
+    assert built == own_caches / fingerprint[:16]
+    assert built.is_relative_to(params.resolve(params.paths.tmp))
+    info = json.loads((built / INFO_FILE).read_text())
+    assert info["encoder_fingerprint"] == fingerprint and info["count"] == 5
+    features = volume_features(different, built, SUITE)  # accepted: built by this model's own encoder
+    assert features.features.shape == (5, 16)
+    np.testing.assert_allclose(np.linalg.norm(features.features, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(SliceCacheError):
+        volume_features(different, pipeline, SUITE)  # the pipeline's cache is not this encoder's
+
+    # Built on first use only: a second call finds it.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(embed_slices, "write_slice_cache", refuse)
+    assert embed_slices.cache_for(params, different, progress=False) == built
+    assert embed_slices.cache_for(params, same, progress=False) == pipeline
