@@ -1,4 +1,4 @@
-"""radclip.tracking against a throwaway SQLite store: lineage tags, params, run status, artifacts."""
+"""radclip.io.mlflow_tracking against a throwaway SQLite store: lineage tags, params, run status, artifacts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from radclip import tracking
+from radclip.io import mlflow_tracking as tracking
 from radclip.config import MlflowParams, Params
 
 # MLflow's own SQLAlchemy store still uses a deprecated loader option; not ours to fix.

@@ -1,4 +1,4 @@
-"""radclip.registry: versions carry lineage and gate metrics, the gate promotes or refuses by the mean of
+"""radclip.io.mlflow_registry: versions carry lineage and gate metrics, the gate promotes or refuses by the mean of
 the gate metrics, decisions are recorded, and rollback restores the previous champion keeping all history."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers import tiny_params
-from radclip import registry
-from radclip.models import build_model
+from radclip.data.curate import preprocessing_from_params
+from radclip.io import mlflow_registry as registry
+from radclip.training.build import build_model
 
 # MLflow's own deprecated calls (SQLAlchemy loader option, a pandas comparison); not ours to fix.
 pytestmark = [
@@ -39,7 +40,7 @@ def _evaluation(a: float, b: float) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git-committed tmp project (DVC_ROOT) whose dvc.lock records the curated data, a tmp MLflow
-    store, and a tiny saved model."""
+    store, and a tiny saved model carrying the preprocessing contract (the pyfunc needs it)."""
     tmp = tmp_path_factory.mktemp("registry")
     root = tmp / "project"
     root.mkdir()
@@ -57,7 +58,9 @@ def project(tmp_path_factory):
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("DVC_ROOT", str(root))
         patch.setenv("GIT_CEILING_DIRECTORIES", str(tmp))  # no repository above tmp may answer
-        model_dir = build_model(params, ["Normal Chest CT", "Chest CT with COVID-19"]).save_pretrained(tmp / "model")
+        model = build_model(params, ["Normal Chest CT", "Chest CT with COVID-19"],
+                            preprocessing=preprocessing_from_params(params))
+        model_dir = model.save_pretrained(tmp / "model")
         yield {"params": params, "model_dir": model_dir, "commit": head.stdout.strip()}
         mlflow.set_tracking_uri(None)  # forget the tmp store (also clears the exported variables)
         mlflow.set_registry_uri(None)
@@ -154,3 +157,14 @@ def test_a_missing_gate_metric_is_an_error_naming_the_metric(project):
     with pytest.raises(registry.RegistryError, match="'suite_b.probe_accuracy_mean'"):
         registry.register(project["params"], model_dir=project["model_dir"], evaluation=evaluation)
     assert versions() == before  # checked before anything is logged or registered
+
+
+def test_a_model_without_its_preprocessing_contract_is_not_registered(project, tmp_path):
+    """The served pyfunc prepares inputs by the model's own contract: a model without one gets no version."""
+    params = project["params"]
+    bare = build_model(params, ["Normal Chest CT", "Chest CT with COVID-19"]).save_pretrained(tmp_path / "bare")
+    assert not (bare / "preprocessing.json").exists()
+    before = len(MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"))
+    with pytest.raises(FileNotFoundError, match="preprocessing.json"):
+        registry.register(params, model_dir=bare, evaluation=_evaluation(0.9, 0.9))
+    assert len(MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")) == before
