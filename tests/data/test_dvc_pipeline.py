@@ -1,6 +1,8 @@
 """The data stages under DVC: repro, no-op second repro, param-scoped reruns, push/pull into a fresh clone.
 
-Only the data stages (up to ``validate``) run here; training stages have their own tests.
+Each stage runs its job (``python pipelines/<stage>.py --quiet`` calls ``radclip.jobs.<stage>.main``) and writes
+the params it ran with to ``<reports>/params/<stage>.yaml``. Only the data stages (up to ``validate``) run here;
+training stages have their own tests.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from helpers import PROJECT_ROOT, tiny_params_dict
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = "validate"  # repro target: phantoms -> curate -> validate
+STAGE_NAMES = ("phantoms", "curate", "validate")
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -60,7 +63,12 @@ def test_repro_writes_every_stage_output(dvc_project):
     assert (dvc_project / "data/raw/train/index.csv").exists()
     assert (dvc_project / "data/curated/manifest.parquet").exists()
     assert (dvc_project / "data/reports/validation/report.md").exists()
-    assert (dvc_project / "dvc.lock").exists()
+    assert (dvc_project / "data/curated/preprocessing.json").exists()  # the contract every model will carry
+    lock = yaml.safe_load((dvc_project / "dvc.lock").read_text())
+    for stage in STAGE_NAMES:
+        assert lock["stages"][stage]["cmd"] == f"python pipelines/{stage}.py --quiet"
+        effective = yaml.safe_load((dvc_project / f"data/reports/params/{stage}.yaml").read_text())
+        assert effective["stage"] == stage and effective["profile"] == "default"
 
 
 def test_second_repro_does_nothing(dvc_project):
@@ -79,6 +87,8 @@ def test_changing_one_param_reruns_only_its_stages(dvc_project):
         out = _run(["dvc", "repro", DATA_STAGES], dvc_project)
         assert "Running stage 'validate'" in out
         assert "Running stage 'curate'" not in out and "Running stage 'phantoms'" not in out
+        effective = yaml.safe_load((dvc_project / "data/reports/params/validate.yaml").read_text())
+        assert effective["params"]["validate"]["max_quarantine_rate"] == 0.5  # what it ran with
     finally:
         params_file.write_text(original)
         _run(["dvc", "repro", DATA_STAGES], dvc_project)

@@ -1,6 +1,7 @@
-"""The Optuna sweep: resumes after a kill without losing or repeating trials, prunes a bad region,
-nests one MLflow run per trial under the sweep run, writes the best params, and the dashboard
-serves the study on 127.0.0.1."""
+"""The Optuna sweep of the adapter (radclip.io.optuna_sweep, run by the job radclip.jobs.sweep): resumes after a
+kill without losing or repeating trials (a RUNNING trial of a dead process ends FAIL), several processes share one
+study, prunes a bad region, nests one MLflow run per trial under the sweep run, writes the best params that the
+final adapter training uses, and the dashboard serves the study on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ from optuna.trial import TrialState
 from helpers import PROJECT_ROOT, tiny_params_dict
 from radclip.config import Params, load_params
 
-pytestmark = pytest.mark.slow
-
 SWEEP = {"n_trials": 4, "epochs": 6, "startup_trials": 2, "warmup_epochs": 1, "sampler": "random", "apply_best": False,
          "space": {"heads": [2, 4], "lr": [1e-3, 3e-2], "temperature": [0.05, 0.1]}}
 
@@ -33,7 +32,7 @@ def project(tmp_path_factory):
     """Tiny phantoms, curated, a 2D encoder (in-process, 2 epochs) and its slice cache; own MLflow store."""
     from radclip.data.curate import curate
     from radclip.data.phantoms import generate
-    from radclip.training.stages import embed_slices, pretrain_2d
+    from radclip.jobs import embed_slices, pretrain_2d
 
     tmp = tmp_path_factory.mktemp("sweep")
     monkey = pytest.MonkeyPatch()
@@ -46,8 +45,8 @@ def project(tmp_path_factory):
     params = load_params(params_file)
     generate(params)
     curate(params, progress=False)
-    pretrain_2d(params)
-    embed_slices(params, progress=False)
+    pretrain_2d.run(params, progress=False)
+    embed_slices.run(params, progress=False)
     yield params, params_file
     monkey.undo()
 
@@ -61,21 +60,54 @@ def _with_sweep(params_file: Path, tmp: Path, **sweep) -> tuple[Params, Path]:
 
 
 def _study(params: Params) -> optuna.Study:
-    from radclip.training.stages import slice_cache_dir
-    from radclip.tuning import _cache_fingerprint, open_study
+    from radclip.io.optuna_sweep import _cache_fingerprint, open_study
+    from radclip.jobs.common import slice_cache_dir
 
     return open_study(params, _cache_fingerprint(slice_cache_dir(params)))[0]
 
 
+def _sweep_command(params_file: Path, *, job: bool = True) -> list[str]:
+    """A process running the sweep job on ``params_file``, or (``job=False``) only the study: no files written."""
+    load = f"from radclip.config import load_params; p = load_params({str(params_file)!r}); "
+    if job:
+        return [sys.executable, "-c", load + "from radclip.jobs import sweep; sweep.run(p, progress=False)"]
+    return [sys.executable, "-c", load + "from radclip.io.optuna_sweep import sweep; "
+            "from radclip.jobs.common import MODEL_2D, model_dir, slice_cache_dir; "
+            "sweep(p, data_dir=slice_cache_dir(p), model_source=model_dir(p, MODEL_2D))"]
+
+
+def test_fail_interrupted_trials_fails_running_trials_of_dead_processes_only():
+    from radclip.io.optuna_sweep import WORKER_ATTR, fail_interrupted_trials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # a process of this machine that is gone
+    dead.wait()
+    host = socket.gethostname()
+    study = optuna.create_study(direction="minimize")
+    workers = {"dead": f"{host}:{dead.pid}", "alive": f"{host}:{os.getpid()}", "elsewhere": f"other-host.invalid:{dead.pid}"}
+    trials = {}
+    for name, worker in workers.items():
+        trial = study.ask()
+        trial.set_user_attr(WORKER_ATTR, worker)
+        trials[name] = trial.number
+    complete = study.ask()
+    complete.set_user_attr(WORKER_ATTR, workers["dead"])
+    study.tell(complete, 1.0)
+
+    assert fail_interrupted_trials(study) == [trials["dead"]]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[trials["dead"]] == TrialState.FAIL
+    assert states[trials["alive"]] == TrialState.RUNNING  # this process is alive
+    assert states[trials["elsewhere"]] == TrialState.RUNNING  # another machine's: its heartbeat decides
+    assert states[complete.number] == TrialState.COMPLETE  # finished trials are never touched
+    assert fail_interrupted_trials(study) == []  # idempotent
+
+
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(project, tmp_path):
-    from radclip.tuning import sweep
+    from radclip.jobs import sweep
 
     params, params_file = _with_sweep(project[1], tmp_path, study="resume", epochs=40, pruner="none")
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"from radclip.config import load_params; from radclip.tuning import sweep; "
-                               f"sweep(load_params({str(params_file)!r}))"],
-        cwd=PROJECT_ROOT, env=os.environ.copy(), start_new_session=True,
-    )
+    child = subprocess.Popen(_sweep_command(params_file), cwd=PROJECT_ROOT, env=os.environ.copy(), start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and child.poll() is None:  # kill mid-trial, after two finished
@@ -92,7 +124,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(project, tmp_
     before = {t.number: (t.params, t.value) for t in _study(params).get_trials(states=(TrialState.COMPLETE,))}
     assert len(before) >= 2 and any(t.state == TrialState.RUNNING for t in _study(params).get_trials())
 
-    result = sweep(params)
+    result = sweep.run(params, progress=False)
 
     trials = _study(params).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # the interrupted trial ended FAIL
@@ -103,11 +135,11 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(project, tmp_
     assert result.trials["COMPLETE"] + result.trials["PRUNED"] == params.sweep.n_trials
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_share_one_study(project, tmp_path):
     params, params_file = _with_sweep(project[1], tmp_path, study="parallel", n_trials=6, pruner="none")
-    command = [sys.executable, "-c", f"from radclip.config import load_params; from radclip.tuning import sweep; "
-                                     f"sweep(load_params({str(params_file)!r}), write_outputs=False)"]
-    workers = [subprocess.Popen(command, cwd=PROJECT_ROOT, env=os.environ.copy()) for _ in range(2)]
+    workers = [subprocess.Popen(_sweep_command(params_file, job=False), cwd=PROJECT_ROOT, env=os.environ.copy())
+               for _ in range(2)]
     assert [worker.wait(timeout=300) for worker in workers] == [0, 0]
     trials = _study(params).get_trials()
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -117,8 +149,10 @@ def test_two_sweep_processes_share_one_study(project, tmp_path):
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes ran trials
 
 
+@pytest.mark.slow
 def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
-    from radclip.tuning import sweep
+    from radclip.io.optuna_sweep import sweep
+    from radclip.jobs.common import MODEL_2D, model_dir, slice_cache_dir
 
     space = {"heads": [2, 4], "lr": [1e-7, 3e-2], "temperature": [0.01, 2.0]}
     params, _ = _with_sweep(project[1], tmp_path, study="prune", n_trials=6, pruner="median", warmup_epochs=1,
@@ -130,7 +164,7 @@ def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
         study.enqueue_trial({"heads": 4, "lr": 2e-2, "temperature": 1.0})
     for _ in range(3):
         study.enqueue_trial({"heads": 4, "lr": 1e-7, "temperature": 0.01})
-    result = sweep(params)
+    result = sweep(params, data_dir=slice_cache_dir(params), model_source=model_dir(params, MODEL_2D))
 
     trials = _study(params).get_trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -149,14 +183,19 @@ def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
         Path(a.path).name for a in client.list_artifacts(result.mlflow_run_id, "optuna")}
 
 
+@pytest.mark.slow
 def test_best_params_reach_the_final_adapter_training(project, tmp_path):
-    from radclip.training.stages import adapter_params
-    from radclip.tuning import best_params_path, sweep
+    from radclip.io.optuna_sweep import OBJECTIVE
+    from radclip.jobs import sweep
+    from radclip.jobs.common import best_params_path, effective_params_path
+    from radclip.jobs.pretrain_adapter import adapter_params
 
     params, _ = _with_sweep(project[1], tmp_path, study="best", n_trials=2, apply_best=True)
-    result = sweep(params)
+    result = sweep.run(params, progress=False)
     written = yaml.safe_load(best_params_path(params).read_text())
     assert written["params"] == result.best_params and written["best_trial"] == result.best_trial
+    assert written["objective"] == OBJECTIVE and written["value"] == pytest.approx(result.best_value)
+    assert yaml.safe_load(effective_params_path(params, "sweep").read_text())["stage"] == "sweep"
     final = adapter_params(params)
     assert final.model.adapter.heads == result.best_params["heads"]
     assert final.train_adapter.lr == pytest.approx(result.best_params["lr"])
@@ -169,10 +208,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback(tmp_path):
     from optuna.distributions import FloatDistribution
 
-    from radclip.tuning import JOURNAL_FILE, storage_for
+    from radclip.io.optuna_sweep import JOURNAL_FILE, storage_for
 
     raw = tiny_params_dict(str(tmp_path))
     params = Params.model_validate(raw)

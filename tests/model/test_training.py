@@ -1,5 +1,6 @@
-"""Training behaviour: Ray Train on 2 CPU workers learns, resumes exactly after a killed worker,
-matches a single process, logs lineage to MLflow, and the adapter stage trains only the adapter."""
+"""Training behaviour through the stage jobs (radclip.jobs.<stage>.run): Ray Train on 2 CPU workers learns,
+resumes exactly after a killed worker, matches a single process, logs lineage to MLflow, and the adapter stage
+trains only the adapter; then evaluation and the ablation of the trained models."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def _params(tmp: Path, **train_2d) -> Params:
 
 @pytest.fixture(scope="module")
 def ray_run(curated):
-    from radclip.training.stages import pretrain_2d
+    from radclip.jobs import pretrain_2d
 
-    return pretrain_2d(_params(curated, engine="ray", num_workers=2))
+    return pretrain_2d.run(_params(curated, engine="ray", num_workers=2), progress=False)
 
 
 def test_two_ray_workers_lower_the_loss(ray_run):
@@ -63,11 +64,13 @@ def test_run_carries_lineage_and_per_epoch_metrics(ray_run):
     assert steps == [0, 1, 2]
     assert {"lr", "temperature", "pairs_per_second", "train_loss"} <= set(run.data.metrics)
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "model")}
-    assert "model/config.json" in artifacts
+    assert {"model/config.json", "model/preprocessing.json"} <= artifacts  # the curated data's contract travels
+    effective = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "params")}
+    assert "params/pretrain_2d.yaml" in effective
 
 
 def test_saved_model_holds_the_best_epoch_weights(ray_run):
-    from radclip.models import RadCLIP
+    from radclip.core.models import RadCLIP
 
     model = RadCLIP.from_pretrained(ray_run.model_dir)
     assert ray_run.best_epoch == int(np.argmin([h["val_loss"] for h in ray_run.history]))
@@ -75,9 +78,9 @@ def test_saved_model_holds_the_best_epoch_weights(ray_run):
 
 
 def test_resume_after_a_killed_worker_ends_at_the_same_metrics(curated, ray_run):
-    from radclip.training.stages import pretrain_2d
+    from radclip.jobs import pretrain_2d
 
-    resumed = pretrain_2d(_params(curated, engine="ray", num_workers=2), fail_at=(1, 1))
+    resumed = pretrain_2d.run(_params(curated, engine="ray", num_workers=2), progress=False, fail_at=(1, 1))
     for before, after in zip(ray_run.history, resumed.history, strict=True):
         assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-5)
         assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
@@ -88,25 +91,25 @@ def test_resume_after_a_killed_worker_ends_at_the_same_metrics(curated, ray_run)
 
 
 def test_single_process_matches_two_workers_at_equal_global_batch(curated, ray_run):
-    from radclip.training.stages import pretrain_2d
+    from radclip.jobs import pretrain_2d
 
-    local = pretrain_2d(_params(curated, engine="local"))
+    local = pretrain_2d.run(_params(curated, engine="local"), progress=False)
     for ray_epoch, local_epoch in zip(ray_run.history, local.history, strict=True):
         assert local_epoch["val_loss"] == pytest.approx(ray_epoch["val_loss"], rel=1e-4)
 
 
 @pytest.fixture(scope="module")
 def adapter_run(curated, ray_run):
-    from radclip.training.stages import embed_slices, pretrain_adapter
+    from radclip.jobs import embed_slices, pretrain_adapter
 
     params = _params(curated)
-    info = embed_slices(params, progress=False)
+    info = embed_slices.run(params, progress=False)
     assert info["count"] > 0
-    return pretrain_adapter(params)
+    return pretrain_adapter.run(params, progress=False)
 
 
 def test_adapter_stage_trains_only_the_adapter(adapter_run, ray_run):
-    from radclip.models import RadCLIP
+    from radclip.core.models import RadCLIP
 
     result = adapter_run
     # one training batch per epoch on tiny data: its loss is noise; the validation loss (eval mode) must fall
@@ -124,8 +127,8 @@ def test_adapter_stage_trains_only_the_adapter(adapter_run, ray_run):
 
 def test_ray_workers_stop_when_the_driver_asks(curated):
     """The sweep's pruner lives in the driver: it sees each epoch Ray's rank 0 logged and can stop the workers."""
+    from radclip.jobs.common import vocabulary
     from radclip.training.fit import fit
-    from radclip.training.stages import vocabulary
 
     params = _params(curated, engine="ray", num_workers=2, epochs=20, patience=20)
     seen: list[int] = []
@@ -169,10 +172,15 @@ def _experiment_runs(params: Params, filter_string: str) -> list:
 
 
 def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
-    from radclip.evaluation.evaluate import FIGURES_DIR, evaluate, write_report
+    import json
+
+    from radclip.evaluation.evaluate import FIGURES_DIR
+    from radclip.jobs import evaluate
+    from radclip.jobs.common import MODEL_FINAL, model_dir
 
     params = _params(curated)
-    results = evaluate(params, model_dir=Path(adapter_run.model_dir), slice_cache=params.resolve(params.paths.slice_cache) / "finetuned")
+    assert Path(adapter_run.model_dir) == model_dir(params, MODEL_FINAL)  # the pipeline's model is evaluated
+    results = evaluate.run(params, progress=False)
     suites = {c.name for c in params.data.collections if c.role == "eval"}
     assert set(results) == suites
     assert {results[s]["kind"] for s in suites} == {"2d", "3d"}
@@ -187,8 +195,11 @@ def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
         # phantom volumes: how the adapter's weights find the recorded finding slices
         if metrics["kind"] == "3d":
             assert 0.0 < metrics["attention_lesion_mass_uniform"] < 1.0 and 0.0 <= metrics["attention_lesion_auroc"] <= 1.0
-    report = write_report(params, results)
-    assert "probe_fold0_accuracy" not in report.read_text() and "matching_p1" in report.read_text()
+    report = json.loads((params.resolve(params.paths.reports) / "evaluate.json").read_text())
+    assert set(report) == suites  # headline numbers only: per-fold and per-class values stay in MLflow
+    assert all("matching_p1" in metrics and not any("_fold" in k or "." in k for k in metrics)
+               for metrics in report.values())
+    assert (params.resolve(params.paths.reports) / "params" / "evaluate.yaml").is_file()
     run = _experiment_runs(params, "tags.`radclip.stage` = 'evaluate'")[0]
     assert any(key.endswith(".probe_accuracy_mean") for key in run.data.metrics)
     # figures: a confusion matrix per suite, attention over slices per 3D suite, Fig. 5 prompt scores
@@ -200,18 +211,21 @@ def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
     assert expected <= logged
 
 
+@pytest.mark.filterwarnings("ignore:Operation with range is deprecated")  # MLflow's own pandas comparison
 def test_evaluate_loads_a_registered_model_by_alias(curated, adapter_run, tmp_path):
-    from radclip import serving, tracking
-    from radclip.models import RadCLIP
+    from radclip.core.models import RadCLIP
+    from radclip.io import mlflow_pyfunc
+    from radclip.io import mlflow_tracking as tracking
 
     params = _params(curated)
     with tracking.start_run(params, stage="register"):
-        info = serving.log_model(Path(adapter_run.model_dir), params, registered_model_name="radclip-evaluate-test")
+        info = mlflow_pyfunc.log_model(Path(adapter_run.model_dir), registered_model_name="radclip-evaluate-test")
     MlflowClient().set_registered_model_alias("radclip-evaluate-test", "champion", info.registered_model_version)
     local = tracking.download_model(params, "models:/radclip-evaluate-test@champion", tmp_path)
     original, downloaded = RadCLIP.from_pretrained(adapter_run.model_dir), RadCLIP.from_pretrained(local)
     for (name, a), (_, b) in zip(original.state_dict().items(), downloaded.state_dict().items()):
         assert np.array_equal(a.numpy(), b.numpy()), name
+    assert downloaded.preprocessing == original.preprocessing and downloaded.preprocessing is not None
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         tracking.download_model(params, "models:/no-such-model@champion", tmp_path / "missing")
 
@@ -234,17 +248,12 @@ def test_evaluation_refuses_records_shared_with_training(curated, tmp_path):
 
 @pytest.fixture(scope="module")
 def ablation(curated, adapter_run):
-    from radclip.evaluation.ablation import ENCODERS, ablate
-    from radclip.training.stages import ADAPTED_MODELS, embed_slices, model_dir, pretrain_adapter, slice_cache_dir
+    from radclip.jobs import ablate, embed_slices, pretrain_adapter
 
     params = _params(curated)
-    embed_slices(params, encoder="vanilla", progress=False)
-    pretrain_adapter(params, encoder="vanilla")
-    return params, ablate(
-        params,
-        models={e: model_dir(params, ADAPTED_MODELS[e]) for e in ENCODERS},
-        slice_caches={e: slice_cache_dir(params, e) for e in ENCODERS},
-    )
+    embed_slices.run(params, encoder="vanilla", progress=False)
+    pretrain_adapter.run(params, encoder="vanilla", progress=False)
+    return params, ablate.run(params, progress=False)
 
 
 def test_ablation_logs_four_child_runs_under_one_parent(ablation):
