@@ -1,6 +1,6 @@
 """Seed spread of the ablation's best cell: the fine-tuned encoder's adapter retrained under several seeds.
 
-The `ablate` stage trains each adapter once (`train_adapter.seed`), so its table shows fold
+The `ablate` stage trains each adapter once (`train_adapter.loop_seed`), so its table shows fold
 spread only. This retrains the fine-tuned encoder's adapter with the stage's own params (the
 sweep's best when `sweep.apply_best`) under each seed, in a scratch directory (the project's
 models, reports and MLflow store are untouched), and prints per seed: the best validation
@@ -76,7 +76,7 @@ def main() -> None:
             print(f"| {name} | - | - | " + " | ".join(accs) + f" | {mean:.3f} | - | 0.5 |")
         means, holds = [], []
         for seed in args.seeds:
-            seeded = params.model_copy(update={"train_adapter": params.train_adapter.model_copy(update={"seed": seed})})
+            seeded = params.model_copy(update={"train_adapter": params.train_adapter.model_copy(update={"loop_seed": seed})})
             out = scratch / f"adapter-seed{seed}"
             result = fit(seeded, "adapter", data_dir=finetuned_cache, vocabulary=[],
                          model_source=model_dir(params, ENCODER_MODELS["finetuned"]), out_dir=out)

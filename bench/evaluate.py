@@ -52,7 +52,7 @@ def features_and_probe() -> list[tuple[str, str, int, float, float]]:
         started = time.perf_counter()
         settings = params.evaluate
         linear_probe(features.features, features.labels, features.patients, n_folds=settings.folds,
-                     epochs=settings.probe_epochs, lr=settings.probe_lr, seed=params.seed, method=settings.probe_method)
+                     epochs=settings.probe_epochs, lr=settings.probe_lr, seed=params.evaluate.protocol_seed, method=settings.probe_method)
         rows.append((suite, features.kind, len(features.features), extract, time.perf_counter() - started))
     return rows
 

@@ -31,6 +31,7 @@ def _global_options(
     profile: Annotated[Optional[str], typer.Option(help="overlay params/<profile>.yaml (e.g. paper)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
+    _state.clear()  # one invocation's params: a second one in the same process reads its own --params
     _state.update(params_file=params_file, profile=profile, quiet=quiet)
     configure_logging()
 
@@ -183,7 +184,7 @@ def evaluate(
 
     params = _params()
     with _model_location(params, model) as location:
-        job.run(params, model_dir_=location, suites=suite or None, progress=_progress())
+        job.run(params, model=location, suites=suite or None, progress=_progress())
 
 
 @app.command()

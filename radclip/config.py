@@ -189,15 +189,15 @@ class PhantomSuites(Strict):
 
     chest_xray_5class: int = Field(default=40, ge=0)  # CheXpert layout
     brain_mri_4class: int = Field(default=40, ge=0)  # Crystal Clean layout
-    brain_mri_3d_2class: int = Field(default=40, ge=0)  # IXI layout
-    chest_ct_3d_3class: int = Field(default=30, ge=0)  # COVID-CT-MD layout
+    brain_mri_3d_2class: int = Field(default=100, ge=0)  # IXI layout
+    chest_ct_3d_3class: int = Field(default=60, ge=0)  # COVID-CT-MD layout
 
 
 class PhantomParams(Strict):
     enabled: bool = True  # false: real data only, the stage writes an empty folder
-    seed: int = 0
+    data_seed: int = 0  # every phantom: which scene, finding, format and patient, and its pixels
     train_2d: int = Field(default=2000, ge=0)
-    train_3d: int = Field(default=200, ge=0)
+    train_3d: int = Field(default=800, ge=0)
     image_size: int = Field(default=128, ge=16)  # raw 2D files
     volume_shape: tuple[int, int, int] = (32, 64, 64)  # raw volumes: slices, rows, cols
     lesion_slices: tuple[int, int] = (2, 4)  # a 3D finding spans this many slices (min, max)
@@ -295,6 +295,7 @@ class ModelParams(Strict):
     # local directory saved with save_pretrained; null builds a small CLIP from the towers below.
     pretrained: str | None = None
     projection_dim: int = Field(default=128, ge=8)
+    init_seed: int = 0  # initial weights of a CLIP built here (the embedded default) and of init_model's adapter
     vision: VisionTower = VisionTower()
     text: TextTower = TextTower()
     adapter: AdapterParams = AdapterParams()
@@ -310,18 +311,18 @@ class TrainParams(Strict):
     # ray: Ray Train workers (DDP, per-worker shards); local: one in-process worker (cheap adapter
     # runs and sweep trials, where starting Ray workers would cost more than the training).
     engine: Literal["ray", "local"] = "ray"
-    epochs: int = Field(default=5, ge=1)
+    epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=64, ge=2)  # global batch across workers
-    lr: float = Field(default=1e-4, gt=0)  # cosine-annealed from this value
+    lr: float = Field(default=1e-3, gt=0)  # cosine-annealed from this value
     weight_decay: float = Field(default=0.1, ge=0)  # L2 through AdamW
-    patience: int = Field(default=2, ge=1)  # early stopping on validation loss
+    patience: int = Field(default=5, ge=1)  # early stopping on validation loss
     num_workers: int = Field(default=2, ge=1)  # Ray Train workers
     use_gpu: bool = False
     backend: Literal["gloo", "nccl"] = "gloo"
     bf16: bool = False  # autocast on GPU; slower than fp32 on these CPUs
     gradient_checkpointing: bool = False
     max_failures: int = Field(default=2, ge=0)  # Ray Train FailureConfig: resume from the last checkpoint
-    seed: int = 0
+    loop_seed: int = 0  # data order, dropout masks and (adapter stage) the fresh adapter's initial weights
 
 
 class MlflowParams(Strict):
@@ -336,6 +337,7 @@ class EvaluateParams(Strict):
     """The paper's protocol: linear probe (5-fold, 70/10/20 patient-level), image–text matching."""
 
     folds: int = Field(default=5, ge=2)
+    protocol_seed: int = 0  # patient folds, the probe's initial weights and bootstrap resamples
     probe_method: Literal["torch", "sklearn"] = "torch"  # torch: one nn.Linear, Adam (the paper)
     probe_epochs: int = Field(default=100, ge=1)
     probe_lr: float = Field(default=1e-3, gt=0)
@@ -370,7 +372,7 @@ class SweepParams(Strict):
     # an RDB URL ("postgresql://user@host/optuna") for workers on several machines.
     storage: str | None = None
     sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = 0
+    sampler_seed: int = 0  # the sampler's draws (TPE / random): the same study for the same params
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(default=5, ge=0)  # trials before the pruner may stop one
     warmup_epochs: int = Field(default=3, ge=0)  # epochs of a trial before it may be pruned
@@ -401,7 +403,6 @@ class RegistryParams(Strict):
 
 class Params(Strict):
     profile: str = "default"
-    seed: int = 0
     paths: Paths = Paths()
     ray: RayParams = RayParams()
     phantoms: PhantomParams = PhantomParams()
@@ -412,7 +413,7 @@ class Params(Strict):
     loss: LossParams = LossParams()
     train_2d: TrainParams = TrainParams()
     train_adapter: TrainParams = TrainParams(
-        engine="local", epochs=30, batch_size=64, lr=1e-3, weight_decay=0.01, patience=5, num_workers=1
+        engine="local", epochs=60, batch_size=64, lr=3e-3, weight_decay=0.01, patience=15, num_workers=1, max_failures=0
     )
     mlflow: MlflowParams = MlflowParams()
     evaluate: EvaluateParams = EvaluateParams()

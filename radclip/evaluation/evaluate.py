@@ -82,7 +82,7 @@ def suite_features(model, params: Params, suite: str, slice_cache: Path, *, pool
 def _interval(params: Params, name: str, value: float, metric_fn, *arrays) -> dict[str, float]:
     if params.evaluate.bootstrap == 0:
         return {name: value}
-    low, high = bootstrap_ci(metric_fn, *arrays, n_boot=params.evaluate.bootstrap, seed=params.seed)
+    low, high = bootstrap_ci(metric_fn, *arrays, n_boot=params.evaluate.bootstrap, seed=params.evaluate.protocol_seed)
     return {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
@@ -115,7 +115,7 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> SuiteResul
     probe = linear_probe(
         suite.features, suite.labels, suite.patients,
         n_folds=settings.folds, epochs=settings.probe_epochs, lr=settings.probe_lr,
-        seed=params.seed, method=settings.probe_method,
+        seed=params.evaluate.protocol_seed, method=settings.probe_method,
     )
     metrics.update(probe.metrics(prefix="probe_"))
     candidates = sorted(set(suite.captions))

@@ -99,7 +99,7 @@ def storage_for(params: Params) -> tuple[optuna.storages.BaseStorage, str]:
 
 
 def _sampler(params: Params) -> optuna.samplers.BaseSampler:
-    seed = params.sweep.seed
+    seed = params.sweep.sampler_seed
     if params.sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.sweep.startup_trials)

@@ -32,7 +32,7 @@ from radclip.jobs.common import (
 )
 
 STAGE = "ablate"
-PARAMS = ("seed", "evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
+PARAMS = ("evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
 
 
 def run(params: Params, *, progress: bool = True) -> dict:

@@ -1,7 +1,7 @@
 """Stage ``evaluate``: every evaluation suite through the paper's protocol, into DVC metrics and MLflow.
 
 ``run(params)`` is the pipeline's stage (its final model, all suites, figures and
-``reports/evaluate.json``); ``run(params, model_dir=X, suites=[...])`` scores any saved
+``reports/evaluate.json``); ``run(params, model=X, suites=[...])`` scores any saved
 model, 3D suites through slices encoded by X's own 2D encoder (see
 :func:`radclip.jobs.embed_slices.cache_for`), and writes no pipeline report.
 """
@@ -33,7 +33,7 @@ from radclip.jobs.common import (
 )
 
 STAGE = "evaluate"
-PARAMS = ("seed", "evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
+PARAMS = ("evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
 
 
 def headline(metrics: dict) -> dict:
@@ -42,11 +42,11 @@ def headline(metrics: dict) -> dict:
 
 
 def run(
-    params: Params, *, model_dir_: Path | None = None, suites: list[str] | None = None, progress: bool = True
+    params: Params, *, model: Path | None = None, suites: list[str] | None = None, progress: bool = True
 ) -> dict[str, dict]:
     """Evaluate a saved RadCLIP (default: the pipeline's final model) on the configured suites; one MLflow run."""
-    pipeline = model_dir_ is None and not suites
-    location = model_dir_ or model_dir(params, MODEL_FINAL)
+    pipeline = model is None and not suites
+    location = model or model_dir(params, MODEL_FINAL)
     check_no_leakage(params.resolve(params.paths.curated))
     model = RadCLIP.from_pretrained(location).eval()
     names = suites or suite_names(params)

@@ -18,7 +18,7 @@ from radclip.jobs.common import (
 from radclip.training.build import build_model
 
 STAGE = "init_model"
-PARAMS = ("profile", "seed", "model", "loss.temperature", "loss.learnable_temperature", "curate.image_size")
+PARAMS = ("profile", "model", "loss.temperature", "loss.learnable_temperature", "curate.image_size")
 
 
 def run(params: Params, *, progress: bool = True) -> Path:

@@ -21,12 +21,12 @@ def build_model(params: Params, vocabulary_texts: list[str], preprocessing: Prep
     preprocessing contract (saved with the model).
 
     Weights that are initialised here (the embedded default's CLIP, the adapter) are
-    drawn from ``params.seed`` in a forked RNG, so the same params give the same
+    drawn from ``model.init_seed`` in a forked RNG, so the same params give the same
     model without touching the caller's random state.
     """
     model_params = params.model
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+        torch.manual_seed(model_params.init_seed)
         clip, tokenizer, pixels = build_clip(
             model_params.pretrained,
             image_size=params.curate.image_size,

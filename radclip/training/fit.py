@@ -123,7 +123,7 @@ def fit(
 
         model = RadCLIP.from_pretrained(model_source) if model_source else build_model(params, vocabulary)
         if stage == "adapter":
-            fresh_adapter(model, params, train.seed)
+            fresh_adapter(model, params, train.loop_seed)
         model.load_state_dict(load_file(str(checkpoint_dir / BEST_FILE)), strict=False)
         shutil.rmtree(out_dir, ignore_errors=True)
         model.save_pretrained(out_dir)

@@ -242,7 +242,7 @@ def update_early_stopping(state: dict, epoch: int, val_loss: float, patience: in
 
 
 def _seed(train: TrainParams, epoch: int, rank: int) -> None:
-    seed = train.seed * 1_000_003 + epoch * 1_009 + rank
+    seed = train.loop_seed * 1_000_003 + epoch * 1_009 + rank
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
@@ -310,7 +310,7 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         else build_model(params, config.vocabulary)
     )
     if config.stage == "adapter":
-        fresh_adapter(model, params, train.seed)
+        fresh_adapter(model, params, train.loop_seed)
     model.trainable_parameters(config.stage)
     if train.gradient_checkpointing and config.stage == "2d":
         model.clip.gradient_checkpointing_enable()  # recompute activations in backward: ViT-L batches fit
@@ -326,8 +326,8 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
     per_worker = max(1, train.batch_size // ctx.world_size)
     if len(train_set) < per_worker * ctx.world_size or len(val_set) < per_worker * ctx.world_size:
         per_worker = max(1, min(len(train_set), len(val_set)) // ctx.world_size)
-    train_loader, train_sampler = _loader(train_set, per_worker, ctx, train.seed, shuffle=True)
-    val_loader, _ = _loader(val_set, per_worker, ctx, train.seed, shuffle=False)
+    train_loader, train_sampler = _loader(train_set, per_worker, ctx, train.loop_seed, shuffle=True)
+    val_loader, _ = _loader(val_set, per_worker, ctx, train.loop_seed, shuffle=False)
     with torch.no_grad():  # the frozen text tower: once per unique caption, for the whole run
         train_text = model.encode_text(train_captions).detach().float()
         val_text = model.encode_text(val_captions).detach().float()

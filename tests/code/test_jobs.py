@@ -130,12 +130,22 @@ def test_effective_params_of_pretrain_adapter_show_the_sweeps_best_values(tmp_pr
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    """radclip.cli with fresh state: its ``_state`` caches the params of an earlier invocation in this process."""
+def cli():
     from radclip import cli
 
-    monkeypatch.setattr(cli, "_state", {})
     return cli
+
+
+def test_each_cli_invocation_reads_its_own_params_file(tmp_path, cli):
+    # Regression: the parsed params were cached across invocations in one process.
+    printed = []
+    for seed in (1, 2):
+        file = tmp_path / f"params-{seed}.yaml"
+        file.write_text(f"evaluate:\n  protocol_seed: {seed}\n")
+        result = CliRunner().invoke(cli.app, ["--params", str(file), "params"])
+        assert result.exit_code == 0, result.output
+        printed.append(yaml.safe_load(result.stdout)["evaluate"]["protocol_seed"])
+    assert printed == [1, 2]
 
 
 def test_cli_prints_the_effective_params_a_stage_ran_with(tmp_project, cli):
@@ -181,12 +191,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
-@pytest.mark.xfail(strict=True, reason="schema defaults differ from params.yaml; tracked in issue 10")
+# Not a default but the embedded default's data: where the phantom collections live. The schema has no
+# collections of its own (a user's data is configuration), params.yaml lists the phantoms'.
+DATA_NOT_DEFAULTS = ("data.collections",)
+
+
 def test_schema_defaults_equal_params_yaml():
     """Defaults live in one place: ``Params()`` (the schema's defaults) is what params.yaml says, section by section."""
     schema = Params().model_dump(mode="json", by_alias=True)
     file = load_params(PROJECT_ROOT / "params.yaml").model_dump(mode="json", by_alias=True)
     assert list(schema) == list(file)
-    differing = [difference for section in schema for difference in _differences(schema[section], file[section], section)]
+    differing = [difference for section in schema for difference in _differences(schema[section], file[section], section)
+                 if difference[0] not in DATA_NOT_DEFAULTS]
     assert not differing, "schema default != params.yaml:\n" + "\n".join(
         f"  {key}: {_short(default)} != {_short(value)}" for key, default, value in differing)

@@ -86,7 +86,7 @@ def test_same_seed_gives_identical_bytes_for_any_worker_count(generated, tmp_pat
 
 def test_another_seed_draws_other_studies(generated, tmp_path):
     _, root, _ = generated
-    other = tiny_params(tmp_path, phantoms={"seed": 1})
+    other = tiny_params(tmp_path, phantoms={"data_seed": 1})
     generate(other)
     first, second = _hashes(root), _hashes(_raw(other))
     common = [name for name in set(first) & set(second) if name.endswith(IMAGE_SUFFIXES)]
@@ -398,7 +398,7 @@ def test_disabled_writes_only_a_readme(tmp_path):
 
 
 def test_refuses_to_empty_a_project_folder(tmp_path):
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / "params.yaml").write_text("profile: default\n")
     with pytest.raises(ValueError, match="refusing"):
         generate(tiny_params(tmp_path / "other"), tmp_path)
     assert (tmp_path / "params.yaml").exists()

@@ -48,7 +48,7 @@ TINY_MODEL = {
     "adapter": {"heads": 2, "max_slices": 8, "dropout": 0.0, "reducer": "attention"},
 }
 PHANTOMS = {
-    "seed": 0,
+    "data_seed": 0,
     "train_2d": 60,
     "train_3d": 30,
     "image_size": 48,

@@ -37,8 +37,8 @@ CAPTIONS = ["Brain MRI with Glioma", "Normal Brain MRI", "Chest CT with COVID-19
 AXIAL_SLICES, AXIAL_SIZE = 6, 16
 CORONAL_SLICES, CORONAL_SIZE = 4, 12
 TINY = {
-    "seed": 0,
     "model": {
+        "init_seed": 0,
         "projection_dim": 16,
         "vision": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8},
         "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
@@ -54,7 +54,7 @@ NO_RANGE = (float("nan"), float("nan"))
 
 
 def tiny_model(seed: int = 0) -> RadCLIP:
-    return build_model(Params.model_validate({**TINY, "seed": seed}), CAPTIONS)
+    return build_model(Params.model_validate({**TINY, "model": {**TINY["model"], "init_seed": seed}}), CAPTIONS)
 
 
 def _row(record_id: str, kind: str, role: str, split: str, caption: str, plane: str, shard: str, shard_index: int, slices: int, size: int) -> dict:

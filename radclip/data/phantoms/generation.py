@@ -95,7 +95,7 @@ def _summary(params: Params, train_rows: list[TrainRow], train_jobs: list[Job], 
     }
     suite_counts = {s.name: {"total": len(s.jobs), "per_class": s.counts} for s in suites}
     totals = {"train": len(train_jobs), "eval": sum(len(s.jobs) for s in suites)}
-    return {"enabled": True, "seed": params.phantoms.seed, "totals": totals, "train": train, "suites": suite_counts}
+    return {"enabled": True, "seed": params.phantoms.data_seed, "totals": totals, "train": train, "suites": suite_counts}
 
 
 README = """\
@@ -144,7 +144,7 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
         (out_dir / "README.txt").write_text(DISABLED_README)
         return {"enabled": False, "totals": {"train": 0, "eval": 0}}
 
-    settings = RenderSettings(ph.seed, ph.image_size, tuple(ph.volume_shape), tuple(ph.lesion_slices))
+    settings = RenderSettings(ph.data_seed, ph.image_size, tuple(ph.volume_shape), tuple(ph.lesion_slices))
     train_jobs, train_rows = plan_training(params, out_dir)
     suites = plan_suites(params, out_dir)
     finding_slices = _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)
@@ -160,5 +160,5 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
     summary = _summary(params, train_rows, train_jobs, suites)
     (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     low, high = ph.lesion_slices
-    (out_dir / "README.txt").write_text(README.format(seed=ph.seed, lesion_min=low, lesion_max=high))
+    (out_dir / "README.txt").write_text(README.format(seed=ph.data_seed, lesion_min=low, lesion_max=high))
     return summary

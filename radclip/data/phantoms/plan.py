@@ -92,7 +92,7 @@ def _train_items(
 def plan_training(params: Params, out_dir: Path) -> tuple[list[Job], list[TrainRow]]:
     """Jobs and index rows of the training collection (``train/``)."""
     ph = params.phantoms
-    rng = np.random.default_rng([ph.seed, STREAM_PLAN])
+    rng = np.random.default_rng([ph.data_seed, STREAM_PLAN])
     train = out_dir / "train"
     jobs: list[Job] = []
     rows: list[TrainRow] = []
@@ -131,7 +131,7 @@ def plan_training(params: Params, out_dir: Path) -> tuple[list[Job], list[TrainR
                     path=str(train / rel),
                     plane=plane,
                     patient=_fake_phi(patient_id, patient_number, index) if output.startswith("dicom") else (),
-                    uid_seed=f"radclip-phantom:{ph.seed}:{stream}:{index}",
+                    uid_seed=f"radclip-phantom:{ph.data_seed}:{stream}:{index}",
                     monochrome1=monochrome1 and output == "dicom_image",
                 )
             )

@@ -143,7 +143,7 @@ def _plan_chest_ct_3d_3class(params: Params, root: Path, rng: Rng) -> SuitePlan:
                 STREAM_CHEST_CT_3D_3CLASS, index, "chest_ct", conditions, "3d", "dicom_series",
                 str(root / class_folder / folder), "axial",
                 patient=_fake_phi(patient_id, 500000 + index, 0),
-                uid_seed=f"radclip-phantom:{ph.seed}:{STREAM_CHEST_CT_3D_3CLASS}:{index}",
+                uid_seed=f"radclip-phantom:{ph.data_seed}:{STREAM_CHEST_CT_3D_3CLASS}:{index}",
             )
         )  # fmt: skip
         rows.append([folder, patient_id, diagnosis, "MF"[int(rng.integers(2))], int(rng.integers(20, 90))])
@@ -154,7 +154,7 @@ def _plan_chest_ct_3d_3class(params: Params, root: Path, rng: Rng) -> SuitePlan:
 
 def plan_suites(params: Params, out_dir: Path) -> list[SuitePlan]:
     """The four held-out evaluation suites, each in its public dataset's layout."""
-    seed = params.phantoms.seed
+    seed = params.phantoms.data_seed
     planners = (
         ("chest_xray_5class", _plan_chest_xray_5class),
         ("brain_mri_4class", _plan_brain_mri_4class),
