@@ -13,8 +13,10 @@ was computed. It is cleared when
 * the text tower is not frozen (any parameter requires grad) — then ``encode``
   runs the tower with gradients on every call and caches nothing;
 * any text parameter was modified in place or replaced (``load_state_dict``,
-  ``.to(device/dtype)``): detected through each parameter's storage pointer and
-  in-place version counter, which costs nothing next to a forward pass.
+  ``.to(device/dtype)``): detected through each parameter's storage pointer, dtype,
+  device and a checksum of its values (sum and sum of squares; one pass over the
+  weights, a fraction of a forward pass, and public API, unlike a tensor's private
+  version counter).
 
 Counters: ``misses`` counts captions run through the tower (unique within a call);
 ``hits`` counts every other caption served (including repeats within one call).
@@ -60,8 +62,12 @@ class TextEmbeddingCache:
     def frozen(self) -> bool:
         return not any(p.requires_grad for p in self._text_parameters())
 
+    @torch.no_grad()
     def _weights_fingerprint(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._text_parameters())
+        parameters = self._text_parameters()
+        sums = torch.stack([torch.stack((p.double().sum(), p.double().square().sum())) for p in parameters])
+        checksums = tuple(sums.cpu().flatten().tolist())
+        return tuple((p.data_ptr(), p.dtype, p.device) for p in parameters) + checksums
 
     # ------------------------------------------------------------------ encoding
 
