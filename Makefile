@@ -36,6 +36,7 @@ run: venv
 
 test: venv
 	$(BIN)/ruff check radclip pipelines
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: venv

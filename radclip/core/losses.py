@@ -123,6 +123,7 @@ class ClipLoss(nn.Module):
         batch = image_features.shape[0]
         use_ids = self.duplicate_aware and caption_ids is not None
         if use_ids:
+            assert caption_ids is not None  # use_ids implies it
             caption_ids = caption_ids.to(device=image_features.device, dtype=torch.int64).reshape(-1)
             if caption_ids.shape[0] != batch:
                 raise ValueError(f"caption_ids has {caption_ids.shape[0]} entries for a batch of {batch}")
@@ -131,7 +132,7 @@ class ClipLoss(nn.Module):
             rank = dist.get_rank()
             all_images = _gather(image_features, with_grad=self.gather_with_grad)
             all_texts = _gather(text_features, with_grad=self.gather_with_grad)
-            all_ids = _gather(caption_ids, with_grad=False) if use_ids else None
+            all_ids = _gather(caption_ids, with_grad=False) if use_ids and caption_ids is not None else None
         else:
             rank, all_images, all_texts, all_ids = 0, image_features, text_features, caption_ids
 
@@ -142,6 +143,7 @@ class ClipLoss(nn.Module):
         if use_ids:
             # The positive mask is symmetric and a row's normaliser is its caption's count,
             # so the same soft-target rows serve both directions.
+            assert caption_ids is not None and all_ids is not None  # use_ids implies both
             targets = soft_targets(caption_ids, all_ids).to(logits_per_image.dtype)
         else:
             targets = torch.arange(batch, device=image_features.device) + rank * batch

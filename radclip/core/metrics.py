@@ -219,7 +219,7 @@ def patient_folds(
     groups = [order[g::n_folds] for g in range(n_folds)]  # patient positions, in dealing order
 
     record_patient = np.searchsorted(patients, patient_ids)
-    folds = []
+    folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for k in range(n_folds):
         val_group = groups[(k + 1) % n_folds]
         n_val = 0
@@ -230,7 +230,8 @@ def patient_folds(
         patient_part[val_group[positions]] = 1
         patient_part[group_of_patient == k] = 2
         record_part = patient_part[record_patient]
-        folds.append(tuple(np.flatnonzero(record_part == part) for part in (0, 1, 2)))
+        train_rows, val_rows, test_rows = (np.flatnonzero(record_part == part) for part in (0, 1, 2))
+        folds.append((train_rows, val_rows, test_rows))
     return folds
 
 
@@ -459,6 +460,7 @@ def linear_probe(
     folds = patient_folds(patient_ids, n_folds, fractions, seed, labels=y if stratify else None)
     accuracies, macro_f1s, selected = [], [], []
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    choice: float  # the selected epoch (torch) or C (sklearn)
     for k, (train_idx, val_idx, test_idx) in enumerate(folds):
         x_train, x_val, x_test = _standardise(x[train_idx], x[val_idx], x[test_idx])
         fold_seed = _fold_seed(seed, k)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -58,7 +59,7 @@ _PLANE_OF_NORMAL_AXIS: tuple[Plane, Plane, Plane] = ("sagittal", "coronal", "axi
 _DUPLICATE_TOLERANCE_MM = 1e-3
 
 
-def plane_of_normal(normal: Sequence[float]) -> Plane:
+def plane_of_normal(normal: npt.ArrayLike) -> Plane:
     """Acquisition plane from the dominant LPS axis of the slice normal."""
     return _PLANE_OF_NORMAL_AXIS[int(np.argmax(np.abs(np.asarray(normal, dtype=float))))]
 
@@ -85,7 +86,7 @@ def orient_volume(
     flips = tuple(i for i in range(3) if alignment[i, order[i]] < 0)
     if flips:
         oriented = np.flip(oriented, axis=flips)
-    return oriented, tuple(float(spacing[j]) for j in order)
+    return oriented, (float(spacing[order[0]]), float(spacing[order[1]]), float(spacing[order[2]]))
 
 
 def _describe(exc: Exception) -> str:
@@ -317,8 +318,10 @@ def _stack(slices: list[_Slice], fallback_thickness: float | None, source: Path)
         raise InputError(str(odd.path), "slices with different orientations in one series (e.g. a localizer mixed in)")
 
     normal = np.cross(orientation[0], orientation[1]) if orientation is not None else np.array([0.0, 0.0, 1.0])
-    if all(s.position is not None for s in slices) and orientation is not None:
-        distances = np.array([float(np.dot(s.position, normal)) for s in slices])
+    positions = [s.position for s in slices if s.position is not None]
+    instances = [s.instance for s in slices if s.instance is not None]
+    if len(positions) == len(slices) and orientation is not None:
+        distances = np.array([float(np.dot(pos, normal)) for pos in positions])
         order = np.argsort(distances, kind="stable")
         sorted_distances = distances[order]
         steps = np.diff(sorted_distances)
@@ -330,8 +333,8 @@ def _stack(slices: list[_Slice], fallback_thickness: float | None, source: Path)
             position = f"{sorted_distances[k + 1]:.3f} mm along the slice normal"
             raise InputError(str(b.path), f"duplicate slice position {position} ({where})")
         slice_spacing = float(np.median(steps)) if len(steps) else (fallback_thickness or 1.0)
-    elif all(s.instance is not None for s in slices):
-        numbers = [s.instance for s in slices]
+    elif len(instances) == len(slices):
+        numbers = instances
         if len(set(numbers)) != len(numbers):
             raise InputError(str(source), "slices have no positions and repeated InstanceNumbers; cannot order them")
         order = np.argsort(numbers, kind="stable")

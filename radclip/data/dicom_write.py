@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -82,7 +83,7 @@ PLANE_ORIENTATION: dict[str, tuple[tuple[float, float, float], tuple[float, floa
 }
 
 
-def _uid(uid_seed: str, role: str) -> str:
+def _uid(uid_seed: str, role: str) -> UID:
     return generate_uid(entropy_srcs=[uid_seed, role])
 
 
@@ -128,7 +129,7 @@ def _invert_stored(stored: np.ndarray, bits_stored: int) -> np.ndarray:
 
 
 def _base_dataset(
-    sop_class: str, *, uid_seed: str, instance_role: str, patient: Mapping[str, str], modality: str
+    sop_class: UID, *, uid_seed: str, instance_role: str, patient: Mapping[str, str], modality: str
 ) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

@@ -16,10 +16,13 @@ in the same display orientation as DICOM volumes (see :mod:`radclip.data.dicom`)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 from radclip.core.records import InputError, LoadedImage, Plane
 from radclip.data.dicom import orient_volume
@@ -37,7 +40,7 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _acquisition_plane(zooms: tuple[float, float, float]) -> Plane:
+def _acquisition_plane(zooms: Sequence[float]) -> Plane:
     """The thickest axis is the slice axis; no single thickest axis -> axial."""
     sizes = np.asarray(zooms, dtype=float)
     thickest = int(np.argmax(sizes))
@@ -56,7 +59,8 @@ def load_nifti(path: str | Path) -> LoadedImage:
     try:
         if path.stat().st_size == 0:
             raise InputError(str(path), "empty file (0 bytes)")
-        image = nib.load(path)
+        # .nii/.nii.gz names (checked above) load as Nifti1Image/Nifti2Image; nib.load is typed FileBasedImage
+        image = cast(SpatialImage, nib.load(path))
     except InputError:
         raise
     except FileNotFoundError:

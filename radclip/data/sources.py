@@ -688,13 +688,14 @@ def _medmnist_conditions(collection: MedmnistCollection, vector: Sequence[int]) 
     if collection.multi_label:
         if len(vector) != len(names):
             return [], [f"label vector has {len(vector)} entries, class_names has {len(names)}"]
-        return [names[i] for i, v in enumerate(vector) if v and names[i]], []
+        return [name for name, v in zip(names, vector) if v and name], []  # equal lengths checked above
     if len(vector) != 1:
         return [], [f"expected one class index, got {list(vector)} (multi_label is false)"]
     index = int(vector[0])
     if not 0 <= index < len(names):
         return [], [f"class index {index} has no entry in class_names ({len(names)} names)"]
-    return ([names[index]] if names[index] else []), []
+    name = names[index]
+    return ([name] if name else []), []
 
 
 def _medmnist_items(

@@ -70,12 +70,16 @@ def check_no_leakage(curated_dir: Path) -> None:
             raise LeakageError(f"{len(shared)} evaluation record(s) share a {what} with training data: {examples}")
 
 
-def suite_features(model, params: Params, suite: str, slice_cache: Path, *, pooling: str = "adapter") -> SuiteFeatures:
+def suite_features(
+    model, params: Params, suite: str, slice_cache: Path | None, *, pooling: str = "adapter"
+) -> SuiteFeatures:
     """2D records through the image encoder; a suite without any is a 3D suite (slice cache, pooled
     by the adapter or, for the ablation, averaged)."""
     images = image_features(model, params.resolve(params.paths.curated), suite)
     if len(images.features):
         return images
+    if slice_cache is None:  # the caller found no 3D records to build a cache for
+        raise ValueError(f"suite {suite!r} has no 2D records and no slice cache was given for 3D ones")
     return volume_features(model, slice_cache, suite, pooling=pooling)
 
 
@@ -175,6 +179,7 @@ def _lesion_volumes(params: Params, suite: SuiteFeatures) -> list[tuple[int, lis
     curated slice indices). Empty for 2D suites and for real data (no truth file)."""
     if suite.kind != "3d" or suite.attention is None:
         return []
+    assert suite.slice_counts is not None  # volume_features sets it on every 3D suite
     truth = lesion_truth(params)
     collection_paths = {c.name: c.path for c in params.data.collections}
     suite_folder = Path(collection_paths.get(suite.suite, "")).name
@@ -195,15 +200,20 @@ def _lesion_attention(params: Params, suite: SuiteFeatures) -> dict[str, float]:
     volumes = _lesion_volumes(params, suite)
     if not volumes:
         return {}
+    assert suite.attention is not None and suite.slice_counts is not None  # else no volumes above
     weights = [suite.attention[k, : int(suite.slice_counts[k])] for k, _ in volumes]
     return lesion_attention(weights, [slices for _, slices in volumes])
 
 
 def _attention_examples(params: Params, suite: SuiteFeatures):
     """A few volumes with a finding: (weights over valid slices, lesion slices in curated indices, caption)."""
+    volumes = _lesion_volumes(params, suite)[: params.evaluate.attention_volumes]
+    if not volumes:
+        return []
+    assert suite.attention is not None and suite.slice_counts is not None  # else no volumes above
     return [
         (suite.attention[k, : int(suite.slice_counts[k])], slices, str(suite.captions[k]))
-        for k, slices in _lesion_volumes(params, suite)[: params.evaluate.attention_volumes]
+        for k, slices in volumes
     ]
 
 

@@ -129,8 +129,8 @@ def _slice_attention(
 
     figure = _new_figure(8.5, 1.6 * len(volumes) + 1.0)
     axes = figure.subplots(len(volumes), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (w, lesions, label) in zip(axes, volumes):
-        colors = [LESION_COLOR if i in lesions else OTHER_SLICE_COLOR for i in range(w.size)]
+    for ax, (w, lesion_set, label) in zip(axes, volumes):
+        colors = [LESION_COLOR if i in lesion_set else OTHER_SLICE_COLOR for i in range(w.size)]
         ax.bar(np.arange(w.size), w, width=0.85, color=colors)
         # What global average pooling would give: the baseline the adapter departs from.
         ax.axhline(1.0 / w.size, color=UNIFORM_LINE_COLOR, linestyle="--", linewidth=1.0)

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
@@ -73,7 +74,7 @@ def _cell(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-class RadCLIPPyfunc(mlflow.pyfunc.PythonModel):
+class RadCLIPPyfunc(PythonModel):
     """``path``/``text`` rows → ``embedding`` (+ ``scores``, ``probabilities``, ``prediction`` with candidates)."""
 
     def load_context(self, context) -> None:
@@ -93,9 +94,10 @@ class RadCLIPPyfunc(mlflow.pyfunc.PythonModel):
                 row.update(scores=None, probabilities=None, prediction=None)
             if image_rows:
                 result = self.predictor.zero_shot(image_embeddings, candidates)
-                for k, row in enumerate(image_rows):
-                    rows[row].update(scores=result.scores[k].tolist(), probabilities=result.probabilities[k].tolist(),
-                                     prediction=result.predictions[k])
+                for k, image_row in enumerate(image_rows):
+                    rows[image_row].update(scores=result.scores[k].tolist(),
+                                           probabilities=result.probabilities[k].tolist(),
+                                           prediction=result.predictions[k])
         return pd.DataFrame(rows, dtype=object)  # object: nulls stay None (JSON null), not NaN
 
     def _prepare(self, row: int, path: str, origin: Source) -> Prepared:
@@ -128,6 +130,7 @@ class RadCLIPPyfunc(mlflow.pyfunc.PythonModel):
                 collection, region, modality = (_cell(record.get(column)) for column in SOURCE_COLUMNS)
                 origins[row] = Source(collection=collection, region=region or "", modality=modality or "")
             else:
+                assert text is not None  # exactly one of path and text is given (checked above)
                 texts[row] = text
         return paths, texts, origins
 

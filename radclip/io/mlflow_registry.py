@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -135,7 +135,8 @@ def _gate_mean(params: Params, version: ModelVersion) -> float | None:
     values = [version.tags.get(METRIC_TAG_PREFIX + key) for key in params.registry.gate_metrics]
     if not values or any(value is None for value in values):
         return None
-    return sum(float(value) for value in values) / len(values)
+    present = cast(list[str], values)  # none is None (checked above)
+    return sum(float(value) for value in present) / len(present)
 
 
 def _missing_metrics(params: Params, version: ModelVersion) -> list[str]:
@@ -207,6 +208,9 @@ def gate(params: Params, version: int) -> Decision:
             raise RegistryError(f"champion {name} v{champion} has no tag for gate metric(s) "
                                 f"{_missing_metrics(params, champion_version)}: cannot compare; "
                                 f"promote a challenger by hand (radclip promote --version N)")
+        # The challenger has every gate metric tagged (checked above) and the champion's mean exists,
+        # so gate_metrics is non-empty and the challenger's mean exists too.
+        assert value is not None
         gain = value - champion_value
         promoted = gain >= minimum
         comparison = ">=" if promoted else "<"
@@ -231,7 +235,7 @@ def register(
         info = mlflow_pyfunc.log_model(Path(model_dir), registered_model_name=name)
         version = str(info.registered_model_version)
         run_tags = client.get_run(run.info.run_id).data.tags  # the lineage start_run recorded
-        tags = {key: run_tags[key] for key in LINEAGE_TAGS if key in run_tags}
+        tags: dict[str, Any] = {key: run_tags[key] for key in LINEAGE_TAGS if key in run_tags}
         tags.update({str(key): value for key, value in (extra_tags or {}).items()})
         tags.update({METRIC_TAG_PREFIX + key: value for key, value in metrics.items()})
         for key, value in tags.items():

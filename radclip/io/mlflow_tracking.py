@@ -26,7 +26,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import yaml
@@ -139,7 +139,7 @@ def configure(params: Params) -> str:
     name = params.mlflow.experiment
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        location = experiment_artifact_location(params)
+        location: str | None = experiment_artifact_location(params)
         if not (_is_local_store(uri) or _has_scheme(params.mlflow.artifact_root)):
             location = None
         try:
@@ -321,7 +321,7 @@ def log_artifact_to(run_id: str, local_file: str | Path, artifact_path: str | No
 
 def log_dict(obj: Mapping[str, Any] | list, name: str) -> None:
     """Write ``obj`` as an artifact file ``name`` (``.json`` or ``.yaml``/``.yml`` decides the format)."""
-    mlflow.log_dict(obj, name)
+    mlflow.log_dict(cast(dict[str, Any], obj), name)  # MLflow's annotation says dict; it dumps lists as well
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:

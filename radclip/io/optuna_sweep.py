@@ -25,15 +25,22 @@ import os
 import shutil
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import optuna
+import optuna.storages.journal
 from optuna.trial import TrialState
 
 from radclip.config import Params
 from radclip.io import mlflow_tracking as tracking
 from radclip.training.fit import fit
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 JOURNAL_FILE = "optuna.journal"
 OBJECTIVE = "val_loss"  # validation InfoNCE of the trial's best epoch (minimised); the test split is never read
@@ -235,6 +242,7 @@ def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int |
         if not finished:
             raise RuntimeError(f"study {study.study_name}: no trial completed (all pruned or failed)")
         best = study.best_trial
+        assert best.value is not None  # the best trial is a COMPLETE single-objective trial: it has a value
         counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
         tracking.log_metrics({"best_value": best.value, "trials_complete": counts["COMPLETE"],
                               "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"]})
@@ -251,6 +259,7 @@ def study_result(params: Params, data_dir: Path, mlflow_run_id: str) -> SweepRes
     """The study as it is now (after parallel workers finished)."""
     study, location = open_study(params, _cache_fingerprint(data_dir))
     best = study.best_trial
+    assert best.value is not None  # the best trial is a COMPLETE single-objective trial: it has a value
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
     return SweepResult(
         study.study_name, location, float(best.value), dict(best.params), best.number, counts, mlflow_run_id
@@ -265,7 +274,9 @@ def _study_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"optimization_history": optuna_plots.plot_optimization_history}
+    figures: dict[str, Callable[[optuna.Study], Axes]] = {
+        "optimization_history": optuna_plots.plot_optimization_history
+    }
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
         figures["param_importances"] = optuna_plots.plot_param_importances
     written = {}
@@ -274,7 +285,8 @@ def _study_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axes = plot(study)
         path = out_dir / f"{name}.png"
-        axes.figure.savefig(path, dpi=110, bbox_inches="tight")
-        matplotlib.pyplot.close(axes.figure)
+        figure = cast("Figure", axes.figure)  # Optuna draws on a top-level figure, never a SubFigure
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        matplotlib.pyplot.close(figure)
         written[name] = path
     return written

@@ -75,4 +75,6 @@ def run_trainer(
         result = trainer.fit()
         if result.error:
             raise RuntimeError(f"training failed: {result.error}") from result.error
+        # The worker (train_worker) reports a checkpoint from rank 0 every epoch, and epochs >= 1.
+        assert result.checkpoint is not None
         return Path(result.checkpoint.to_directory())

@@ -48,19 +48,19 @@ def run(
     pipeline = model is None and not suites
     location = model or model_dir(params, MODEL_FINAL)
     check_no_leakage(params.resolve(params.paths.curated))
-    model = RadCLIP.from_pretrained(location).eval()
+    loaded = RadCLIP.from_pretrained(location).eval()
     names = suites or suite_names(params)
-    cache = embed_slices.cache_for(params, model, progress=progress) if _has_volumes(params, names) else None
+    cache = embed_slices.cache_for(params, loaded, progress=progress) if _has_volumes(params, names) else None
     results: dict[str, SuiteResult] = {}
     with tracking.start_run(params, stage=STAGE, tags={"model.dir": str(location)}):
         for suite in names:
-            features = suite_features(model, params, suite, cache)
-            results[suite] = evaluate_features(model, features, params)
+            features = suite_features(loaded, params, suite, cache)
+            results[suite] = evaluate_features(loaded, features, params)
             tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()})
         flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
         tracking.log_dict(flat, "evaluation.json")
         if pipeline:
-            for path in write_figures(params, results, model, params.resolve(params.paths.reports) / FIGURES_DIR):
+            for path in write_figures(params, results, loaded, params.resolve(params.paths.reports) / FIGURES_DIR):
                 tracking.log_artifact(path, "figures")
             write_metrics(params, "evaluate.json", {suite: headline(metrics) for suite, metrics in flat.items()})
             tracking.log_artifact(write_effective_params(params, STAGE, PARAMS), "params")

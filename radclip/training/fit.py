@@ -14,9 +14,10 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file
 
@@ -66,7 +67,7 @@ def fit(
     out_dir: Path,
     model_source: Path | None = None,
     fail_at: tuple[int, int] | None = None,
-    tags: dict[str, str] | None = None,
+    tags: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict], bool] | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
@@ -164,6 +165,7 @@ class _EpochPoller:
         self.thread = threading.Thread(target=self._loop, daemon=True, name="radclip-epoch-poller")
 
     def _poll(self) -> None:
+        assert self.callback is not None  # polling runs only with a callback (__enter__, __exit__)
         for metrics in _history_from_run(self.run_id):
             if metrics["epoch"] > self.seen and "val_loss" in metrics:
                 self.seen = metrics["epoch"]

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from radclip.config import Params, TrainParams
 from radclip.core.losses import MAX_LOGIT_SCALE
 from radclip.io import mlflow_tracking as tracking
 from radclip.io import ray_train
+
+if TYPE_CHECKING:
+    from radclip.data.slice_cache import SliceCacheDataset
 
 Stage = Literal["2d", "adapter"]
 TRAINABLE_FILE = "trainable.safetensors"
@@ -86,7 +89,11 @@ class ImageCaptionDataset(Dataset):
         return torch.from_numpy(np.array(self.data.array(index))), int(self.caption_ids[index])
 
 
-def _datasets(config: FitConfig) -> tuple[Dataset, Dataset, list[str], list[str]]:
+def _datasets(
+    config: FitConfig,
+) -> tuple[ImageCaptionDataset | SliceCacheDataset, ImageCaptionDataset | SliceCacheDataset, list[str], list[str]]:
+    train: ImageCaptionDataset | SliceCacheDataset
+    val: ImageCaptionDataset | SliceCacheDataset
     if config.stage == "2d":
         train, val = ImageCaptionDataset(config.data_dir, "train"), ImageCaptionDataset(config.data_dir, "val")
     else:
@@ -149,6 +156,7 @@ class WorkerContext:
         else:
             kept = None
             if checkpoint_dir:
+                assert self.local_root is not None  # engine local: current() is always given the run dir
                 kept = Path(self.local_root) / "checkpoints" / f"epoch-{metrics['epoch']:04d}"
                 shutil.rmtree(kept, ignore_errors=True)
                 kept.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +169,8 @@ class WorkerContext:
 
 def _optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
     """AdamW; weight decay (L2) on weight matrices only — not on biases, norms, embeddings or τ."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -278,7 +287,7 @@ def _batch_forward(step_module, batch, stage: Stage, device: torch.device, bf16:
 
 
 def _loader(dataset: Dataset, per_worker: int, ctx: WorkerContext, seed: int, shuffle: bool) -> tuple[DataLoader, Any]:
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[Any] = DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=True
     )
     # drop_last: the all-gather in the loss needs the same batch size on every worker
@@ -336,7 +345,7 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
     optimizer = _optimizer(model, train)
     total_steps = max(1, train.epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    state = {"epoch": 0, "best_val": None, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False}
+    state: dict[str, Any] = {"epoch": 0, "best_val": None, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False}
     best = _trainable_state(model)
     if ctx.checkpoint_dir:
         state, best = _load_checkpoint(Path(ctx.checkpoint_dir), model, optimizer, scheduler)
@@ -346,6 +355,9 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         _seed(train, epoch, ctx.rank)
         train_sampler.set_epoch(epoch)
         model.train()
+        batches: float  # counts, summed across workers as floats below
+        samples: float
+        val_batches: float
         started, loss_sum, batches, samples = time.perf_counter(), 0.0, 0, 0
         for step, batch in enumerate(train_loader):
             if config.fail_at == (epoch, step) and ctx.rank == ctx.world_size - 1:

@@ -148,6 +148,7 @@ def build_clip(
     ``vocabulary_texts`` (the training captions) define the word-level vocabulary of
     the embedded default; they and the tower settings are ignored with real weights.
     """
+    tokenizer: PreTrainedTokenizerBase
     if pretrained is None:
         tokenizer = build_word_level_tokenizer(vocabulary_texts, max_length=text["max_position_embeddings"])
         clip = CLIPModel(small_clip_config(vision, text, projection_dim, image_size, vocab_size=len(tokenizer)))

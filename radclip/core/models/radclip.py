@@ -38,7 +38,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 # The PIL-backed image processor: the default one needs torchvision, which does not import beside this
 # CPU torch; both read and write the same preprocessor_config.json, and only its settings are used here.
-from transformers import CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, PreTrainedTokenizerBase
 
 from radclip.core.losses import MAX_LOGIT_SCALE
 from radclip.core.models.adapter import AdapterSpec, SlicePoolingAdapter
@@ -113,8 +113,9 @@ class RadCLIP(nn.Module):
         self.pixels = pixels
         self.preprocessing = None if preprocessing is None else preprocessing.with_pixels(pixels)
         self.image_size = int(image_size)  # curated 2D size (the vision tower's may differ: resized)
-        self.vision_image_size = int(clip.config.vision_config.image_size)
-        self.embedding_dim = int(clip.config.projection_dim)
+        # CLIPConfig holds a CLIPVisionConfig with an int image size and projection dim here (its stubs allow more).
+        self.vision_image_size = int(cast(int, cast(CLIPVisionConfig, clip.config.vision_config).image_size))
+        self.embedding_dim = int(cast(int, clip.config.projection_dim))
         self.temperature = float(temperature)
         self.learnable_temperature = bool(learnable_temperature)
         self.slice_chunk_size = int(slice_chunk_size)
@@ -267,6 +268,16 @@ class RadCLIP(nn.Module):
         # index_copy (out of place) keeps the graph when the vision tower trains.
         full = torch.zeros(batch * count, encoded.shape[-1], device=encoded.device, dtype=encoded.dtype)
         return full.index_copy(0, selected.to(encoded.device), encoded).reshape(batch, count, -1)
+
+    @overload
+    def pool_slices(
+        self, slice_embeddings: Tensor, mask: Tensor | None = None, *, return_weights: Literal[False] = False
+    ) -> Tensor: ...
+
+    @overload
+    def pool_slices(
+        self, slice_embeddings: Tensor, mask: Tensor | None = None, *, return_weights: Literal[True]
+    ) -> tuple[Tensor, Tensor]: ...
 
     def pool_slices(
         self, slice_embeddings: Tensor, mask: Tensor | None = None, *, return_weights: bool = False

@@ -25,18 +25,20 @@ Counters: ``misses`` counts captions run through the tower (unique within a call
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import CLIPModel, PreTrainedTokenizerBase
+from transformers import CLIPModel, CLIPTextConfig, PreTrainedTokenizerBase
 
 
 class TextEmbeddingCache:
     def __init__(self, clip: CLIPModel, tokenizer: PreTrainedTokenizerBase):
         self.clip = clip
         self.tokenizer = tokenizer
-        self.max_length = int(clip.config.text_config.max_position_embeddings)
+        # CLIPConfig always holds a CLIPTextConfig here (its stubs also allow dict | None).
+        self.max_length = int(cast(CLIPTextConfig, clip.config.text_config).max_position_embeddings)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._embeddings: dict[tuple[int, ...], Tensor] = {}
         self._fingerprint: tuple | None = None

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (
+from transformers import (  # type: ignore[attr-defined]  # CLIPTokenizerFast: a v5 runtime alias the stubs lack
     AutoTokenizer,
     CLIPTokenizerFast,
     PreTrainedTokenizerBase,
@@ -85,7 +85,7 @@ def build_word_level_tokenizer(texts: Iterable[str], *, max_length: int) -> PreT
     )
 
 
-def word_level_text_ids() -> dict[str, int]:
+def word_level_text_ids() -> dict[str, int | None]:
     """Token ids a ``CLIPTextConfig`` needs with the word-level tokenizer.
 
     ``eos_token_id`` must be a real id other than 2: CLIP pools the first EOS

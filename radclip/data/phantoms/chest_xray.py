@@ -147,7 +147,7 @@ def _adjust_atelectasis(a: ChestXrayAnatomy, rng: Rng) -> ChestXrayAnatomy:
     side = 0 if rng.uniform() < 0.5 else 1
     domes = list(a.domes)
     domes[side] += rng.uniform(8.0, 20.0)  # volume loss pulls the hemidiaphragm up
-    return replace(a, domes=tuple(domes))
+    return replace(a, domes=(domes[0], domes[1]))
 
 
 def _place_atelectasis(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:

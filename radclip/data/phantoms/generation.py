@@ -144,7 +144,7 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
         (out_dir / "README.txt").write_text(DISABLED_README)
         return {"enabled": False, "totals": {"train": 0, "eval": 0}}
 
-    settings = RenderSettings(ph.data_seed, ph.image_size, tuple(ph.volume_shape), tuple(ph.lesion_slices))
+    settings = RenderSettings(ph.data_seed, ph.image_size, ph.volume_shape, ph.lesion_slices)
     train_jobs, train_rows = plan_training(params, out_dir)
     suites = plan_suites(params, out_dir)
     finding_slices = _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)

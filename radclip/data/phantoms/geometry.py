@@ -63,7 +63,13 @@ class Grid:
             coords[patient_axis] = (direction[patient_axis] * offsets).astype(np.float32).reshape(broadcast)
             if array_axis == 0:
                 slice_axis = patient_axis
-        return cls(plane, tuple(int(n) for n in shape), tuple(float(s) for s in spacing), tuple(coords), slice_axis)
+        return cls(
+            plane,
+            (int(shape[0]), int(shape[1]), int(shape[2])),
+            (float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            (coords[0], coords[1], coords[2]),
+            slice_axis,
+        )
 
     @property
     def pixel_mm(self) -> float:
@@ -76,8 +82,8 @@ class Grid:
 
     def slices(self, start: int, stop: int) -> "Grid":
         """The sub-grid of slices ``start:stop`` (for drawing a finding into its slab only)."""
-        coords = tuple(c[start:stop] if c.shape[0] > 1 else c for c in self.coords)
-        return replace(self, shape=(stop - start, *self.shape[1:]), coords=coords)
+        c0, c1, c2 = (c[start:stop] if c.shape[0] > 1 else c for c in self.coords)
+        return replace(self, shape=(stop - start, *self.shape[1:]), coords=(c0, c1, c2))
 
     def affine_lps(self) -> np.ndarray:
         """4x4 from (column, row, slice) voxel indices to LPS mm, as the DICOM writer places slices."""

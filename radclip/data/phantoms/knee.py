@@ -9,6 +9,7 @@ recess; rare Meniscal Tear: bright line through the posterior horn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def _render_knee(a: KneeAnatomy, grid: Grid, rng: Rng) -> np.ndarray:
         paint(image, bone(cv, a, 2.5), marrow)
     patella = (0.0, *a.patella)
     patella_radii = (INF, *a.patella_radii)
-    tilt = {"tilt": a.patella_tilt, "tilt_axes": (1, 2)}
+    tilt: dict[str, Any] = {"tilt": a.patella_tilt, "tilt_axes": (1, 2)}
     cartilage_center = (0.0, a.patella[0] + 1.5, a.patella[1])  # on the articular (posterior) surface
     paint(image, cv.ellipsoid(cartilage_center, _shrink(patella_radii, -3.0), **tilt), a.cartilage)
     paint(image, cv.ellipsoid(patella, patella_radii, **tilt), 0.04)

@@ -67,6 +67,7 @@ def _pick_slab(
     """Choose ``n`` contiguous slices at a random depth the finding allows."""
     positions = grid.slice_positions
     n = min(int(rng.integers(lesion_slices[0], lesion_slices[1] + 1)), len(positions))
+    assert finding.depth is not None  # only volumes pick slabs, and every finding of a volume scene has a depth
     low, high = finding.depth(anatomy, grid.slice_axis)
     target = rng.uniform(min(low, high), max(low, high))
     nearest = int(np.argmin(np.abs(positions - target)))
@@ -98,6 +99,7 @@ def synthesize(
         if finding.adjust is not None:
             anatomy = finding.adjust(anatomy, finding_rng)
 
+    slabs: list[tuple[int, int, Slab | None]]
     if kind == "3d":
         if plane not in scene.planes_3d:
             raise ValueError(f"{scene.region} {scene.modality} volumes are not drawn in the {plane} plane")
@@ -111,7 +113,10 @@ def synthesize(
         # so the 2D encoder has seen every plane the adapter will get slices of.
         plane_2d = plane if plane in scene.planes_3d else scene.plane_2d
         axis = image_grid(scene, 1, 0.0, plane_2d).slice_axis
-        low, high = findings[0].depth(anatomy, axis) if findings else scene.slice_range(anatomy, axis)
+        # every finding of a sectional scene (slice_range set) has a depth
+        depth_range = findings[0].depth if findings else scene.slice_range
+        assert depth_range is not None
+        low, high = depth_range(anatomy, axis)
         depth = finding_rng.uniform(min(low, high), max(low, high))
         grid = image_grid(scene, settings.image_size, depth, plane_2d)
         slabs = [(0, 1, Slab(axis, depth)) for _ in findings]

@@ -75,7 +75,7 @@ from radclip.data.phantoms.chest_xray import (
     _render_chest_xray,
     _sample_chest_xray,
 )
-from radclip.data.phantoms.geometry import Grid, Rng, Slab
+from radclip.data.phantoms.geometry import Grid, Rng
 from radclip.data.phantoms.knee import (
     _draw_effusion_knee,
     _draw_meniscal_tear,
@@ -100,7 +100,9 @@ class Finding:
 
     name: str
     weight: float  # relative frequency among the scene's studies
-    place: Callable[[Any, Slab | None, Rng], Any]
+    # The slab is a Slab in sectional scenes and None in projection/fixed-plane ones, and each
+    # scene's place functions are typed for their own case, so it is Any here (like the anatomy).
+    place: Callable[[Any, Any, Rng], Any]
     draw: Callable[[np.ndarray, Grid, Any, Any], None]
     depth: Callable[[Any, int], tuple[float, float]] | None = None
     adjust: Callable[[Any, Rng], Any] | None = None

@@ -48,12 +48,14 @@ COVID_CLASSES = {
     "Normal": ("Normal Cases", "normal", ()),
 }
 
+Table = tuple[Sequence[str], list[list[Any]]]  # (header, rows) of one CSV
+
 
 @dataclass
 class SuitePlan:
     name: str
     jobs: list[Job]
-    tables: dict[str, tuple[Sequence[str], list[list[Any]]]]  # relative path -> (header, rows)
+    tables: dict[str, Table]  # relative path -> (header, rows)
     counts: dict[str, int]
     folders: tuple[str, ...] = ()  # created even when empty, so a zero-size suite still scans
 
@@ -94,14 +96,15 @@ def _plan_chest_xray_5class(params: Params, root: Path, rng: Rng) -> SuitePlan:
         path = str(root / rel)
         jobs.append(Job(STREAM_CHEST_XRAY_5CLASS, index, "chest_xray", (condition,), "2d", "jpeg", path, "coronal"))
         rows.append(_chexpert_row(rel, condition, rng))
-    table = {"CheXpert-v1.0-small/valid.csv": (CHEXPERT_COLUMNS, rows)}
+    table: dict[str, Table] = {"CheXpert-v1.0-small/valid.csv": (CHEXPERT_COLUMNS, rows)}
     counts = {c: per_class for c in CHEXPERT_5}
     return SuitePlan("chest_xray_5class", jobs, table, counts, ("CheXpert-v1.0-small/valid",))
 
 
 def _plan_brain_mri_4class(params: Params, root: Path, rng: Rng) -> SuitePlan:
     per_class = params.phantoms.suites.brain_mri_4class
-    jobs, numbers = [], Counter()
+    jobs: list[Job] = []
+    numbers: Counter[str] = Counter()
     for index, folder in enumerate(_shuffled_classes(list(BRAIN_4), per_class, rng)):
         condition, short = BRAIN_4[folder]
         numbers[folder] += 1
@@ -126,13 +129,14 @@ def _plan_brain_mri_3d_2class(params: Params, root: Path, rng: Rng) -> SuitePlan
         height = round(float(rng.normal(170, 9)), 1)
         weight, age = round(float(rng.normal(72, 12)), 1), round(float(rng.uniform(20, 86)), 2)
         rows.append([ixi_id, int(rng.integers(1, 3)), height, weight, age, finding])
-    table = {"IXI.csv": (("IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "AGE", "FINDING"), rows)}
+    table: dict[str, Table] = {"IXI.csv": (("IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "AGE", "FINDING"), rows)}
     return SuitePlan("brain_mri_3d_2class", jobs, table, {"0": per_class, "1": per_class}, ("IXI-T1",))
 
 
 def _plan_chest_ct_3d_3class(params: Params, root: Path, rng: Rng) -> SuitePlan:
     ph, per_class = params.phantoms, params.phantoms.suites.chest_ct_3d_3class
-    jobs, rows, numbers = [], [], Counter()
+    jobs, rows = [], []
+    numbers: Counter[str] = Counter()
     for index, diagnosis in enumerate(_shuffled_classes(list(COVID_CLASSES), per_class, rng)):
         class_folder, prefix, conditions = COVID_CLASSES[diagnosis]
         numbers[diagnosis] += 1
@@ -147,7 +151,7 @@ def _plan_chest_ct_3d_3class(params: Params, root: Path, rng: Rng) -> SuitePlan:
             )
         )  # fmt: skip
         rows.append([folder, patient_id, diagnosis, "MF"[int(rng.integers(2))], int(rng.integers(20, 90))])
-    table = {"Index.csv": (("Folder/ID", "Patient ID", "Diagnosis", "Gender", "Age"), rows)}
+    table: dict[str, Table] = {"Index.csv": (("Folder/ID", "Patient ID", "Diagnosis", "Gender", "Age"), rows)}
     folders = tuple(class_folder for class_folder, _, _ in COVID_CLASSES.values())
     return SuitePlan("chest_ct_3d_3class", jobs, table, {c: per_class for c in COVID_CLASSES}, folders)
 

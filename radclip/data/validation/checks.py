@@ -161,10 +161,10 @@ def _expect(check: str, name: str, columns: Iterable[str], where: dict[str, str]
     cls = getattr(_gx().gx.expectations, name)
     meta: dict[str, Any] = {"check": check}
     if where:
-        from great_expectations.expectations.row_conditions import Column
+        from great_expectations.expectations.row_conditions import Column, Condition
 
         conditions = [Column(column) == value for column, value in where.items()]
-        condition = conditions[0]
+        condition: Condition = conditions[0]
         for extra in conditions[1:]:
             condition = condition & extra
         kwargs["row_condition"] = condition
