@@ -45,6 +45,7 @@ from radclip.core.preprocessing import Preprocessing
 from radclip.core.records import InputError, LoadedImage, SourceItem
 from radclip.data.captions import make_caption
 from radclip.data.loaders import load
+from radclip.data.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def curate(
         for index, chunk in enumerate(_chunks(_scan_all(params, root, scan_error), settings.chunk_size))
     )
     seen_content: dict[str, str] = {}  # content hash -> record id (16+16 bytes per record)
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     with bar:
         task_bar = bar.add_task("curate", total=None)
         for result in executor(curate_chunk, tasks):
@@ -415,19 +416,3 @@ def curate(
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return summary
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled, transient=False,
-    )

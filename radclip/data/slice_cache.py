@@ -57,6 +57,7 @@ from radclip.core.models.clip import vision_modules
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import DISPLAY_PERCENTILES
 from radclip.data.shards import CuratedDataset
+from radclip.data.progress import progress_bar
 
 CACHE_FORMAT = "radclip-slice-cache"
 CACHE_FORMAT_VERSION = 1
@@ -106,22 +107,6 @@ def encoder_fingerprint(model: RadCLIP) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled, transient=False,
-    )
 
 
 def _volume_records(curated_dir: Path) -> pd.DataFrame:
@@ -198,7 +183,7 @@ def write_slice_cache(
     shards: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     try:
         with bar, torch.no_grad():
             task = bar.add_task("slice cache", total=len(records))
