@@ -4,12 +4,27 @@ The guard (tests/netguard/sitecustomize.py) refuses any socket connection or nam
 lookup beyond loopback, in this process and in every Python process the tests
 start (Ray workers, DVC stages, servers): they inherit PYTHONPATH and the log
 path. The session fails at the end if anything was refused.
+
+Layout: tests/<layer>/test_<module>.py mirrors radclip/<layer>/<module>.py (tests/code:
+cross-cutting checks; tests/test_serving.py: radclip/serving.py). There are no
+``__init__.py`` files: pytest's default (prepend) import mode puts each test folder and,
+through this conftest.py, tests/ itself on sys.path, so ``helpers`` imports everywhere and
+test file names must be unique across folders (tests/code/test_layout.py checks it).
+
+Shared fixtures:
+
+* ``mlflow_store``: an empty MLflow store per test module (SQLite + artifacts in tmp);
+* ``tiny_curated``: the tiny phantom dataset of ``helpers.tiny_params``, generated and
+  curated once per session; read-only by contract (checked when the session ends).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,6 +49,8 @@ def _install_network_guard() -> None:
 
 
 _install_network_guard()
+from helpers import CuratedPhantoms, curate_phantoms  # noqa: E402  (imports radclip: after the guard)
+
 import radclip  # noqa: E402,F401  (applies the offline switches for this process and its children)
 
 
@@ -53,3 +70,58 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+# --------------------------------------------------------------------------- MLflow store
+
+
+@dataclass(frozen=True)
+class MlflowStore:
+    root: Path  # tmp folder of this store
+    uri: str  # sqlite:///<root>/mlflow.db, exported as MLFLOW_TRACKING_URI
+    artifacts: Path  # an artifact root for params.mlflow.artifact_root
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory) -> Iterator[MlflowStore]:
+    """An empty MLflow store for one test module: an SQLite file in tmp exported as MLFLOW_TRACKING_URI
+    (MLFLOW_REGISTRY_URI unset: the registry is the same store), forgotten when the module ends."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    store = MlflowStore(root=root, uri=f"sqlite:///{root / 'mlflow.db'}", artifacts=root / "artifacts")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store.uri)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield store
+        mlflow.set_tracking_uri(None)  # forget the tmp store (also clears the exported variables)
+        mlflow.set_registry_uri(None)
+
+
+# --------------------------------------------------------------------------- the tiny curated dataset
+
+
+def _tree_digest(*roots: Path) -> str:
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            digest.update(path.relative_to(root.parent).as_posix().encode())
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def tiny_curated(tmp_path_factory) -> Iterator[CuratedPhantoms]:
+    """The phantoms of ``tiny_params`` generated and curated (serially) once for the session.
+
+    Shared by every test that needs "some curated phantoms": never write into ``raw/`` or
+    ``curated/`` (tests that need other content build their own); write models, reports
+    and caches elsewhere, e.g. under ``tiny_curated.workspace(tmp)``. The session checks at
+    its end that ``raw/`` and ``curated/`` are byte for byte what generation and curation wrote.
+    """
+    data = curate_phantoms(tmp_path_factory.mktemp("tiny_curated"))
+    before = _tree_digest(data.raw, data.curated_dir)
+    yield data
+    assert _tree_digest(data.raw, data.curated_dir) == before, (
+        f"a test changed the shared tiny curated dataset under {data.base} (raw/ or curated/)")

@@ -1,9 +1,15 @@
-"""Shared builders for tests: tiny params pointing at temporary directories."""
+"""Shared builders for tests: tiny params pointing at temporary directories, the tiny curated
+phantom dataset (built once per session by the ``tiny_curated`` fixture of conftest.py), a
+committed git project, and DICOM fixture values."""
 
 from __future__ import annotations
 
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import yaml
 
 from radclip.config import Params
@@ -46,6 +52,7 @@ def tiny_params_dict(base: str, **overrides) -> dict:
     raw["train_2d"].update(TINY_TRAIN)
     raw["train_adapter"].update({"epochs": 4, "batch_size": 8, "lr": 1e-3})
     raw["sweep"]["apply_best"] = False  # tests train adapters without running a sweep first
+    raw["mlflow"]["artifact_root"] = f"{base}/mlruns"  # run artifacts stay in tmp, not in the project's mlruns/
     raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache", sweeps=f"{base}/sweeps")
     for collection in raw["data"]["collections"]:
         collection["path"] = collection["path"].replace("data/raw", f"{base}/raw", 1)
@@ -60,3 +67,75 @@ def tiny_params_dict(base: str, **overrides) -> dict:
 def tiny_params(tmp: Path, **overrides) -> Params:
     """Validated tiny params with every path under the directory ``tmp``."""
     return Params.model_validate(tiny_params_dict(str(tmp), **overrides))
+
+
+# --------------------------------------------------------------------------- curated phantoms
+
+
+@dataclass(frozen=True)
+class CuratedPhantoms:
+    """Phantoms generated and curated (serially) under ``base``: ``raw/`` and ``curated/``."""
+
+    base: Path
+    params: Params  # tiny_params(base, **overrides): every path under base
+    generated: dict[str, Any]  # generate()'s summary (also raw/phantoms.json)
+    curated: Any  # curate()'s summary
+
+    @property
+    def raw(self) -> Path:
+        return self.params.resolve(self.params.paths.raw)
+
+    @property
+    def curated_dir(self) -> Path:
+        return self.params.resolve(self.params.paths.curated)
+
+    def workspace(self, directory: Path) -> Path:
+        """``directory`` with ``raw`` and ``curated`` linked to this dataset: ``tiny_params(directory)``
+        reads this data (never write into it: other tests share it) and writes models, reports, caches
+        and scratch under ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, target in (("raw", self.raw), ("curated", self.curated_dir)):
+            (directory / name).symlink_to(target, target_is_directory=True)
+        return directory
+
+
+def curate_phantoms(base: Path, **overrides) -> CuratedPhantoms:
+    """Generate the phantoms of ``tiny_params(base, **overrides)`` and curate them in-process."""
+    from radclip.data.curate import curate
+    from radclip.data.phantoms import generate
+
+    params = tiny_params(base, **overrides)
+    generated = generate(params)
+    summary = curate(params, progress=False)
+    return CuratedPhantoms(base=base, params=params, generated=generated, curated=summary)
+
+
+# --------------------------------------------------------------------------- a committed git project
+
+GIT = ["git", "-c", "user.name=radclip-test", "-c", "user.email=test@radclip.invalid", "-c", "commit.gpgsign=false"]
+
+
+def git_commit(root: Path, *files: str) -> str:
+    """``git init`` ``root``, commit ``files`` (relative to it), return the commit id."""
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*GIT, "-C", str(root), "add", *files], check=True)
+    subprocess.run([*GIT, "-C", str(root), "commit", "-q", "-m", "init"], check=True)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    return head.stdout.strip()
+
+
+# --------------------------------------------------------------------------- DICOM fixture values
+
+PATIENT = {  # fake identifying values written into DICOM headers
+    "PatientName": "DOE^JANE",
+    "PatientID": "PID-123",
+    "PatientBirthDate": "19700101",
+    "AccessionNumber": "ACC9",
+    "InstitutionName": "General Hospital",
+    "StudyDate": "20200101",
+}
+
+
+def ct_volume(shape=(6, 10, 12), seed=0) -> np.ndarray:
+    """Integer HU values (exactly representable with slope 1, intercept -1024)."""
+    return np.random.default_rng(seed).integers(-1000, 2000, shape).astype(np.float64)

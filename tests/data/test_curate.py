@@ -18,22 +18,18 @@ from helpers import tiny_params
 from PIL import Image
 
 from radclip.config import Params
-from radclip.core.preprocessing import PREPROCESSING_FILE, Preprocessing, normalise_volume, to_display_range
+from radclip.core.preprocessing import PREPROCESSING_FILE, Preprocessing
 from radclip.data.curate import curate
 from radclip.data.dicom_write import PHI_TAGS, write_dicom_image, write_dicom_series
 from radclip.data.loaders import load_file
-from radclip.data.phantoms import generate
 from radclip.data.shards import CuratedDataset
 from radclip.jobs import curate as curate_job
 
 
 @pytest.fixture(scope="module")
-def curated_phantoms(tmp_path_factory) -> tuple[Params, Path]:
-    tmp = tmp_path_factory.mktemp("phantoms")
-    params = tiny_params(tmp)
-    generate(params)
-    curate(params, progress=False)
-    return params, tmp
+def curated_phantoms(tiny_curated) -> tuple[Params, Path]:
+    """The shared tiny phantoms, curated serially (conftest.py): their params and base folder."""
+    return tiny_curated.params, tiny_curated.base
 
 
 def _manifest(params: Params) -> pd.DataFrame:
@@ -76,17 +72,6 @@ def test_volumes_are_z_scored_and_images_use_the_full_range(curated_phantoms):
     assert (volumes["display_low"] < volumes["display_high"]).all() and images["display_low"].isna().all()
     ct = volumes[volumes["collection"] == "phantom_chest_ct_3d_3class"]
     assert len(ct) and (ct["max"] <= ct["display_high"] + 1e-2).all()  # bone is clipped at the lung window's top
-
-
-@pytest.mark.parametrize("window", [(-600.0, 1500.0), None])
-def test_volume_display_range_gives_back_what_a_2d_image_of_the_same_values_shows(window):
-    """A slice mapped to [0, 1] by the recorded range equals the 2D display mapping of the same
-    values (CT window, else 0.5/99.5 percentiles): the 2D encoder sees 3D slices as it saw 2D images."""
-    rng = np.random.default_rng(0)
-    hu = rng.choice([-1024.0, -850.0, -500.0, 40.0, 700.0], size=(4, 8, 8)) + rng.normal(0, 5, (4, 8, 8))
-    volume, (low, high) = normalise_volume(hu, 4, 8, window, "ct.nii.gz")  # same shape: no resampling
-    unit = np.clip((volume.astype(np.float32) - low) / (high - low), 0.0, 1.0)
-    np.testing.assert_allclose(unit, to_display_range(hu, window, eight_bit=False), atol=5e-3)
 
 
 def test_captions_follow_the_template(curated_phantoms):

@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from helpers import PROJECT_ROOT, tiny_params
 from PIL import Image
 
-from helpers import PROJECT_ROOT, tiny_params
 from radclip.config import Params, load_params
 from radclip.data.dicom_write import PHI_TAGS
 from radclip.data.phantoms import (
@@ -25,14 +25,14 @@ from radclip.data.phantoms import (
     LESION_TRUTH,
     SCENES,
     TRAIN_2D_MIX,
+    Job,
     RenderSettings,
     Slab,
     generate,
-    Job,
     image_grid,
     plan_suites,
-    run_job,
     plan_training,
+    run_job,
     synthesize,
 )
 from radclip.data.sources import IXI_NAME, scan_collection
@@ -62,10 +62,9 @@ def _raw(params: Params) -> Path:
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory) -> tuple[Params, Path, dict]:
-    params = tiny_params(tmp_path_factory.mktemp("phantoms"))
-    summary = generate(params)
-    return params, _raw(params), summary
+def generated(tiny_curated) -> tuple[Params, Path, dict]:
+    """The shared tiny phantoms (conftest.py; curation writes nothing into raw/): params, raw folder, summary."""
+    return tiny_curated.params, tiny_curated.raw, tiny_curated.generated
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_params
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from helpers import tiny_params
 from radclip.core.models import RadCLIP
 from radclip.core.preprocessing import ContractError, Preprocessing
 from radclip.data.curate import curate
@@ -82,9 +82,9 @@ def _write_inputs(files: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, mlflow_store):
     """Input files as a CSV collection, curated by the pipeline; a tiny model built on the curated contract
-    (saved with save_pretrained); an MLflow store."""
+    (saved with save_pretrained); the module's MLflow store."""
     tmp = tmp_path_factory.mktemp("serving")
     files = tmp / "inputs"
     _write_inputs(files)
@@ -92,7 +92,7 @@ def workspace(tmp_path_factory):
                   "path_column": "path", "label_column": "findings", "patient_column": "patient_id",
                   "region_column": "region", "modality_column": "modality", "windows": {"Chest CT": list(CT_WINDOW)}}
     params = tiny_params(tmp, model=TINY_MODEL, data={"collections": [collection]},
-                         mlflow={"artifact_root": str(tmp / "artifacts"), "experiment": "serving-test"})
+                         mlflow={"artifact_root": str(mlflow_store.artifacts), "experiment": "serving-test"})
     summary = curate(params, progress=False)
     assert (summary.records, summary.quarantined) == (len(INPUTS), 0), summary.quarantine_reasons
     curated = params.resolve(params.paths.curated)
@@ -100,13 +100,8 @@ def workspace(tmp_path_factory):
     vocabulary = sorted(set(CAPTIONS) | set(dataset.manifest["caption"]))
     model = build_model(params, vocabulary, preprocessing=Preprocessing.read(curated))
     model_dir = model.save_pretrained(tmp / "model")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        yield {"tmp": tmp, "params": params, "model_dir": model_dir, "files": files, "curated": curated,
-               "dataset": dataset}
-        mlflow.set_tracking_uri(None)  # forget the tmp store (also clears the exported variables)
-        mlflow.set_registry_uri(None)
+    return {"tmp": tmp, "params": params, "model_dir": model_dir, "files": files, "curated": curated,
+            "dataset": dataset}
 
 
 @pytest.fixture(scope="module")

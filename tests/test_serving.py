@@ -31,7 +31,7 @@ from radclip.data.shards import CuratedDataset
 from radclip.serving import Predictor, Source
 from radclip.training.build import build_model
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARITY_COSINE = 0.9999
 DIFFERENT_COSINE = 0.99  # the negative control: a wrongly windowed input must fall below this
 # A randomly initialised CLIP's embedding is dominated by its class/position embeddings (different

@@ -1,6 +1,6 @@
 """ClipLoss: hand formulas, duplicate-aware targets, and the 2-worker gather.
 
-(The temperature and its clamp belong to the model: RadCLIP.logit_scale_exp, tests/model/test_models.py.)
+(The temperature and its clamp belong to the model: RadCLIP.logit_scale_exp, tests/core/test_models.py.)
 """
 
 from __future__ import annotations

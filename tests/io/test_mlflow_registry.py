@@ -3,14 +3,11 @@ the gate metrics, decisions are recorded, and rollback restores the previous cha
 
 from __future__ import annotations
 
-import subprocess
-
-import mlflow
 import pytest
 import yaml
+from helpers import git_commit, tiny_params
 from mlflow.tracking import MlflowClient
 
-from helpers import tiny_params
 from radclip.data.curate import preprocessing_from_params
 from radclip.io import mlflow_registry as registry
 from radclip.training.build import build_model
@@ -30,7 +27,6 @@ TINY_MODEL = {
     "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
     "adapter": {"heads": 2, "max_slices": 8},
 }
-GIT = ["git", "-c", "user.name=radclip-test", "-c", "user.email=test@radclip.invalid", "-c", "commit.gpgsign=false"]
 
 
 def _evaluation(a: float, b: float) -> dict:
@@ -38,32 +34,25 @@ def _evaluation(a: float, b: float) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A git-committed tmp project (DVC_ROOT) whose dvc.lock records the curated data, a tmp MLflow
-    store, and a tiny saved model carrying the preprocessing contract (the pyfunc needs it)."""
+def project(tmp_path_factory, mlflow_store):
+    """A git-committed tmp project (DVC_ROOT) whose dvc.lock records the curated data, the module's tmp
+    MLflow store, and a tiny saved model carrying the preprocessing contract (the pyfunc needs it)."""
     tmp = tmp_path_factory.mktemp("registry")
     root = tmp / "project"
     root.mkdir()
     params = tiny_params(tmp, model=TINY_MODEL, registry={"model_name": MODEL_NAME, "gate_metrics": GATE_METRICS,
                                                           "min_improvement": 0.01},
-                         mlflow={"artifact_root": str(tmp / "artifacts"), "experiment": "registry-test"})
+                         mlflow={"artifact_root": str(mlflow_store.artifacts), "experiment": "registry-test"})
     lock = {"schema": "2.0", "stages": {"curate": {"outs": [{"path": str(tmp / "curated"), "md5": CURATED_MD5}]}}}
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
-    subprocess.run([*GIT, "-C", str(root), "add", "dvc.lock"], check=True)
-    subprocess.run([*GIT, "-C", str(root), "commit", "-q", "-m", "init"], check=True)
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    head = git_commit(root, "dvc.lock")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("DVC_ROOT", str(root))
         patch.setenv("GIT_CEILING_DIRECTORIES", str(tmp))  # no repository above tmp may answer
         model = build_model(params, ["Normal Chest CT", "Chest CT with COVID-19"],
                             preprocessing=preprocessing_from_params(params))
         model_dir = model.save_pretrained(tmp / "model")
-        yield {"params": params, "model_dir": model_dir, "commit": head.stdout.strip()}
-        mlflow.set_tracking_uri(None)  # forget the tmp store (also clears the exported variables)
-        mlflow.set_registry_uri(None)
+        yield {"params": params, "model_dir": model_dir, "commit": head}
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
+from helpers import git_commit
 from mlflow import MlflowClient
 
-from radclip.io import mlflow_tracking as tracking
 from radclip.config import MlflowParams, Params
+from radclip.io import mlflow_tracking as tracking
 
 # MLflow's own SQLAlchemy store still uses a deprecated loader option; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
 CURATED_MD5 = "0123456789abcdef0123456789abcdef.dir"
-GIT = ["git", "-c", "user.name=radclip-test", "-c", "user.email=test@radclip.invalid", "-c", "commit.gpgsign=false"]
 
 
 def _write_dvc_lock(root: Path, curated_path: str = "data/curated") -> None:
@@ -39,25 +38,19 @@ def _write_dvc_lock(root: Path, curated_path: str = "data/curated") -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A git-tracked tmp project (DVC_ROOT) with a dvc.lock, and an SQLite store + artifact root in tmp."""
+def store(tmp_path_factory, mlflow_store):
+    """A git-tracked tmp project (DVC_ROOT) with a dvc.lock, and the module's SQLite store + artifact root in tmp."""
     base = tmp_path_factory.mktemp("tracking")
     project = base / "project"
     project.mkdir()
     _write_dvc_lock(project)
     (project / "params.yaml").write_text("profile: default\n")
-    subprocess.run(["git", "init", "-q", str(project)], check=True)
-    subprocess.run([*GIT, "-C", str(project), "add", "params.yaml", "dvc.lock"], check=True)
-    subprocess.run([*GIT, "-C", str(project), "commit", "-q", "-m", "init"], check=True)
-    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = git_commit(project, "params.yaml", "dvc.lock")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
         patch.setenv("DVC_ROOT", str(project))
         patch.setenv("GIT_CEILING_DIRECTORIES", str(base))  # no repository above tmp may answer
-        params = Params(mlflow=MlflowParams(artifact_root=str(base / "artifacts"), experiment="radclip-test"))
-        yield {"base": base, "project": project, "head": head, "params": params}
-        mlflow.set_tracking_uri(None)  # forget the tmp store (also clears the exported variable)
-        mlflow.set_registry_uri(None)
+        params = Params(mlflow=MlflowParams(artifact_root=str(mlflow_store.artifacts), experiment="radclip-test"))
+        yield {"base": base, "project": project, "head": head, "params": params, "artifacts": mlflow_store.artifacts}
 
 
 @pytest.fixture
@@ -130,7 +123,7 @@ def test_artifacts_land_under_the_artifact_root(store, client, tmp_path):
     with tracking.start_run(store["params"], stage="evaluate") as run:
         tracking.log_artifacts(tmp_path / "out", "reports")
         tracking.log_dict({"accuracy": 0.5}, "eval/summary.json")
-    artifact_root = store["base"] / "artifacts"
+    artifact_root = store["artifacts"]
     run_dir = artifact_root / "radclip-test" / run.info.run_id / "artifacts"
     assert (run_dir / "reports" / "metrics.txt").read_text() == "auc 0.9\n"
     assert json.loads((run_dir / "eval" / "summary.json").read_text()) == {"accuracy": 0.5}

@@ -17,10 +17,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import PROJECT_ROOT, tiny_params_dict
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from helpers import PROJECT_ROOT, tiny_params_dict
 from radclip.config import Params, load_params
 
 SWEEP = {"n_trials": 4, "epochs": 6, "startup_trials": 2, "warmup_epochs": 1, "sampler": "random", "apply_best": False,
@@ -28,15 +28,14 @@ SWEEP = {"n_trials": 4, "epochs": 6, "startup_trials": 2, "warmup_epochs": 1, "s
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Tiny phantoms, curated, a 2D encoder (in-process, 2 epochs) and its slice cache; own MLflow store."""
+def project(tmp_path_factory, mlflow_store):
+    """Tiny phantoms (more volumes than the shared ones: a validation loss that can move), curated, a 2D
+    encoder (in-process, 2 epochs) and its slice cache; the module's own MLflow store."""
     from radclip.data.curate import curate
     from radclip.data.phantoms import generate
     from radclip.jobs import embed_slices, pretrain_2d
 
     tmp = tmp_path_factory.mktemp("sweep")
-    monkey = pytest.MonkeyPatch()
-    monkey.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
     raw = tiny_params_dict(str(tmp), train_2d={"engine": "local", "epochs": 2, "num_workers": 1}, sweep=SWEEP)
     raw["phantoms"]["train_3d"] = 60  # validation batches with several captions: a loss that can move
     raw["curate"]["split"] = {"train": 0.5, "val": 0.5, "test": 0.0}
@@ -47,8 +46,7 @@ def project(tmp_path_factory):
     curate(params, progress=False)
     pretrain_2d.run(params, progress=False)
     embed_slices.run(params, progress=False)
-    yield params, params_file
-    monkey.undo()
+    return params, params_file
 
 
 def _with_sweep(params_file: Path, tmp: Path, **sweep) -> tuple[Params, Path]:

@@ -1,0 +1,209 @@
+"""The DICOM reader (radclip.data.dicom): rescale, photometric, series assembly, planes,
+multi-frame, compressed syntaxes and the errors it names.
+
+Every fixture is written into tmp_path with the project's own writers, nibabel,
+Pillow or numpy, so the tests need no data files and no network.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import PATIENT, ct_volume
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from radclip.core.records import InputError
+from radclip.data.dicom import load_dicom
+from radclip.data.dicom_write import write_dicom_image, write_dicom_multiframe, write_dicom_series
+
+# --------------------------------------------------------------------------- DICOM reader
+
+
+def test_dicom_single_file_round_trip_recovers_ct_hounsfield_units(tmp_path):
+    hu = ct_volume((1, 16, 20))[0]
+    path = write_dicom_image(
+        tmp_path / "ct.dcm", hu, uid_seed="ct", patient=PATIENT, modality="CT", rescale=(1.0, -1024.0), window=(40, 400)
+    )
+    assert pydicom.dcmread(path).pixel_array.min() >= 0  # stored unsigned: the rescale matters
+    [image] = load_dicom(path)
+    assert image.kind == "2d" and image.pixels.dtype == np.float32
+    np.testing.assert_array_equal(image.pixels, hu)
+    assert image.window == (40.0, 400.0)
+    assert image.dicom_modality == "CT"
+    assert image.patient_id == "PID-123"
+    assert image.study_id == str(pydicom.dcmread(path).StudyInstanceUID)
+
+
+def test_dicom_fractional_rescale_slope_is_applied(tmp_path):
+    values = np.arange(0, 64, dtype=np.float64).reshape(8, 8) * 0.5 - 3.0
+    path = write_dicom_image(tmp_path / "mr.dcm", values, uid_seed="s", patient=PATIENT, rescale=(0.5, -3.0))
+    [image] = load_dicom(path)
+    np.testing.assert_allclose(image.pixels, values)
+
+
+def test_dicom_monochrome1_is_inverted_back_to_display_values(tmp_path):
+    display = np.tile(np.linspace(0, 4095, 32).round(), (16, 1))
+    path = write_dicom_image(
+        tmp_path / "cr.dcm", display, uid_seed="m1", patient=PATIENT, photometric="MONOCHROME1", window=(1000, 500)
+    )
+    stored = pydicom.dcmread(path).pixel_array
+    assert stored[0, 0] > stored[0, -1]  # the file really holds the inverted grey scale
+    [image] = load_dicom(path)
+    np.testing.assert_array_equal(image.pixels, display)
+    assert image.window == (1000.0, 500.0)
+
+
+def test_dicom_series_with_shuffled_names_is_reassembled_in_position_order(tmp_path):
+    volume = ct_volume()
+    write_dicom_series(tmp_path / "series", volume, uid_seed="shuffled", patient=PATIENT, spacing=(2.5, 0.7, 0.8))
+    [image] = load_dicom(tmp_path / "series")
+    assert image.kind == "3d" and image.plane == "axial"
+    np.testing.assert_array_equal(image.pixels, volume)
+    assert image.spacing == pytest.approx((2.5, 0.7, 0.8))
+    assert image.part == "series-0"
+
+
+def test_dicom_series_falls_back_to_instance_number_without_positions(tmp_path):
+    volume = ct_volume((4, 6, 6))
+    for path in write_dicom_series(tmp_path, volume, uid_seed="nopos", patient=PATIENT):
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient
+        ds.save_as(path)
+    [image] = load_dicom(tmp_path)
+    np.testing.assert_array_equal(image.pixels, volume)
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_dicom_plane_detected_from_slice_normal(tmp_path, plane):
+    volume = ct_volume((4, 6, 8))
+    write_dicom_series(
+        tmp_path / "series", volume, uid_seed=plane, patient=PATIENT, plane=plane, spacing=(3.0, 1.0, 2.0)
+    )
+    [image] = load_dicom(tmp_path / "series")
+    assert image.plane == plane
+    np.testing.assert_array_equal(image.pixels, volume)
+    assert image.spacing == pytest.approx((3.0, 1.0, 2.0))
+
+
+def test_dicom_multiframe_file_is_one_volume_with_per_frame_positions(tmp_path):
+    volume = ct_volume((5, 8, 9)) + 1000
+    path = write_dicom_multiframe(
+        tmp_path / "enhanced.dcm", volume, uid_seed="mf", patient=PATIENT, plane="coronal", spacing=(2.0, 0.5, 0.5)
+    )
+    ds = pydicom.dcmread(path)
+    assert ds.NumberOfFrames == 5 and "PlanePositionSequence" in ds.PerFrameFunctionalGroupsSequence[0]
+    [image] = load_dicom(path)
+    assert image.kind == "3d" and image.plane == "coronal"
+    np.testing.assert_array_equal(image.pixels, volume)
+    assert image.spacing == pytest.approx((2.0, 0.5, 0.5))
+    assert image.dicom_modality == "MR"
+
+
+def test_dicom_two_series_in_one_folder_become_two_volumes(tmp_path):
+    first, second = ct_volume((3, 6, 6), seed=1), ct_volume((4, 5, 7), seed=2)
+    write_dicom_series(tmp_path, first, uid_seed="first", patient=PATIENT)
+    write_dicom_series(tmp_path, second, uid_seed="second", patient=PATIENT, plane="sagittal")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    (tmp_path / "DICOMDIR").write_bytes(b"ignored index")
+    images = load_dicom(tmp_path)
+    assert [image.part for image in images] == ["series-0", "series-1"]
+    by_shape = {image.pixels.shape: image for image in images}
+    np.testing.assert_array_equal(by_shape[first.shape].pixels, first)
+    np.testing.assert_array_equal(by_shape[second.shape].pixels, second)
+    assert by_shape[second.shape].plane == "sagittal"
+    uids = {str(pydicom.dcmread(p).SeriesInstanceUID) for p in tmp_path.glob("*.dcm")}
+    assert not any(uid in image.part for image in images for uid in uids)
+    assert [image.part for image in load_dicom(tmp_path)] == ["series-0", "series-1"]  # stable
+
+
+def test_dicom_truncated_file_raises_input_error_naming_it(tmp_path):
+    paths = write_dicom_series(tmp_path, ct_volume((3, 16, 16)), uid_seed="trunc", patient=PATIENT, shuffle_names=False)
+    broken = paths[1]
+    broken.write_bytes(broken.read_bytes()[:-200])
+    with pytest.raises(InputError) as caught:
+        load_dicom(tmp_path)
+    assert caught.value.path == str(broken)
+
+
+def test_dicom_file_with_dcm_extension_that_is_not_dicom_is_an_error(tmp_path):
+    fake = tmp_path / "scan.dcm"
+    fake.write_text("definitely not DICOM " * 20)
+    with pytest.raises(InputError, match="not a DICOM file") as caught:
+        load_dicom(tmp_path)
+    assert caught.value.path == str(fake)
+
+
+def test_dicom_without_pixel_data_is_an_error(tmp_path):
+    path = write_dicom_image(tmp_path / "a.dcm", np.zeros((4, 4)), uid_seed="np", patient=PATIENT)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    with pytest.raises(InputError, match="no pixel data"):
+        load_dicom(path)
+
+
+def test_dicom_slices_of_different_shapes_in_one_series_are_an_error(tmp_path):
+    write_dicom_series(tmp_path, ct_volume((3, 8, 8)), uid_seed="same-series", patient=PATIENT, shuffle_names=False)
+    write_dicom_series(tmp_path, ct_volume((2, 6, 6)), uid_seed="same-series", patient=PATIENT, shuffle_names=True)
+    with pytest.raises(InputError, match="different shapes"):
+        load_dicom(tmp_path)
+
+
+def test_dicom_duplicate_slice_positions_are_an_error(tmp_path):
+    paths = write_dicom_series(tmp_path, ct_volume((3, 8, 8)), uid_seed="dup", patient=PATIENT, shuffle_names=False)
+    shutil.copy(paths[0], tmp_path / "copy_of_first.dcm")
+    with pytest.raises(InputError, match="duplicate slice position"):
+        load_dicom(tmp_path)
+
+
+def test_dicom_rle_lossless_decodes_with_pydicom_alone(tmp_path):
+    hu = ct_volume((1, 12, 12))[0]
+    path = write_dicom_image(
+        tmp_path / "rle.dcm", hu, uid_seed="rle", patient=PATIENT, modality="CT", rescale=(1.0, -1024.0)
+    )
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == RLELossless
+    [image] = load_dicom(path)
+    np.testing.assert_array_equal(image.pixels, hu)
+
+
+def _with_encapsulated_junk(path: Path, syntax) -> Path:
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 junk, not a codestream"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path)
+    return path
+
+
+def test_dicom_syntax_without_installed_decoder_names_syntax_and_packages(tmp_path):
+    path = write_dicom_image(tmp_path / "jls.dcm", np.zeros((8, 8)), uid_seed="jls", patient=PATIENT)
+    _with_encapsulated_junk(path, JPEGLSLossless)
+    with pytest.raises(InputError) as caught:
+        load_dicom(path)
+    assert caught.value.path == str(path)
+    assert "JPEG-LS" in caught.value.reason
+    assert "pylibjpeg" in caught.value.reason or "gdcm" in caught.value.reason
+
+
+def test_dicom_undecodable_compressed_pixel_data_is_a_clear_error(tmp_path):
+    # Pillow may provide a JPEG 2000 decoder here; either way the reason names the syntax.
+    path = write_dicom_image(tmp_path / "j2k.dcm", np.zeros((8, 8)), uid_seed="j2k", patient=PATIENT)
+    _with_encapsulated_junk(path, JPEG2000Lossless)
+    with pytest.raises(InputError, match="JPEG 2000") as caught:
+        load_dicom(path)
+    assert caught.value.path == str(path)
+
+
+def test_dicom_reports_the_files_own_window_of_2d_images(tmp_path):
+    # Which window an image is shown with is the preprocessing contract's rule; the loader only reports the file's.
+    path = write_dicom_image(tmp_path / "w.dcm", np.zeros((4, 4)), uid_seed="w", patient=PATIENT, window=(1, 2))
+    [image] = load_dicom(path)
+    assert image.window == (1.0, 2.0)
