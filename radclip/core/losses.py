@@ -9,7 +9,7 @@ id as a positive and spreads the target probability evenly over them.
 Distributed training (``torch.distributed`` initialised, world size > 1): every
 worker gathers the features and caption ids of all workers, so its negatives are
 the global batch, and computes the loss of its *local rows* against *all columns*
-(open_clip's ``local_loss``). Conventions, checked by tests/model/test_losses.py:
+(open_clip's ``local_loss``). Conventions, checked by tests/core/test_losses.py:
 
 * every worker must hold the same local batch size ``B`` (``all_gather`` needs equal
   shapes: use a sampler with ``drop_last=True``);

@@ -4,7 +4,7 @@ Nothing here runs the model. The caller encodes images/volumes and captions/prom
 elsewhere and passes float arrays of shape (N, D); every function normalises the
 embeddings it compares (L2, rows), so cosine similarity is a dot product.
 
-Protocols and conventions (each checked by tests/model/test_evaluation_metrics.py):
+Protocols and conventions (each checked by tests/core/test_metrics.py):
 
 * **Folds** (:func:`patient_folds`): patients, never records, are split. Patients are
   dealt into ``n_folds`` groups by a seeded permutation (stratified by each patient's
