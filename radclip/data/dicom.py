@@ -415,15 +415,34 @@ def _frames_of(path: Path, ds: Dataset) -> list[_Slice]:
     return slices
 
 
+def _display_ready_8bit(ds: Dataset, window: tuple[float, float] | None) -> bool:
+    """Unsigned 8-bit grey values with no rescale, modality LUT or window, outside CT: display values already,
+    as an 8-bit PNG is (a secondary capture, a digitised film). The preprocessing contract then maps them
+    as they are, where other DICOM images get their robust intensity range."""
+    rescale = (_first_number(ds.get("RescaleSlope")), _first_number(ds.get("RescaleIntercept")))
+    return (
+        int(ds.get("BitsStored", 16)) == 8
+        and int(ds.get("PixelRepresentation", 0)) == 0
+        and rescale[0] in (None, 1.0)
+        and rescale[1] in (None, 0.0)
+        and "ModalityLUTSequence" not in ds
+        and window is None
+        and str(ds.get("Modality", "")).strip() != "CT"
+    )
+
+
 def _image_2d(piece: _Slice) -> LoadedImage:
     plane = plane_of_normal(np.cross(*piece.orientation)) if piece.orientation is not None else None
+    extra: dict = {"n_files": 1} | ({} if piece.pixel_spacing else {"pixel_spacing_assumed": True})
+    if _display_ready_8bit(piece.ds, piece.window):
+        extra["bit_depth"] = 8
     return LoadedImage(
         pixels=np.ascontiguousarray(piece.pixels, dtype=np.float32),
         kind="2d",
         plane=plane,
         spacing=piece.pixel_spacing or (1.0, 1.0),
         window=piece.window,
-        extra={"n_files": 1} | ({} if piece.pixel_spacing else {"pixel_spacing_assumed": True}),
+        extra=extra,
         **_identity(piece.ds),
     )
 

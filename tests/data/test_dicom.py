@@ -207,3 +207,25 @@ def test_dicom_reports_the_files_own_window_of_2d_images(tmp_path):
     path = write_dicom_image(tmp_path / "w.dcm", np.zeros((4, 4)), uid_seed="w", patient=PATIENT, window=(1, 2))
     [image] = load_dicom(path)
     assert image.window == (1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "display_ready"),
+    [
+        ("8-bit DX, identity rescale, no window", {"bits_stored": 8}, True),
+        ("8-bit MONOCHROME1", {"bits_stored": 8, "photometric": "MONOCHROME1"}, True),
+        ("12-bit DX", {"bits_stored": 12}, False),
+        ("8-bit with its own window", {"bits_stored": 8, "window": (128.0, 200.0)}, False),
+        ("8-bit with a rescale", {"bits_stored": 8, "rescale": (2.0, 0.0)}, False),
+        ("8-bit CT", {"bits_stored": 8, "modality": "CT"}, False),
+    ],
+)
+def test_dicom_8bit_display_values_are_reported_like_an_8bit_png(tmp_path, case, kwargs, display_ready):
+    # Only unsigned 8-bit grey values with nothing to apply are display values already (what a PNG holds);
+    # the contract then maps them as they are instead of stretching them to their robust range.
+    pixels = np.arange(64, dtype=np.float64).reshape(8, 8) * 3
+    path = write_dicom_image(tmp_path / "img.dcm", pixels, uid_seed=case, patient=PATIENT, **kwargs)
+    [image] = load_dicom(path)
+    assert (image.extra.get("bit_depth") == 8) is display_ready, case
+    if display_ready:
+        np.testing.assert_array_equal(image.pixels, pixels)  # MONOCHROME1 stored inverted, read back as shown

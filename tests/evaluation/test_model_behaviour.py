@@ -144,10 +144,6 @@ def _invariance_failures(trained: Trained, folder: Path, full_range: bool) -> tu
     return failures, cosines
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "8-bit pixels as a DICOM without a window are stretched to their 0.5/99.5 percentiles, as a PNG they are "
-    "taken as they are: Preprocessing.prepare's 8-bit rule reads LoadedImage.extra['bit_depth'], which the PNG "
-    "and .npy loaders set and radclip.data.dicom does not (BitsStored 8 is ignored)"))
 def test_invariance_the_same_8bit_pixels_as_png_or_dicom_embed_alike(trained, tmp_path):
     failures, cosines = _invariance_failures(trained, tmp_path, full_range=False)
     print(f"invariance, phantom pixels: {len(failures)} of {len(cosines)} pairs below {INVARIANCE_COSINE}, "
