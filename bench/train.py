@@ -68,9 +68,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -198,7 +198,7 @@ class OurStep:
     def __init__(self, model, images: torch.Tensor, caption_ids: torch.Tensor):
         from radclip.config import TrainParams
         from radclip.core.losses import ClipLoss
-        from radclip.training.loop import MAX_LOG_LOGIT_SCALE, ImageStep, _optimizer
+        from radclip.training.loop import MAX_LOG_LOGIT_SCALE, ImageStep, build_optimizer
 
         self.model, self.images, self.caption_ids = model, images, caption_ids
         self.max_log_scale = MAX_LOG_LOGIT_SCALE
@@ -208,7 +208,7 @@ class OurStep:
         with torch.no_grad():  # what train_worker does: the frozen text tower once per unique caption
             self.text_table = model.encode_text(CAPTIONS).detach()
         self.loss_fn = ClipLoss()
-        self.optimizer = _optimizer(model, TrainParams())
+        self.optimizer = build_optimizer(model, TrainParams())
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=10_000)
 
     def forward_backward(self) -> torch.Tensor:
@@ -390,14 +390,14 @@ class AdapterEpoch:
     def __init__(self, model, dataset, batch: int, *, reencode: bool):
         from radclip.config import TrainParams
         from radclip.core.losses import ClipLoss
-        from radclip.training.loop import MAX_LOG_LOGIT_SCALE, AdapterStep, _optimizer
+        from radclip.training.loop import MAX_LOG_LOGIT_SCALE, AdapterStep, build_optimizer
 
         self.model, self.reencode, self.max_log_scale = model, reencode, MAX_LOG_LOGIT_SCALE
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                                                   generator=torch.Generator().manual_seed(0))
         self.step_module = AdapterStep(model)
         self.loss_fn = ClipLoss()
-        self.optimizer = _optimizer(model, TrainParams(lr=1e-3, weight_decay=0.01))
+        self.optimizer = build_optimizer(model, TrainParams(lr=1e-3, weight_decay=0.01))
         self.samples = 0
 
     def __call__(self) -> None:
@@ -423,8 +423,8 @@ class AdapterEpoch:
 
 def bench_cache(work: Path, volumes_n: int, slices: int, size: int, batch: int, reps: int) -> dict:
     from radclip.config import Params
-    from radclip.training.build import build_model
     from radclip.data.slice_cache import SliceCacheDataset, write_slice_cache
+    from radclip.training.build import build_model
 
     curated = work / "cache-curated"
     captions = _write_curated(curated, _phantom_volumes(volumes_n, slices, size))
@@ -479,8 +479,8 @@ def _fit_params(work: Path, quick: bool, **train_2d):
 def bench_ray(work: Path, quick: bool) -> dict:
     from radclip.data.curate import curate
     from radclip.data.phantoms import generate
-    from radclip.training.fit import fit
     from radclip.jobs.common import vocabulary
+    from radclip.training.fit import fit
 
     base = _fit_params(work, quick)
     started = time.perf_counter()

@@ -46,6 +46,7 @@ from radclip.core.records import InputError, LoadedImage, SourceItem
 from radclip.data.captions import make_caption
 from radclip.data.loaders import load
 from radclip.data.progress import progress_bar
+from radclip.data.shards import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def curate(
     contract = preprocessing_from_params(params)
 
     summary = CurationSummary()
-    manifest = _TableWriter(staging / "manifest.parquet", MANIFEST_SCHEMA)
+    manifest = _TableWriter(staging / MANIFEST_FILE, MANIFEST_SCHEMA)
     quarantine = _TableWriter(staging / "quarantine.parquet", QUARANTINE_SCHEMA)
     reasons: Counter = Counter()
     per_collection: Counter = Counter()

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+MANIFEST_FILE = "manifest.parquet"  # one row per curated record, next to the shards
+
 
 class CuratedDataset:
     def __init__(self, curated_dir: str | Path, *, query: str | None = None):
         self.root = Path(curated_dir)
-        manifest_path = self.root / "manifest.parquet"
+        manifest_path = self.root / MANIFEST_FILE
         if not manifest_path.exists():
             raise FileNotFoundError(f"{manifest_path}: curated manifest not found (run `dvc repro curate`)")
         manifest = pd.read_parquet(manifest_path)

@@ -31,6 +31,7 @@ from radclip.core.metrics import (
     zero_shot,
 )
 from radclip.data.captions import make_caption
+from radclip.data.shards import MANIFEST_FILE
 from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
 
 FIGURES_DIR = "figures"  # under paths.reports
@@ -60,7 +61,7 @@ def suite_names(params: Params) -> list[str]:
 def check_no_leakage(curated_dir: Path) -> None:
     """Evaluation records must share neither a patient nor pixel content with training records
     (curation splits by patient and drops duplicate content; this checks, not assumes, it)."""
-    manifest = pd.read_parquet(Path(curated_dir) / "manifest.parquet",
+    manifest = pd.read_parquet(Path(curated_dir) / MANIFEST_FILE,
                                columns=["role", "collection", "source_path", "patient_hash", "content_hash"])
     evaluation, training = manifest[manifest["role"] == "eval"], manifest[manifest["role"] != "eval"]
     for column, what in (("patient_hash", "patient"), ("content_hash", "image content")):

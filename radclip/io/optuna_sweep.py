@@ -73,7 +73,7 @@ def head_choices(params: Params) -> list[int]:
     return sorted(choices)
 
 
-def _cache_fingerprint(cache_dir: Path) -> str:
+def cache_fingerprint(cache_dir: Path) -> str:
     from radclip.data.slice_cache import read_cache_info
 
     return read_cache_info(cache_dir)["encoder_fingerprint"][:8]
@@ -226,7 +226,7 @@ def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int |
     """Run (or continue) the study until it holds ``n_trials`` finished trials of adapters trained on the
     slice cache ``data_dir`` from ``model_source``; log it to MLflow."""
     target = n_trials or params.sweep.n_trials
-    study, location = open_study(params, _cache_fingerprint(data_dir))
+    study, location = open_study(params, cache_fingerprint(data_dir))
     interrupted = fail_interrupted_trials(study)
     scratch = params.resolve(params.paths.tmp) / "sweep" / _this_worker().replace(":", "-")
     tags = {"optuna.study": study.study_name, "optuna.storage": location, "optuna.failed_interrupted": len(interrupted)}
@@ -257,7 +257,7 @@ def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int |
 
 def study_result(params: Params, data_dir: Path, mlflow_run_id: str) -> SweepResult:
     """The study as it is now (after parallel workers finished)."""
-    study, location = open_study(params, _cache_fingerprint(data_dir))
+    study, location = open_study(params, cache_fingerprint(data_dir))
     best = study.best_trial
     assert best.value is not None  # the best trial is a COMPLETE single-objective trial: it has a value
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}

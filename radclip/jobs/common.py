@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from radclip.config import Params, ParamsError, load_params
+from radclip.data.shards import MANIFEST_FILE
 
 MODEL_INIT = "radclip-init"  # the starting weights ("vanilla CLIP"): what 2D pretraining fine-tunes
 MODEL_2D = "radclip-2d"  # fine-tuned 2D encoder (+ untrained adapter)
@@ -49,7 +50,7 @@ def report_name(stage: str, encoder: str) -> str:
 
 def vocabulary(params: Params) -> list[str]:
     """Every caption of the curated manifest: what a freshly built tokenizer must cover (words only)."""
-    manifest = pd.read_parquet(params.resolve(params.paths.curated) / "manifest.parquet", columns=["caption"])
+    manifest = pd.read_parquet(params.resolve(params.paths.curated) / MANIFEST_FILE, columns=["caption"])
     return sorted(manifest["caption"].unique())
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
+from radclip.data.shards import MANIFEST_FILE
 from radclip.evaluation.evaluate import (
     FIGURES_DIR,
     SuiteResult,
@@ -77,7 +78,7 @@ def _has_volumes(params: Params, suites: list[str]) -> bool:
     import pandas as pd
 
     manifest = pd.read_parquet(
-        params.resolve(params.paths.curated) / "manifest.parquet", columns=["collection", "kind"]
+        params.resolve(params.paths.curated) / MANIFEST_FILE, columns=["collection", "kind"]
     )
     return bool(((manifest["kind"] == "3d") & manifest["collection"].isin(suites)).any())
 

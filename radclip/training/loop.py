@@ -167,7 +167,7 @@ class WorkerContext:
 # --------------------------------------------------------------------------- optimisation
 
 
-def _optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
     """AdamW; weight decay (L2) on weight matrices only — not on biases, norms, embeddings or τ."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -342,7 +342,7 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         val_text = model.encode_text(val_captions).detach().float()
 
     loss_fn = ClipLoss(duplicate_aware=params.loss.duplicate_aware)
-    optimizer = _optimizer(model, train)
+    optimizer = build_optimizer(model, train)
     total_steps = max(1, train.epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     state: dict[str, Any] = {"epoch": 0, "best_val": None, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False}

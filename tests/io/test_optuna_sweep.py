@@ -58,10 +58,10 @@ def _with_sweep(params_file: Path, tmp: Path, **sweep) -> tuple[Params, Path]:
 
 
 def _study(params: Params) -> optuna.Study:
-    from radclip.io.optuna_sweep import _cache_fingerprint, open_study
+    from radclip.io.optuna_sweep import cache_fingerprint, open_study
     from radclip.jobs.common import slice_cache_dir
 
-    return open_study(params, _cache_fingerprint(slice_cache_dir(params)))[0]
+    return open_study(params, cache_fingerprint(slice_cache_dir(params)))[0]
 
 
 def _sweep_command(params_file: Path, *, job: bool = True) -> list[str]:

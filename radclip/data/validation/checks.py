@@ -20,8 +20,8 @@ import pandas as pd
 from radclip.config import CaptionTemplate, Params
 from radclip.data.captions import caption_pattern
 from radclip.data.validation.gx_runtime import SAMPLE_SIZE, _gx
+from radclip.data.shards import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 SUMMARY_FILE = "summary.json"
 
