@@ -422,20 +422,23 @@ class Params(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    def sections(self, *names: str) -> dict[str, Any]:
+        """The dotted sections as plain values (``{"train_adapter": {...}, "model.adapter": {...}}``)."""
+        dumped = self.model_dump(mode="json", by_alias=True)
+        selected: dict[str, Any] = {}
+        for name in names:
+            value: Any = dumped
+            for part in name.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise KeyError(f"params have no section {name!r}")
+                value = value[part]
+            selected[name] = value
+        return selected
+
     def digest(self, *sections: str) -> str:
         """Stable short hash of the effective params (a lineage tag), or of the dotted ``sections``
         only: a stage's report then names exactly the params DVC reruns the stage for."""
-        dumped = self.model_dump(mode="json", by_alias=True)
-        if sections:
-            selected = {}
-            for section in sections:
-                value = dumped
-                for part in section.split("."):
-                    if not isinstance(value, dict) or part not in value:
-                        raise KeyError(f"params have no section {section!r}")
-                    value = value[part]
-                selected[section] = value
-            dumped = selected
+        dumped = self.sections(*sections) if sections else self.model_dump(mode="json", by_alias=True)
         blob = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +66,6 @@ def write_metrics(params: Params, name: str, data: dict) -> Path:
     return path
 
 
-def select_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
-    """The dotted ``sections`` of the params, as plain values (``{"train_adapter": {...}, "model.adapter": {...}}``)."""
-    dumped = params.model_dump(mode="json", by_alias=True)
-    selected: dict[str, Any] = {}
-    for section in sections:
-        value: Any = dumped
-        for part in section.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise KeyError(f"params have no section {section!r}")
-            value = value[part]
-        selected[section] = value
-    return selected
-
-
 def effective_params_path(params: Params, stage: str) -> Path:
     return params.resolve(params.paths.reports) / EFFECTIVE_PARAMS_DIR / f"{stage}.yaml"
 
@@ -94,7 +80,7 @@ def write_effective_params(
         "profile": params.profile,
         "options": dict(options or {}),
         "digest": params.digest(*sections) if sections else None,
-        "params": select_sections(params, sections),
+        "params": params.sections(*sections),
     }
     path = effective_params_path(params, stage)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,7 @@ from typing import Any
 
 from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
-from radclip.data.slice_cache import (
-    encoder_fingerprint,
-    read_cache_info,
-    write_slice_cache,
-)
+from radclip.data.slice_cache import INFO_FILE, encoder_fingerprint, read_cache_info, write_slice_cache
 from radclip.jobs.common import (
     CACHE_FINETUNED,
     ENCODER_MODELS,
@@ -51,11 +47,11 @@ def cache_for(params: Params, model: RadCLIP, *, progress: bool = True) -> Path:
     fingerprint = encoder_fingerprint(model)
     for encoder in ENCODER_MODELS:
         pipeline_cache = slice_cache_dir(params, encoder)
-        if ((pipeline_cache / "cache.json").is_file()
+        if ((pipeline_cache / INFO_FILE).is_file()
                 and read_cache_info(pipeline_cache)["encoder_fingerprint"] == fingerprint):
             return pipeline_cache
     own = params.resolve(params.paths.tmp) / MODEL_CACHES / fingerprint[:16]
-    if not (own / "cache.json").is_file():
+    if not (own / INFO_FILE).is_file():
         log.info("slice cache for encoder %s… (not the pipeline's): encoding every curated volume", fingerprint[:12])
         write_slice_cache(model, params.resolve(params.paths.curated), own, progress=progress,
                           meta={"encoder_fingerprint": fingerprint})

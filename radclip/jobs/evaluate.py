@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
 from radclip.data.shards import MANIFEST_FILE
@@ -75,8 +77,6 @@ def run(
 
 def _has_volumes(params: Params, suites: list[str]) -> bool:
     """Whether any suite has 3D records (those need a slice cache of the model's encoder)."""
-    import pandas as pd
-
     manifest = pd.read_parquet(
         params.resolve(params.paths.curated) / MANIFEST_FILE, columns=["collection", "kind"]
     )

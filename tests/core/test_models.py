@@ -21,7 +21,7 @@ from radclip.core.models import (
     build_word_level_tokenizer,
     load_pretrained_clip,
 )
-from radclip.core.models.radclip import image_processor
+from radclip.core.models.clip import image_processor
 from radclip.core.models.tokenizer import EOS_ID, PAD_ID, UNK_ID
 from radclip.core.preprocessing import PixelNormalisation
 from radclip.training.build import build_model

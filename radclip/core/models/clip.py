@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-# Pil: the default image processor needs torchvision, which does not import beside this CPU torch (radclip.py).
+# The PIL-backed image processor: the default one needs torchvision, which does not import beside this
+# CPU torch; both read and write the same preprocessor_config.json, and only its settings are used here.
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -29,7 +30,7 @@ from radclip.core.models.tokenizer import (
     load_tokenizer,
     word_level_text_ids,
 )
-from radclip.core.preprocessing import PixelNormalisation
+from radclip.core.preprocessing import RESAMPLE_MODES, ContractError, PixelNormalisation
 
 
 class PretrainedWeightsUnavailable(FileNotFoundError):
@@ -90,13 +91,15 @@ def load_pretrained_clip(name_or_path: str) -> tuple[CLIPModel, PreTrainedTokeni
             f"{_how_to_provide(name_or_path)}\n(cause: {exc})"
         ) from None
     try:
-        processor = CLIPImageProcessorPil.from_pretrained(source, local_files_only=True)
+        pixels = load_pixel_normalisation(source)
+    except ContractError:
+        raise  # the config is there but says something this version cannot use: its own message
     except (OSError, ValueError) as exc:
         raise PretrainedWeightsUnavailable(
             f"{name_or_path}: CLIP weights found but no image-processor config (preprocessor_config.json) next to "
             f"them; it says how pixels are normalised.\n{_how_to_provide(name_or_path)}\n(cause: {exc})"
         ) from None
-    return clip, tokenizer, PixelNormalisation.from_image_processor(processor, f"{name_or_path} image processor")
+    return clip, tokenizer, pixels
 
 
 def small_clip_config(
@@ -179,3 +182,25 @@ def freeze_text_tower(clip: CLIPModel) -> None:
 
 def text_tower_frozen(clip: CLIPModel) -> bool:
     return not any(p.requires_grad for module in text_modules(clip) for p in module.parameters())
+
+
+def image_processor(pixels: PixelNormalisation) -> CLIPImageProcessorPil:
+    """A ``CLIPImageProcessor`` with these settings: what a model built here saves next to its CLIP."""
+    codes = {mode: code for code, mode in RESAMPLE_MODES.items()}
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": pixels.size},
+        crop_size={"height": pixels.size, "width": pixels.size},
+        resample=codes[pixels.resample],
+        image_mean=list(pixels.mean),
+        image_std=list(pixels.std),
+    )
+
+
+def load_pixel_normalisation(clip_dir: str | Path) -> PixelNormalisation:
+    """The checkpoint's ``CLIPImageProcessor`` settings (``preprocessor_config.json``), read offline."""
+    config = Path(clip_dir) / "preprocessor_config.json"
+    if Path(clip_dir).is_dir() and not config.is_file():
+        raise FileNotFoundError(f"{config}: no image-processor config; a CLIP checkpoint needs one to say how its "
+                                "pixels are normalised (save it with CLIPImageProcessor.save_pretrained)")
+    processor = CLIPImageProcessorPil.from_pretrained(str(clip_dir), local_files_only=True)
+    return PixelNormalisation.from_image_processor(processor, str(config))

@@ -46,14 +46,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-# The PIL-backed image processor: the default one needs torchvision, which does not import beside this
-# CPU torch; both read and write the same preprocessor_config.json, and only its settings are used here.
-from transformers import CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, PreTrainedTokenizerBase
+from transformers import CLIPModel, CLIPVisionConfig, PreTrainedTokenizerBase
 
 from radclip.core.losses import MAX_LOGIT_SCALE
 from radclip.core.models.adapter import AdapterSpec, SlicePoolingAdapter
 from radclip.core.models.clip import (
     freeze_text_tower,
+    image_processor,
+    load_pixel_normalisation,
     text_tower_frozen,
     vision_modules,
 )
@@ -395,25 +395,3 @@ class RadCLIP(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
-
-
-def image_processor(pixels: PixelNormalisation) -> CLIPImageProcessorPil:
-    """A ``CLIPImageProcessor`` with these settings: what a model built here saves next to its CLIP."""
-    codes = {mode: code for code, mode in RESAMPLE_MODES.items()}
-    return CLIPImageProcessorPil(
-        size={"shortest_edge": pixels.size},
-        crop_size={"height": pixels.size, "width": pixels.size},
-        resample=codes[pixels.resample],
-        image_mean=list(pixels.mean),
-        image_std=list(pixels.std),
-    )
-
-
-def load_pixel_normalisation(clip_dir: str | Path) -> PixelNormalisation:
-    """The checkpoint's ``CLIPImageProcessor`` settings (``preprocessor_config.json``), read offline."""
-    config = Path(clip_dir) / "preprocessor_config.json"
-    if Path(clip_dir).is_dir() and not config.is_file():
-        raise FileNotFoundError(f"{config}: no image-processor config; a CLIP checkpoint needs one to say how its "
-                                "pixels are normalised (save it with CLIPImageProcessor.save_pretrained)")
-    processor = CLIPImageProcessorPil.from_pretrained(str(clip_dir), local_files_only=True)
-    return PixelNormalisation.from_image_processor(processor, str(config))
