@@ -383,6 +383,49 @@ class SweepParams(Strict):
     apply_best: bool = True
 
 
+class GeneralParams(Strict):
+    """Stage ``pretrain_general``: the embedded default's "vanilla CLIP", trained from scratch (both towers,
+    text per batch) on a procedurally generated general-domain (non-medical) corpus, with a BPE tokenizer
+    trained on that corpus's captions. The paper profile disables it and loads real CLIP weights."""
+
+    enabled: bool = True  # false: model.pretrained names real weights (params/paper.yaml)
+    corpus_seed: int = 0  # every scene, caption and the held-out (colour, object) pairs
+    train_images: int = Field(default=12000, ge=1)
+    val_images: int = Field(default=1000, ge=1)  # same distribution as train: early stopping, retrieval
+    heldout_images: int = Field(default=600, ge=1)  # held-out (colour, object) pairs: compositional zero-shot
+    shard_size: int = Field(default=1000, ge=1)  # samples per WebDataset tar shard
+    workers: int = Field(default=2, ge=1)  # generator processes (the output is the same for any count)
+    vocab_size: int = Field(default=1024, ge=300)  # BPE: 256 bytes x {inner, word-final} + merges + 2 specials
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=2)
+    lr: float = Field(default=1e-3, gt=0)  # AdamW, linear warm-up then cosine
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+    patience: int = Field(default=3, ge=1)  # early stopping on the val split's InfoNCE
+    temperature: float = Field(default=0.07, gt=0)  # initial; learnable as in CLIP
+    loop_seed: int = 0  # data order and dropout; initial weights come from model.init_seed
+
+
+class AblationThresholds(Strict):
+    """Pre-registered pass/fail criteria of the ablation, judged on means over seeds (see params.yaml)."""
+
+    general_over_random: float = 0.05  # (a) vanilla+average probe − random-init+average probe, every suite
+    general_over_chance: float = 0.10  # (a) vanilla+average probe − chance (majority class), mean of the suites
+    matching_gain: float = 0.15  # (b) fine-tuned − vanilla matching P@1 (average pooling), mean of the suites
+    focal_seed_stds: float = 2.0  # (c) focal 3D suites: fine-tuned+adapter − vanilla+average > this × seed std
+    global_adapter_margin: float = 0.02  # (d) global 3D suites: adapter ≥ average pooling − this (fine-tuned)
+    general_zero_shot: float = 0.6  # (e) general model: zero-shot attribute accuracy on held-out combinations
+
+
+class AblateParams(Strict):
+    """Stage ``ablate``: {random init, vanilla, fine-tuned} × {average pooling, adapter}, plus the paper's
+    literal mean-of-MHSA reducer, each cell over ``seeds`` adapter trainings and probes."""
+
+    seeds: int = Field(default=3, ge=1)  # seed k: train_adapter.loop_seed + k and evaluate.protocol_seed + k
+    global_suites: list[str] = ["phantom_brain_mri_3d_sex"]  # 3D suites whose label is a whole-volume property; the other 3D suites are focal
+    thresholds: AblationThresholds = AblationThresholds()
+
+
 class RegistryParams(Strict):
     """MLflow model registry: one registered model, versions promoted by alias."""
 
@@ -417,6 +460,8 @@ class Params(Strict):
     )
     mlflow: MlflowParams = MlflowParams()
     evaluate: EvaluateParams = EvaluateParams()
+    general: GeneralParams = GeneralParams()
+    ablate: AblateParams = AblateParams()
     sweep: SweepParams = SweepParams()
     registry: RegistryParams = RegistryParams()
 
