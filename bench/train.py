@@ -462,7 +462,8 @@ def _fit_params(work: Path, quick: bool, **train_2d):
     from helpers import tiny_params
 
     phantoms = {"train_2d": 96 if quick else 1200, "train_3d": 4, "image_size": 64, "workers": 1,
-                "suites": {"chest_xray_5class": 1, "brain_mri_4class": 1, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1}}
+                "suites": {"chest_xray_5class": 1, "brain_mri_4class": 1, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1,
+                           "brain_mri_3d_sex": 1}}
     return tiny_params(
         work,
         phantoms=phantoms,

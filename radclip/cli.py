@@ -119,9 +119,17 @@ def validate() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("pretrain-general")
+def pretrain_general() -> None:
+    """Generate the general-domain corpus and train the embedded default's vanilla CLIP (both towers) on it."""
+    from radclip.jobs import pretrain_general as job
+
+    job.run(_params(), progress=_progress())
+
+
 @app.command("init-model")
 def init_model() -> None:
-    """Save the starting weights (pretrained CLIP or the small config-built one): the vanilla encoder."""
+    """Save the starting weights (model.pretrained: the vanilla encoder) and their random-init baseline."""
     from radclip.jobs import init_model as job
 
     job.run(_params(), progress=_progress())
@@ -135,7 +143,8 @@ def pretrain_2d() -> None:
     job.run(_params(), progress=_progress())
 
 
-EncoderOption = Annotated[str, typer.Option(help="2D encoder: finetuned (the pipeline) or vanilla (ablation)")]
+EncoderOption = Annotated[str, typer.Option(
+    help="2D encoder: finetuned (the pipeline), vanilla or random (the ablation's baselines)")]
 
 
 @app.command("embed-slices")
@@ -147,11 +156,11 @@ def embed_slices(encoder: EncoderOption = "finetuned") -> None:
 
 
 @app.command("pretrain-adapter")
-def pretrain_adapter(encoder: EncoderOption = "finetuned") -> None:
-    """Train the slice pooling adapter on one encoder's slice cache (encoders frozen); logs to MLflow."""
+def pretrain_adapter() -> None:
+    """Train RadCLIP's slice pooling adapter on the fine-tuned encoder's slice cache; logs to MLflow."""
     from radclip.jobs import pretrain_adapter as job
 
-    job.run(_params(), encoder=encoder, progress=_progress())
+    job.run(_params(), progress=_progress())
 
 
 @app.command()
@@ -189,7 +198,8 @@ def evaluate(
 
 @app.command()
 def ablate() -> None:
-    """The 2×2 ablation (RadCLIP Table III): {vanilla, fine-tuned} encoder × {average pooling, adapter}."""
+    """The ablation (RadCLIP Table III, widened): {random, vanilla, fine-tuned} encoder × {average pooling, adapter}
+    plus the paper's mean-of-MHSA reducer, over ablate.seeds seeds, with the pre-registered verdicts."""
     from radclip.jobs import ablate as job
 
     job.run(_params(), progress=_progress())

@@ -42,6 +42,7 @@ class Strict(BaseModel):
 
 class Paths(Strict):
     raw: str = "data/raw"
+    general: str = "data/general"  # pretrain_general's generated corpus (WebDataset tar shards)
     curated: str = "data/curated"
     reports: str = "reports"
     models: str = "models"  # trained models (HF-style directories), DVC outputs
@@ -129,6 +130,17 @@ class ChexpertCollection(CollectionBase):
     uncertainty: Literal["ones", "zeros", "ignore"] = "zeros"  # U-Ones / U-Zeros / drop the label
     single_label: bool = False  # evaluation suites with one positive class per image (CheXpert 5x200)
     frontal_only: bool = True
+    # A class-balanced subset (RadCLIP's 5 x 1,000 from train.csv): per observation, the
+    # `sample_per_class` eligible rows (frontal, exactly one positive) ranked first by a hash of
+    # (sample_seed, Path); the other rows are skipped by design. null: every row.
+    sample_per_class: int | None = Field(default=None, ge=1)
+    sample_seed: int = 0
+
+    @model_validator(mode="after")
+    def _sample_needs_single_label(self) -> ChexpertCollection:
+        if self.sample_per_class is not None and not self.single_label:
+            raise ValueError("sample_per_class needs single_label: true (a sampled image has one class)")
+        return self
 
 
 class IxiCollection(CollectionBase):
@@ -185,12 +197,13 @@ class DataParams(Strict):
 
 
 class PhantomSuites(Strict):
-    """Per-class counts of the four held-out evaluation suites (paper-shaped)."""
+    """Per-class counts of the five held-out evaluation suites (paper-shaped)."""
 
     chest_xray_5class: int = Field(default=40, ge=0)  # CheXpert layout
     brain_mri_4class: int = Field(default=40, ge=0)  # Crystal Clean layout
     brain_mri_3d_2class: int = Field(default=100, ge=0)  # IXI layout
     chest_ct_3d_3class: int = Field(default=60, ge=0)  # COVID-CT-MD layout
+    brain_mri_3d_sex: int = Field(default=100, ge=0)  # IXI layout, SEX_ID: whole-volume head size/shape, no lesion
 
 
 class PhantomParams(Strict):
@@ -264,13 +277,13 @@ class ValidateParams(Strict):
 
 
 class VisionTower(Strict):
-    """The embedded default's small ViT (ignored when ``model.pretrained`` is set)."""
+    """The small ViT of a CLIP built here (pretrain_general; tests), not used when loading ``model.pretrained``."""
 
     hidden_size: int = Field(default=128, ge=8)
     num_hidden_layers: int = Field(default=4, ge=1)
     num_attention_heads: int = Field(default=4, ge=1)
     intermediate_size: int = Field(default=512, ge=8)
-    patch_size: int = Field(default=8, ge=1)
+    patch_size: int = Field(default=16, ge=1)
 
 
 class TextTower(Strict):
@@ -278,7 +291,7 @@ class TextTower(Strict):
     num_hidden_layers: int = Field(default=2, ge=1)
     num_attention_heads: int = Field(default=4, ge=1)
     intermediate_size: int = Field(default=512, ge=8)
-    max_position_embeddings: int = Field(default=32, ge=4)
+    max_position_embeddings: int = Field(default=77, ge=4)  # CLIP's context
 
 
 class AdapterParams(Strict):
@@ -287,13 +300,15 @@ class AdapterParams(Strict):
     heads: int = Field(default=4, ge=1)
     max_slices: int = Field(default=64, ge=1)
     dropout: float = Field(default=0.5, ge=0, lt=1)
-    reducer: Literal["attention", "mean"] = "attention"  # "mean": global average pooling baseline
+    # attention: learnable query over MHSA(I + PE) (the project's); mhsa_mean: the paper's literal mean of
+    # MHSA(I + PE); mean: global average pooling (no parameters)
+    reducer: Literal["attention", "mhsa_mean", "mean"] = "attention"
 
 
 class ModelParams(Strict):
     # A hub name (e.g. openai/clip-vit-large-patch14, read from the local HF cache only) or a
     # local directory saved with save_pretrained; null builds a small CLIP from the towers below.
-    pretrained: str | None = None
+    pretrained: str | None = None  # params.yaml: pretrain_general's output, models/general-clip
     projection_dim: int = Field(default=128, ge=8)
     init_seed: int = 0  # initial weights of a CLIP built here (the embedded default) and of init_model's adapter
     vision: VisionTower = VisionTower()
@@ -342,14 +357,20 @@ class EvaluateParams(Strict):
     probe_epochs: int = Field(default=100, ge=1)
     probe_lr: float = Field(default=1e-3, gt=0)
     # Zero-shot prompt templates, averaged per class (an ensemble); {caption} is the class caption.
-    prompt_templates: list[str] = ["{caption}", "a radiology image: {caption}"]
+    prompt_templates: list[str] = ["{caption}", "a radiology image: {caption}", "a photo of a {caption}"]
     suites: list[str] = []  # evaluation collections to run; [] = every collection with role eval
     # Paper Fig. 5: modality-level captions plus distractors, scored (softmax) on every suite.
     modality_prompts: list[str] = [
         "Chest X-ray Image", "Brain MRI Image", "Chest CT Image", "Abdomen CT Image", "Knee MRI Image",
         "A Puppy", "A Cat", "A Life Vest",
     ]
-    rare_threshold: int = Field(default=10, ge=1)  # multi-label AUROC: fewer positives = a rare class
+    # Multi-label AUROC, base vs rare classes. training: a suite's class is rare when its share of the
+    # training images (train split of the role-train collections; per region, modality and condition;
+    # each finding of a multi-finding caption counted) is below rare_fraction; a class training never
+    # shows (share 0) is rare too. evaluation: fewer than rare_threshold positives in the suite itself.
+    rare_by: Literal["training", "evaluation"] = "training"
+    rare_fraction: float = Field(default=0.02, gt=0, le=1)
+    rare_threshold: int = Field(default=10, ge=1)  # rare_by: evaluation only
     bootstrap: int = Field(default=500, ge=0)  # resamples for CIs of fold-free metrics (0: none)
     attention_volumes: int = Field(default=3, ge=0)  # volumes with a finding per 3D suite in the attention plot
 
@@ -366,7 +387,7 @@ class SweepParams(Strict):
     """Optuna study over the adapter, trained on the fine-tuned slice cache (seconds a trial). The
     objective is the trial's best validation InfoNCE (minimised; the test split is never read)."""
 
-    n_trials: int = Field(default=20, ge=1)  # finished trials (complete or pruned) the study should hold
+    n_trials: int = Field(default=12, ge=1)  # finished trials (complete or pruned) the study should hold
     study: str = "radclip-adapter"
     # None: a journal file under paths.sweeps (crash-safe, several local processes);
     # an RDB URL ("postgresql://user@host/optuna") for workers on several machines.
@@ -396,7 +417,7 @@ class GeneralParams(Strict):
     shard_size: int = Field(default=1000, ge=1)  # samples per WebDataset tar shard
     workers: int = Field(default=2, ge=1)  # generator processes (the output is the same for any count)
     vocab_size: int = Field(default=1024, ge=300)  # BPE: 256 bytes x {inner, word-final} + merges + 2 specials
-    epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=12, ge=1)
     batch_size: int = Field(default=128, ge=2)
     lr: float = Field(default=1e-3, gt=0)  # AdamW, linear warm-up then cosine
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
@@ -422,7 +443,8 @@ class AblateParams(Strict):
     literal mean-of-MHSA reducer, each cell over ``seeds`` adapter trainings and probes."""
 
     seeds: int = Field(default=3, ge=1)  # seed k: train_adapter.loop_seed + k and evaluate.protocol_seed + k
-    global_suites: list[str] = ["phantom_brain_mri_3d_sex"]  # 3D suites whose label is a whole-volume property; the other 3D suites are focal
+    # 3D suites whose label is a whole-volume property; the other 3D suites are focal
+    global_suites: list[str] = ["phantom_brain_mri_3d_sex"]
     thresholds: AblationThresholds = AblationThresholds()
 
 
@@ -479,6 +501,21 @@ class Params(Strict):
                 value = value[part]
             selected[name] = value
         return selected
+
+    def with_values(self, values: dict[str, Any]) -> Params:
+        """A copy with dotted keys replaced (``{"train_adapter.loop_seed": 1}``), validated like params.yaml."""
+        raw = self.model_dump(mode="json", by_alias=True)
+        for dotted, value in values.items():
+            *parents, leaf = dotted.split(".")
+            node = raw
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise KeyError(f"params have no section {dotted!r}")
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(f"params have no key {dotted!r}")
+            node[leaf] = value
+        return Params.model_validate(raw)
 
     def digest(self, *sections: str) -> str:
         """Stable short hash of the effective params (a lineage tag), or of the dotted ``sections``

@@ -24,9 +24,11 @@ TINY_PHANTOMS = {
     "lesion_slices": [2, 3],
     "dicom_fraction": 0.25,
     "workers": 1,
-    "suites": {"chest_xray_5class": 3, "brain_mri_4class": 3, "brain_mri_3d_2class": 3, "chest_ct_3d_3class": 2},
+    "suites": {"chest_xray_5class": 3, "brain_mri_4class": 3, "brain_mri_3d_2class": 3, "chest_ct_3d_3class": 2,
+               "brain_mri_3d_sex": 3},
 }
 TINY_MODEL = {
+    "pretrained": None,  # a fresh tiny CLIP (params.yaml names pretrain_general's output)
     "projection_dim": 64,
     "vision": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "patch_size": 8},
     "text": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128},
@@ -53,7 +55,8 @@ def tiny_params_dict(base: str, **overrides) -> dict:
     raw["train_adapter"].update({"epochs": 4, "batch_size": 8, "lr": 1e-3})
     raw["sweep"]["apply_best"] = False  # tests train adapters without running a sweep first
     raw["mlflow"]["artifact_root"] = f"{base}/mlruns"  # run artifacts stay in tmp, not in the project's mlruns/
-    raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache", sweeps=f"{base}/sweeps")
+    raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache", sweeps=f"{base}/sweeps",
+                        general=f"{base}/general")
     for collection in raw["data"]["collections"]:
         collection["path"] = collection["path"].replace("data/raw", f"{base}/raw", 1)
     for section, values in overrides.items():

@@ -57,7 +57,8 @@ PHANTOMS = {
     "dicom_fraction": 0.4,  # enough DICOM (2D, series, multi-frame) for every scene at these counts
     "images_per_patient": 2,
     "workers": 1,
-    "suites": {"chest_xray_5class": 1, "brain_mri_4class": 1, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1},
+    "suites": {"chest_xray_5class": 1, "brain_mri_4class": 1, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1,
+               "brain_mri_3d_sex": 1},
 }
 CURATE = {
     "engine": "serial",
@@ -70,7 +71,7 @@ CURATE = {
 TRAIN = "phantom_train"
 # (collection, format, region, modality): every one the phantom writer produces
 # (radclip/data/phantoms/plan.py, suites.py): 2D scenes as PNG and 2D DICOM; brain volumes as
-# NIfTI and multi-frame DICOM; CT volumes as NIfTI and DICOM series folders; the four suites.
+# NIfTI and multi-frame DICOM; CT volumes as NIfTI and DICOM series folders; the five suites.
 COMBINATIONS = [
     *[(TRAIN, fmt, region, modality)
       for region, modality in (("Chest", "X-ray"), ("Brain", "MRI"), ("Chest", "CT"), ("Abdomen", "CT"),
@@ -86,6 +87,7 @@ COMBINATIONS = [
     ("phantom_brain_mri_4class", "jpeg", "Brain", "MRI"),  # Crystal Clean layout
     ("phantom_brain_mri_3d_2class", "nifti", "Brain", "MRI"),  # IXI layout
     ("phantom_chest_ct_3d_3class", "dicom_series", "Chest", "CT"),  # COVID-CT-MD layout
+    ("phantom_brain_mri_3d_sex", "nifti", "Brain", "MRI"),  # IXI layout, labelled by sex
 ]
 
 

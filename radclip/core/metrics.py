@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -671,6 +671,19 @@ def multilabel_probabilities(
     return expit(multilabel_logits(image_emb, positive_prompt_emb, negative_prompt_emb, logit_scale))
 
 
+def rare_by_frequency(
+    class_names: Sequence[str], counts: Mapping[str, float], total: float, fraction: float
+) -> list[str]:
+    """The classes whose share ``counts[c] / total`` is below ``fraction`` (e.g. of the training
+    images: a class the model rarely saw), in ``class_names`` order. A class missing from ``counts``
+    has share 0, so it is rare (never seen)."""
+    if not total > 0:
+        raise ValueError(f"total must be positive to give shares, got {total}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return [str(name) for name in class_names if counts.get(name, 0) / total < fraction]
+
+
 def multilabel_auroc(
     image_emb: np.ndarray,
     positive_prompt_emb: np.ndarray,
@@ -678,7 +691,8 @@ def multilabel_auroc(
     targets: np.ndarray,
     class_names: Sequence[str],
     *,
-    rare_threshold: int,
+    rare_classes: Sequence[str] | None = None,
+    rare_threshold: int | None = None,
     logit_scale: float = DEFAULT_LOGIT_SCALE,
 ) -> dict[str, Any]:
     """Per-class and macro AUROC of zero-shot multi-label detection with prompt pairs.
@@ -689,10 +703,14 @@ def multilabel_auroc(
     cosine gaps above ~0.37, which would create false ties).
 
     A class whose targets are all 0 or all 1 has no AUROC: NaN in ``per_class``, listed in
-    ``undefined_classes``, excluded from every macro. ``base_classes`` have at least
-    ``rare_threshold`` positive targets, ``rare_classes`` fewer; ``macro_base`` /
-    ``macro_rare`` average the defined AUROCs of each (NaN if none).
+    ``undefined_classes``, excluded from every macro. The rare classes are given by exactly one
+    of ``rare_classes`` (names, e.g. from :func:`rare_by_frequency` over training counts) or
+    ``rare_threshold`` (fewer positive ``targets`` than this: rare in the evaluated set itself);
+    ``base_classes`` are the others. ``macro_base`` / ``macro_rare`` average the defined AUROCs
+    of each (NaN if none).
     """
+    if (rare_classes is None) == (rare_threshold is None):
+        raise ValueError("give exactly one of rare_classes and rare_threshold")
     targets = np.asarray(targets)
     logits = multilabel_logits(image_emb, positive_prompt_emb, negative_prompt_emb, logit_scale)
     names = [str(n) for n in class_names]
@@ -719,8 +737,16 @@ def multilabel_auroc(
         values = [per_class[n] for n in selected if not math.isnan(per_class[n])]
         return float(np.mean(values)) if values else float("nan")
 
-    base = [n for c, n in enumerate(names) if positives_per_class[c] >= rare_threshold]
-    rare = [n for c, n in enumerate(names) if positives_per_class[c] < rare_threshold]
+    if rare_classes is not None:
+        unknown = sorted(set(map(str, rare_classes)) - set(names))
+        if unknown:
+            raise ValueError(f"rare_classes not among the class names: {unknown}")
+        is_rare = [n in set(map(str, rare_classes)) for n in names]
+    else:
+        assert rare_threshold is not None  # exactly one is given (checked above)
+        is_rare = [bool(positives_per_class[c] < rare_threshold) for c in range(len(names))]
+    base = [n for n, flag in zip(names, is_rare) if not flag]
+    rare = [n for n, flag in zip(names, is_rare) if flag]
     return {
         "per_class": per_class,
         "macro": macro(names),

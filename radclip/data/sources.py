@@ -18,7 +18,8 @@ Two kinds of problems, two behaviours:
   the item is still yielded, with ``error`` set to the reason, so curation
   quarantines it and reports it. Nothing is dropped silently; the exceptions are
   hidden files (names starting with ``.``, e.g. ``.DS_Store``), which are OS
-  metadata, and CheXpert lateral views under ``frontal_only`` (see below).
+  metadata, and CheXpert lateral views under ``frontal_only`` and rows outside a
+  ``sample_per_class`` subset (both counted in the log, see below).
 
 How each item is loaded follows from its path, decided by the one dispatcher that
 serving uses too (:func:`radclip.data.loaders.loader_for`): images (PNG, JPEG, BMP,
@@ -77,7 +78,15 @@ Layouts, as you prepare real data (``<path>`` is the collection's ``path``)
   containing "lateral" when that column is absent) are skipped by design, not
   quarantined: their number is logged at INFO level by the
   ``radclip.data.sources`` logger when the scan completes (``extra`` carries
-  ``collection`` and ``skipped_lateral``).
+  ``collection`` and ``skipped_lateral``). ``sample_per_class: N`` (needs
+  ``single_label``) keeps a class-balanced subset, e.g. RadCLIP's 5 x 1,000 from
+  ``train.csv``: per observation, the N eligible rows (frontal under
+  ``frontal_only``, readable values, exactly one positive, no ignored
+  uncertainty) that rank first by a SHA-256 of ``(sample_seed, Path)``, so the
+  subset does not depend on the CSV's row order; the other rows are skipped by
+  design and counted in the log (``extra`` ``skipped_unsampled``), except
+  unreadable ones (a bad value, a blank ``Path``), which stay error items. A
+  class with fewer than N eligible rows raises :class:`InputError`.
 
 ``format: ixi`` -- IXI T1 volumes plus the demographics table::
 
@@ -117,6 +126,8 @@ or its columns); an item without them is an error item.
 from __future__ import annotations
 
 import csv
+import hashlib
+import heapq
 import logging
 import math
 import os
@@ -420,7 +431,8 @@ def _scan_chexpert(collection: ChexpertCollection, base: Path) -> Iterator[Sourc
     if not collection.observations:
         raise InputError(str(index), "no observations configured: list the CheXpert columns to use")
     header = _read_header(index, ["Path", *collection.observations])
-    return _chexpert_items(collection, base, index, header)
+    selected = _chexpert_sample(collection, index, header) if collection.sample_per_class else None
+    return _chexpert_items(collection, base, index, header, selected)
 
 
 def _chexpert_state(raw: str, policy: str) -> bool | None | str:
@@ -447,25 +459,77 @@ def _is_lateral(row: dict[str, str], csv_path: str) -> bool:
     return "lateral" in posixpath.basename(csv_path).lower()
 
 
-def _chexpert_items(collection: ChexpertCollection, base: Path, index: Path, header: list[str]) -> Iterator[SourceItem]:
+def _chexpert_labels(collection: ChexpertCollection, row: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """``(positives, unknown, errors)`` of one row's ``observations`` under the uncertainty policy."""
+    positives: list[str] = []
+    unknown: list[str] = []
+    errors: list[str] = []
+    for observation in collection.observations:
+        state = _chexpert_state(row[observation], collection.uncertainty)
+        if isinstance(state, str):
+            errors.append(f"{observation}: {state}")
+        elif state is None:
+            unknown.append(observation)
+        elif state:
+            positives.append(observation)
+    return positives, unknown, errors
+
+
+def _sample_rank(seed: int, csv_path: str) -> int:
+    """A row's place in the sampling order: stable across runs, machines and CSV row order."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{csv_path}".encode()).digest()[:8], "big")
+
+
+def _chexpert_sample(collection: ChexpertCollection, index: Path, header: list[str]) -> set[int]:
+    """CSV line numbers of the class-balanced subset: per observation, the ``sample_per_class``
+    eligible rows (frontal under ``frontal_only``, readable, exactly one positive, no ignored
+    uncertainty) that rank first by :func:`_sample_rank`. InputError if a class has fewer."""
+    wanted = collection.sample_per_class or 0
+    heaps: dict[str, list[tuple[int, int]]] = {o: [] for o in collection.observations}  # negated: max-heaps
+    eligible = dict.fromkeys(collection.observations, 0)
+    for line, row in _rows(index, header):
+        csv_path = row["Path"]
+        if not csv_path or (collection.frontal_only and _is_lateral(row, csv_path)):
+            continue
+        positives, unknown, errors = _chexpert_labels(collection, row)
+        if errors or unknown or len(positives) != 1:
+            continue
+        (observation,) = positives
+        eligible[observation] += 1
+        # keep the `wanted` smallest (rank, line): negated, heap[0] is the largest kept
+        entry = (-_sample_rank(collection.sample_seed, csv_path), -line)
+        heap = heaps[observation]
+        if len(heap) < wanted:
+            heapq.heappush(heap, entry)
+        elif entry > heap[0]:
+            heapq.heapreplace(heap, entry)
+    short = {o: n for o, n in eligible.items() if n < wanted}
+    if short:
+        raise InputError(
+            str(index),
+            f"sample_per_class {wanted}: too few eligible rows for {short} (eligible: frontal"
+            f"{'' if collection.frontal_only else ' or lateral'}, exactly one positive among "
+            f"{list(collection.observations)} under uncertainty {collection.uncertainty!r}); "
+            f"lower sample_per_class or use a larger index",
+        )
+    return {-line for heap in heaps.values() for _, line in heap}
+
+
+def _chexpert_items(
+    collection: ChexpertCollection, base: Path, index: Path, header: list[str], selected: set[int] | None = None
+) -> Iterator[SourceItem]:
     observations = list(collection.observations)
     skipped_lateral = 0
+    skipped_unsampled = 0
     for line, row in _rows(index, header):
         csv_path = row["Path"]
         if collection.frontal_only and _is_lateral(row, csv_path):
             skipped_lateral += 1  # filtered by design (frontal_only), counted in the log
             continue
-        errors: list[str] = []
-        positives: list[str] = []
-        unknown: list[str] = []
-        for observation in observations:
-            state = _chexpert_state(row[observation], collection.uncertainty)
-            if isinstance(state, str):
-                errors.append(f"{observation}: {state}")
-            elif state is None:
-                unknown.append(observation)
-            elif state:
-                positives.append(observation)
+        positives, unknown, errors = _chexpert_labels(collection, row)
+        if selected is not None and line not in selected and csv_path and not errors:
+            skipped_unsampled += 1  # outside the sample by design (sample_per_class), counted in the log
+            continue  # unreadable rows (bad value, blank Path) still become error items below
         if not errors:
             if collection.single_label:
                 if len(positives) != 1:
@@ -507,6 +571,14 @@ def _chexpert_items(collection: ChexpertCollection, base: Path, index: Path, hea
             collection.name,
             skipped_lateral,
             extra={"collection": collection.name, "skipped_lateral": skipped_lateral},
+        )
+    if skipped_unsampled:
+        log.info(
+            "%s: kept %d sampled row(s), skipped %d other(s) (sample_per_class)",
+            collection.name,
+            len(selected or ()),
+            skipped_unsampled,
+            extra={"collection": collection.name, "skipped_unsampled": skipped_unsampled},
         )
 
 

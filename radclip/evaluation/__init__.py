@@ -5,7 +5,8 @@
 * :func:`matching_precision` / :func:`top1_precision` — image–text matching, top-1.
 * :func:`zero_shot` — prompt-template-ensemble zero-shot classification, top-k.
 * :func:`retrieval_metrics` — image↔text Recall@K and median rank with shared captions.
-* :func:`multilabel_auroc` — positive/negative prompt-pair AUROC, base vs rare classes.
+* :func:`multilabel_auroc` — positive/negative prompt-pair AUROC, base vs rare classes
+  (:func:`rare_by_frequency`: rare = a small share of the training images).
 * :func:`lesion_attention` — how the adapter's slice weights find the finding slices.
 * :func:`bootstrap_ci`, :func:`mean_std` — uncertainty.
 
@@ -28,6 +29,7 @@ from radclip.core.metrics import (
     multilabel_logits,
     multilabel_probabilities,
     patient_folds,
+    rare_by_frequency,
     retrieval_metrics,
     top1_precision,
     zero_shot,
@@ -49,6 +51,7 @@ __all__ = [
     "multilabel_logits",
     "multilabel_probabilities",
     "patient_folds",
+    "rare_by_frequency",
     "retrieval_metrics",
     "top1_precision",
     "zero_shot",

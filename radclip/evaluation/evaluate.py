@@ -12,6 +12,7 @@ the paper's Fig. 5 modality-prompt scores.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from radclip.core.metrics import (
     lesion_attention,
     linear_probe,
     multilabel_auroc,
+    rare_by_frequency,
     retrieval_metrics,
     top1_precision,
     zero_shot,
@@ -91,13 +93,49 @@ def _interval(params: Params, name: str, value: float, metric_fn, *arrays) -> di
     return {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
-def _multilabel(model, suite: SuiteFeatures, params: Params) -> dict[str, float]:
-    """Per-condition AUROC of "<caption with the condition>" vs the normal caption, macro over all / base / rare."""
+def training_condition_counts(curated_dir: Path) -> tuple[dict[tuple[str, str, str], int], int]:
+    """(region, modality, condition) -> training images showing it, and the number of training
+    images: the curated manifest's train split of the role-train collections, each condition of a
+    multi-finding caption counted (normal images count in the total only)."""
+    table = pd.read_parquet(Path(curated_dir) / MANIFEST_FILE, columns=["role", "split", "region", "modality",
+                                                                         "conditions"])
+    train = table[(table["role"] == "train") & (table["split"] == "train")]
+    counts: dict[tuple[str, str, str], int] = {}
+    for region, modality, value in zip(train["region"], train["modality"], train["conditions"].fillna("")):
+        for condition in {c for c in str(value).split("|") if c}:
+            key = (str(region), str(modality), condition)
+            counts[key] = counts.get(key, 0) + 1
+    return counts, len(train)
+
+
+def _rare_split(params: Params, suite: SuiteFeatures, conditions: list[str]) -> tuple[dict, dict[str, float]]:
+    """``multilabel_auroc``'s rare-class argument under ``evaluate.rare_by``, and per-condition metrics
+    that document it (the training share of each condition)."""
+    settings = params.evaluate
+    if settings.rare_by == "evaluation":
+        return {"rare_threshold": settings.rare_threshold}, {}
+    counts, total = training_condition_counts(params.resolve(params.paths.curated))
+    if total == 0:
+        raise ValueError("evaluate.rare_by: training needs training records (train split) in the curated manifest; "
+                         "set evaluate.rare_by: evaluation to split by the suite's own positives")
+    region, modality = suite.region_modality
+    train = {c: counts.get((region, modality, c), 0) for c in conditions}
+    rare = rare_by_frequency(conditions, train, total, settings.rare_fraction)
+    return {"rare_classes": rare}, {f"multilabel_train_fraction.{c}": n / total for c, n in train.items()}
+
+
+def multilabel_metrics(model, suite: SuiteFeatures, params: Params) -> dict[str, float]:
+    """Per-condition AUROC of "<caption with the condition>" vs the normal caption, macro over all / base / rare.
+
+    ``multilabel_base_classes`` / ``multilabel_rare_classes`` count the suite's conditions of each
+    kind (``evaluate.rare_by``); an average over no class with an AUROC is left out, never NaN.
+    """
     conditions = sorted({c for value in suite.conditions for c in value.split("|") if c})
     if not conditions:
         return {}
     region, modality = suite.region_modality
-    caption = params.data.caption
+    collection = next((c for c in params.data.collections if c.name == suite.suite), None)
+    caption = (collection.caption if collection is not None else None) or params.data.caption  # as curation captions it
     positive = (
         model.encode_text([make_caption(caption, region, modality, (c,)) for c in conditions]).float().cpu().numpy()
     )
@@ -105,11 +143,17 @@ def _multilabel(model, suite: SuiteFeatures, params: Params) -> dict[str, float]
     negative = np.repeat(model.encode_text([normal]).float().cpu().numpy(), len(conditions), axis=0)
     targets = np.array([[int(c in value.split("|")) for c in conditions] for value in suite.conditions])
     scale = float(model.logit_scale_exp().detach())
-    result = multilabel_auroc(suite.features, positive, negative, targets, conditions,
-                              rare_threshold=params.evaluate.rare_threshold, logit_scale=scale)
-    out = {"multilabel_auroc_macro": result["macro"], "multilabel_auroc_base": result["macro_base"],
-           "multilabel_auroc_rare": result["macro_rare"]}
+    rare_argument, documented = _rare_split(params, suite, conditions)
+    result = multilabel_auroc(suite.features, positive, negative, targets, conditions, logit_scale=scale,
+                              **rare_argument)
+    out = {"multilabel_base_classes": float(len(result["base_classes"])),
+           "multilabel_rare_classes": float(len(result["rare_classes"]))}
+    for key, name in (("macro", "multilabel_auroc_macro"), ("macro_base", "multilabel_auroc_base"),
+                      ("macro_rare", "multilabel_auroc_rare")):
+        if not math.isnan(result[key]):
+            out[name] = result[key]
     out.update({f"multilabel_auroc.{name}": value for name, value in result["per_class"].items()})
+    out.update(documented)
     return out
 
 
@@ -141,10 +185,15 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> SuiteResul
     class_similarity = cosine_similarity(suite.features, ensemble_class_embeddings(prompts))
     metrics.update({f"zero_shot_{k}": v for k, v in zero.items() if k != "top1"})
     metrics.update(_interval(params, "zero_shot_top1", zero["top1"], top1_precision, class_similarity, label_index))
+    if len(settings.prompt_templates) > 1:  # sensitivity to wording: each template alone (index into the list)
+        for index in range(len(settings.prompt_templates)):
+            template_prompts = [class_prompts[index:index + 1] for class_prompts in prompts]
+            alone = zero_shot(suite.features, template_prompts, label_index)
+            metrics[f"zero_shot_top1_template{index}"] = alone["top1"]
     positives = [np.array([i]) for i in true_index]
     retrieval = retrieval_metrics(suite.features, text, positives)
     metrics.update({k: float(v) for k, v in retrieval.items() if "queries" not in k})
-    metrics.update(_multilabel(model, suite, params))
+    metrics.update(multilabel_metrics(model, suite, params))
     metrics.update(_lesion_attention(params, suite))
     return SuiteResult(suite.kind, metrics, probe.confusion, tuple(probe.class_names), suite)
 

@@ -1,6 +1,11 @@
-"""Stage ``ablate``: RadCLIP Table III, {vanilla, fine-tuned} 2D encoder × {average pooling, trained adapter}."""
+"""Stage ``ablate``: RadCLIP Table III widened to {random init, vanilla, fine-tuned} × {average pooling, adapter},
+plus the paper's literal reducer, each cell over ``ablate.seeds`` seeds, and the pre-registered verdicts."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
 
 from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
@@ -11,18 +16,20 @@ from radclip.evaluation.ablation import (
     FIGURE_METRICS,
     MEAN_SUITE,
     POOLING_LABELS,
+    Cell,
+    aggregate,
     attention_markdown,
-    mean_rows,
-    ordering,
-    summary_metric,
+    mean_over_suites,
     table_markdown,
+    verdict_markdown,
+    verdicts,
     write_table,
 )
 from radclip.evaluation.evaluate import evaluate_features, suite_features, suite_names
 from radclip.evaluation.plots import ablation_figure
 from radclip.io import mlflow_tracking as tracking
 from radclip.jobs.common import (
-    ADAPTED_MODELS,
+    ENCODER_MODELS,
     log,
     model_dir,
     slice_cache_dir,
@@ -30,80 +37,140 @@ from radclip.jobs.common import (
     write_effective_params,
     write_metrics,
 )
+from radclip.jobs.pretrain_adapter import adapter_params
+from radclip.training.fit import fit
 
 STAGE = "ablate"
-PARAMS = ("evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
+PARAMS = ("ablate", "evaluate", "data.caption", "data.collections", "phantoms.volume_shape", "model.adapter", "loss",
+          "train_adapter", "sweep.apply_best")
+GENERAL_REPORT = "pretrain_general.json"
+
+
+def seed_params(params: Params, seed: int) -> Params:
+    """Seed ``seed`` of the grid: the adapter's loop seed and the probes' protocol seed moved by it; no
+    bootstrap intervals (the seeds and folds give the spread here)."""
+    return params.with_values({"train_adapter.loop_seed": params.train_adapter.loop_seed + seed,
+                               "evaluate.protocol_seed": params.evaluate.protocol_seed + seed,
+                               "evaluate.bootstrap": 0})
+
+
+def _chance(labels) -> float:
+    counts = Counter(labels.tolist())
+    return max(counts.values()) / sum(counts.values())
+
+
+def _general_zero_shot(params: Params) -> dict | None:
+    path = params.resolve(params.paths.reports) / GENERAL_REPORT
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report.get("heldout_zero_shot")
+
+
+def _train_adapter(params: Params, cell: Cell, seed: int, parent_run_id: str) -> RadCLIP:
+    """The cell's adapter for this seed, trained in-process on the encoder's slice cache (scratch output)."""
+    trained = adapter_params(params).with_values({"model.adapter.reducer": cell.pooling,
+                                                  "train_adapter.engine": "local"})
+    out = params.resolve(params.paths.tmp) / "ablation" / f"{cell.name}-seed{seed}"
+    fit(trained, "adapter", data_dir=slice_cache_dir(params, cell.encoder), vocabulary=[],
+        model_source=model_dir(params, ENCODER_MODELS[cell.encoder]), out_dir=out, parent_run_id=parent_run_id,
+        run_name=f"{cell.name}-seed{seed}", tags={"encoder": cell.encoder, "ablation.seed": seed}, log_model=False)
+    model = RadCLIP.from_pretrained(out).eval()
+    shutil.rmtree(out, ignore_errors=True)
+    return model
 
 
 def run(params: Params, *, progress: bool = True) -> dict:
-    """Evaluate the four cells: each encoder's model with its trained adapter, on its own slice cache.
-    Writes ``reports/ablation.{json,csv,md,png}``."""
-    models = {encoder: model_dir(params, ADAPTED_MODELS[encoder]) for encoder in ENCODERS}
-    slice_caches = {encoder: slice_cache_dir(params, encoder) for encoder in ENCODERS}
+    """Every cell × seed × suite; writes ``reports/ablation.{json,csv,md,png}`` with seed means, seed and fold
+    stds, and the verdict of each pre-registered threshold."""
     suites = suite_names(params)
-    rows: list[dict] = []
-    loaded = {encoder: RadCLIP.from_pretrained(models[encoder]).eval() for encoder in ENCODERS}
-    encoder_only: dict[tuple[str, str], dict] = {}  # 2D suites: same numbers for both poolings
-    with tracking.start_run(
-        params, stage="ablate", run_name="ablation-grid", tags={"ablation.cells": len(CELLS)}
-    ) as parent:
+    encoders = {encoder: RadCLIP.from_pretrained(model_dir(params, ENCODER_MODELS[encoder])).eval()
+                for encoder in ENCODERS}
+    seeds = range(params.ablate.seeds)
+    per_seed: list[dict] = []
+    kinds: dict[str, str] = {}
+    chance: dict[str, float] = {}
+    with tracking.start_run(params, stage=STAGE, run_name="ablation-grid",
+                            tags={"ablation.cells": len(CELLS), "ablation.seeds": len(seeds)}) as parent:
+        encoder_only: dict[tuple[str, str, int], dict] = {}  # 2D suites: the pooling plays no part
         for cell in CELLS:
-            model = loaded[cell.encoder]
-            tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling,
-                    "model.dir": str(models[cell.encoder])}
-            with tracking.start_run(params, stage="ablate", run_name=cell.name, nested=True, tags=tags):
-                for suite in suites:
-                    key = (cell.encoder, suite)
-                    if key in encoder_only:
-                        kind, metrics = "2d", encoder_only[key]
-                    else:
-                        features = suite_features(
-                            model, params, suite, slice_caches[cell.encoder], pooling=cell.pooling
-                        )
-                        kind, metrics = features.kind, evaluate_features(model, features, params).metrics
-                        if kind == "2d":
-                            encoder_only[key] = metrics
-                    headline = {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
-                    tracking.log_metrics({f"{suite}.{k}": v for k, v in headline.items()})
-                    rows.append({"label": f"{suite}: {cell.name}", "cell": cell.name, "encoder": cell.encoder,
-                                 "pooling": cell.pooling, "suite": suite, "kind": kind, **headline})
-        volume_suites = [s for s in suites if any(r["suite"] == s and r["kind"] == "3d" for r in rows)]
-        rows += mean_rows(rows, volume_suites)
-        checks = {suite: ordering(rows, suite) for suite in volume_suites + ([MEAN_SUITE] if volume_suites else [])}
+            tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling}
+            with tracking.start_run(params, stage=STAGE, run_name=cell.name, nested=True, tags=tags) as cell_run:
+                for seed in seeds:
+                    run_params = seed_params(params, seed)
+                    model = (_train_adapter(run_params, cell, seed, cell_run.info.run_id) if cell.trains_adapter
+                             else encoders[cell.encoder])
+                    pooling = "average" if cell.pooling == "average" else "adapter"
+                    for suite in suites:
+                        key = (cell.encoder, suite, seed)
+                        if key in encoder_only:
+                            metrics = encoder_only[key]
+                        else:
+                            features = suite_features(model, run_params, suite, slice_cache_dir(params, cell.encoder),
+                                                      pooling=pooling)
+                            kinds[suite] = features.kind
+                            chance[suite] = _chance(features.labels)
+                            metrics = evaluate_features(model, features, run_params).metrics
+                            if features.kind == "2d":
+                                encoder_only[key] = metrics
+                        headline = {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}
+                        tracking.log_metrics({f"{suite}.{k}": v for k, v in headline.items()}, step=seed)
+                        per_seed.append({"cell": cell.name, "encoder": cell.encoder, "pooling": cell.pooling,
+                                         "suite": suite, "seed": seed, **headline})
+                table_rows = {suite: aggregate([r for r in per_seed if r["cell"] == cell.name and r["suite"] == suite])
+                              for suite in suites}
+                tracking.log_metrics({f"{suite}.{k}": v for suite, row in table_rows.items() for k, v in row.items()})
+        table = {cell.name: {suite: aggregate([r for r in per_seed if r["cell"] == cell.name and r["suite"] == suite])
+                             for suite in suites} for cell in CELLS}
+        volume_suites = [s for s in suites if kinds.get(s) == "3d"]
+        means = mean_over_suites(table, volume_suites)
+        for cell in CELLS:
+            if cell.name in means:
+                table[cell.name][MEAN_SUITE] = means[cell.name]
+        global_suites = [s for s in volume_suites if s in params.ablate.global_suites]
+        focal_suites = [s for s in volume_suites if s not in global_suites]
+        checks = verdicts(table, suites=suites, chance=chance, focal_suites=focal_suites, global_suites=global_suites,
+                          thresholds=params.ablate.thresholds.model_dump(),
+                          general_zero_shot=_general_zero_shot(params))
         reports = params.resolve(params.paths.reports)
-        markdown = table_markdown(rows, volume_suites + ([MEAN_SUITE] if volume_suites else []))
+        shown = suites + ([MEAN_SUITE] if volume_suites else [])
+        markdown = table_markdown(table, shown)
         (reports / "ablation.md").write_text(
-            "# Ablation (RadCLIP Table III): 2D encoder × slice pooling, 3D suites\n\n"
-            "Linear probe accuracy and macro F1 (mean ± std over patient-level folds), image–text matching P@1.\n\n"
-            + markdown
-            + attention_markdown(rows)
+            "# Ablation (RadCLIP Table III, widened): 2D encoder × slice pooling\n\n"
+            f"Linear probe accuracy and macro F1, image–text matching P@1: mean ± std over {len(seeds)} seeds "
+            "(adapter training and probe), fold std (patient-level folds, mean over seeds) in brackets. "
+            "2D suites do not depend on the pooling.\n\n"
+            + markdown + verdict_markdown(checks) + attention_markdown(means)
         )
-        write_table(reports / "ablation.csv", rows)
+        write_table(reports / "ablation.csv", per_seed)
         summary = {
-            "cells": {cell.name: {r["suite"]: {k: r[k] for k in r if summary_metric(k)}
-                                  for r in rows if r["cell"] == cell.name and r["kind"] == "3d"} for cell in CELLS},
-            "ordering": checks,
+            "seeds": len(seeds),
+            "chance": chance,
+            "focal_suites": focal_suites,
+            "global_suites": global_suites,
+            "cells": table,
+            "thresholds": checks,
+            "all_passed": all(check["passed"] for check in checks.values()),
         }
         write_metrics(params, "ablation.json", summary)
-        figure_rows = [
-            {**next(r for r in rows if r["cell"] == c.name and r["suite"] == MEAN_SUITE),
-             "encoder": ENCODER_LABELS[c.encoder], "pooling": POOLING_LABELS[c.pooling]}
-            for c in CELLS
-        ] if volume_suites else []
-        if figure_rows:
+        if volume_suites:
+            figure_rows = [{"encoder": ENCODER_LABELS[c.encoder], "pooling": POOLING_LABELS[c.pooling],
+                            **{m: means[c.name][m] for m in FIGURE_METRICS},
+                            **{f"{m}_std": means[c.name][f"{m}_seed_std"] for m in FIGURE_METRICS}} for c in CELLS]
             ablation_figure(figure_rows, FIGURE_METRICS, reports / "ablation.png",
-                            title="Ablation on the 3D suites (mean over suites)")
-        tracking.log_metrics({f"ordering.{suite}.gap": check["gap"] for suite, check in checks.items()})
+                            title=f"Ablation on the 3D suites (mean over suites; ± std over {len(seeds)} seeds)")
+        tracking.log_metrics({f"threshold.{key}.value": check["value"] for key, check in checks.items()}
+                             | {f"threshold.{key}.passed": float(check["passed"]) for key, check in checks.items()})
         for name in ("ablation.md", "ablation.csv", "ablation.json", "ablation.png"):
             if (reports / name).exists():
                 tracking.log_artifact(reports / name, "ablation")
         tracking.log_artifact(write_effective_params(params, STAGE, PARAMS), "params")
         summary["mlflow_run_id"] = parent.info.run_id
     log.info("%s", markdown)
-    for suite, check in checks.items():
-        log.info("%s: fine-tuned+adapter − vanilla+average = %+.3f (fold std %.3f): ordering %s", suite, check["gap"],
-                 check["fold_std"], "holds" if check["holds"] else "does NOT hold")
-    return summary | {"rows": rows, "markdown": markdown}
+    for name, check in checks.items():
+        log.info("%-40s %s: %+.3f (%s %+.3f)", name, "PASS" if check["passed"] else "FAIL", check["value"],
+                 check["rule"], check["threshold"])
+    return summary | {"rows": per_seed, "markdown": markdown}
 
 
 def main() -> None:

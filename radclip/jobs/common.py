@@ -16,13 +16,14 @@ import yaml
 from radclip.config import Params, ParamsError, load_params
 from radclip.data.shards import MANIFEST_FILE
 
+MODEL_GENERAL = "general-clip"  # pretrain_general: the embedded default's general-domain CLIP checkpoint
 MODEL_INIT = "radclip-init"  # the starting weights ("vanilla CLIP"): what 2D pretraining fine-tunes
+MODEL_RANDOM = "radclip-random"  # the starting weights' architecture, randomly initialised (ablation baseline)
 MODEL_2D = "radclip-2d"  # fine-tuned 2D encoder (+ untrained adapter)
 MODEL_FINAL = "radclip"  # fine-tuned 2D encoder + trained slice pooling adapter: the RadCLIP model
 CACHE_FINETUNED = "finetuned"
 # Per 2D encoder: the model holding it, and the model its trained adapter is saved as.
-ENCODER_MODELS = {"finetuned": MODEL_2D, "vanilla": MODEL_INIT}
-ADAPTED_MODELS = {"finetuned": MODEL_FINAL, "vanilla": "radclip-vanilla"}
+ENCODER_MODELS = {"finetuned": MODEL_2D, "vanilla": MODEL_INIT, "random": MODEL_RANDOM}
 EFFECTIVE_PARAMS_DIR = "params"  # under paths.reports
 BEST_PARAMS_FILE = "best_params.yaml"  # under paths.sweeps: the sweep's best adapter params
 

@@ -1,4 +1,5 @@
-"""Stage ``init_model``: the starting weights (the ablation's vanilla CLIP), with the data's preprocessing contract."""
+"""Stage ``init_model``: the starting weights (the ablation's vanilla CLIP) and the same architecture randomly
+initialised (its random-init baseline), each with the data's preprocessing contract."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from radclip.config import Params
 from radclip.core.preprocessing import Preprocessing
 from radclip.jobs.common import (
     MODEL_INIT,
+    MODEL_RANDOM,
     log,
     model_dir,
     stage_main,
@@ -18,18 +20,22 @@ from radclip.jobs.common import (
 from radclip.training.build import build_model
 
 STAGE = "init_model"
-PARAMS = ("profile", "model", "loss.temperature", "loss.learnable_temperature", "curate.image_size")
+PARAMS = ("profile", "model", "loss.temperature", "loss.learnable_temperature", "curate.image_size",
+          "general.vocab_size")
 
 
 def run(params: Params, *, progress: bool = True) -> Path:
-    """CLIP from ``model.pretrained`` (or built small from params) with a fresh adapter; 2D pretraining
-    fine-tunes this copy. The curated data's contract is saved with it (and every model trained from it)."""
-    out = model_dir(params, MODEL_INIT)
-    shutil.rmtree(out, ignore_errors=True)
+    """CLIP from ``model.pretrained`` with a fresh adapter (2D pretraining fine-tunes this copy), and the
+    random-init baseline beside it. The curated data's contract is saved with both (and every model
+    trained from them)."""
+    out, random_out = model_dir(params, MODEL_INIT), model_dir(params, MODEL_RANDOM)
     contract = Preprocessing.read(params.resolve(params.paths.curated))
-    build_model(params, vocabulary(params), preprocessing=contract).save_pretrained(out)
+    captions = vocabulary(params)
+    for directory, random_init in ((out, False), (random_out, True)):
+        shutil.rmtree(directory, ignore_errors=True)
+        build_model(params, captions, preprocessing=contract, random_init=random_init).save_pretrained(directory)
     write_effective_params(params, STAGE, PARAMS)
-    log.info("init_model: starting weights in %s", out)
+    log.info("init_model: starting weights in %s, random-init baseline in %s", out, random_out)
     return out
 
 

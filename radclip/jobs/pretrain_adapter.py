@@ -1,4 +1,5 @@
-"""Stage ``pretrain_adapter``: the slice pooling adapter on one encoder's slice cache (encoders frozen)."""
+"""Stage ``pretrain_adapter``: RadCLIP's slice pooling adapter on the fine-tuned encoder's slice cache (encoders
+frozen). The ablation trains its own adapters (every encoder, several seeds) the same way."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from radclip.config import Params
 from radclip.io import mlflow_tracking as tracking
 from radclip.jobs._fit_reports import write_fit_reports
 from radclip.jobs.common import (
-    ADAPTED_MODELS,
     CACHE_FINETUNED,
     ENCODER_MODELS,
+    MODEL_FINAL,
     model_dir,
-    report_name,
     slice_cache_dir,
     stage_main,
     write_effective_params,
@@ -24,22 +24,21 @@ PARAMS = ("profile", "model.adapter", "loss", "train_adapter", "sweep.apply_best
 
 def adapter_params(params: Params) -> Params:
     """The adapter's training params: the sweep's best heads / lr / temperature when ``sweep.apply_best``
-    (both encoders get them, so the ablation compares like with like)."""
+    (every ablation cell gets them too, so it compares like with like)."""
     return load_best_params(params) if params.sweep.apply_best else params
 
 
-def run(params: Params, *, encoder: str = CACHE_FINETUNED, progress: bool = True) -> FitResult:
+def run(params: Params, *, progress: bool = True) -> FitResult:
     params = adapter_params(params)
-    report = report_name(STAGE, encoder)
-    # What it trains with, best params applied: reports/params/<report>.yaml shows heads, lr and τ as used.
-    effective = write_effective_params(params, report, PARAMS, {"encoder": encoder})
-    result = fit(params, "adapter", data_dir=slice_cache_dir(params, encoder), vocabulary=[],
-                 model_source=model_dir(params, ENCODER_MODELS[encoder]),
-                 out_dir=model_dir(params, ADAPTED_MODELS[encoder]), tags={"encoder": encoder})
+    # What it trains with, best params applied: reports/params/pretrain_adapter.yaml shows heads, lr and τ as used.
+    effective = write_effective_params(params, STAGE, PARAMS)
+    result = fit(params, "adapter", data_dir=slice_cache_dir(params, CACHE_FINETUNED), vocabulary=[],
+                 model_source=model_dir(params, ENCODER_MODELS[CACHE_FINETUNED]),
+                 out_dir=model_dir(params, MODEL_FINAL), tags={"encoder": CACHE_FINETUNED})
     tracking.log_artifact_to(result.mlflow_run_id, effective, "params")
-    write_fit_reports(params, report, result)
+    write_fit_reports(params, STAGE, result)
     return result
 
 
 def main() -> None:
-    stage_main(run, encoder_option=True)
+    stage_main(run)

@@ -6,7 +6,7 @@ import torch
 
 from radclip.config import AdapterParams, Params
 from radclip.core.models.adapter import AdapterSpec
-from radclip.core.models.clip import build_clip
+from radclip.core.models.clip import build_clip, freeze_text_tower, reinitialised
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import Preprocessing
 
@@ -16,25 +16,44 @@ def adapter_spec(adapter: AdapterParams) -> AdapterSpec:
                        reducer=adapter.reducer)
 
 
-def build_model(params: Params, vocabulary_texts: list[str], preprocessing: Preprocessing | None = None) -> RadCLIP:
+def pretrained_source(params: Params) -> str | None:
+    """``model.pretrained`` as ``build_clip`` takes it: a directory of this project (the pipeline's
+    ``pretrain_general`` output) resolved against the project root, else the name as given (a hub
+    name from the local HF cache, or an absolute directory)."""
+    name = params.model.pretrained
+    if name is None:
+        return None
+    local = params.resolve(name)
+    return str(local) if local.exists() else name
+
+
+def build_model(params: Params, vocabulary_texts: list[str], preprocessing: Preprocessing | None = None,
+                *, random_init: bool = False) -> RadCLIP:
     """CLIP backbone per ``params.model``, curated image size, loss temperature, and the data's
     preprocessing contract (saved with the model).
 
-    Weights that are initialised here (the embedded default's CLIP, the adapter) are
-    drawn from ``model.init_seed`` in a forked RNG, so the same params give the same
-    model without touching the caller's random state.
+    Weights that are initialised here (a fresh CLIP, the adapter) are drawn from
+    ``model.init_seed`` in a forked RNG, so the same params give the same model without
+    touching the caller's random state. ``random_init`` keeps the pretrained CLIP's
+    architecture and tokenizer but draws all its weights afresh (the ablation's random-init
+    encoder, text tower included).
     """
     model_params = params.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model_params.init_seed)
         clip, tokenizer, pixels = build_clip(
-            model_params.pretrained,
+            pretrained_source(params),
             image_size=params.curate.image_size,
             vocabulary_texts=vocabulary_texts,
             vision=model_params.vision.model_dump(),
             text=model_params.text.model_dump(),
             projection_dim=model_params.projection_dim,
+            vocab_size=params.general.vocab_size,
         )
+        if random_init:
+            clip = reinitialised(clip, model_params.init_seed)
+            freeze_text_tower(clip)
+            clip.logit_scale.requires_grad_(False)
         model = RadCLIP(
             clip,
             tokenizer,

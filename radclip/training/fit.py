@@ -71,12 +71,14 @@ def fit(
     on_epoch: Callable[[dict], bool] | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
+    log_model: bool = True,
 ) -> FitResult:
     """Train one stage and save the best model to ``out_dir``; ``tags`` go on its MLflow run.
 
     ``on_epoch(metrics)`` is called on this (the driver's) side after every epoch; returning
     True stops training after that epoch (the sweep's pruner). ``parent_run_id`` nests the
-    run (a sweep trial under its sweep).
+    run (a sweep trial under its sweep). ``log_model=False`` keeps the model and its loss curves out of
+    the run's artifacts (the ablation's seed replicates, evaluated and discarded).
     """
     from radclip.core.models import RadCLIP
     from radclip.training.build import build_model
@@ -132,9 +134,11 @@ def fit(
         tracking.log_metrics(
             {"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds}
         )
-        tracking.log_artifacts(out_dir, "model")
-        curves = loss_curves_figure(history, run_dir / f"loss_{stage}.png", title=f"pretrain_{stage}: loss per epoch")
-        tracking.log_artifact(curves, "plots")
+        if log_model:
+            tracking.log_artifacts(out_dir, "model")
+            curves = loss_curves_figure(history, run_dir / f"loss_{stage}.png",
+                                        title=f"pretrain_{stage}: loss per epoch")
+            tracking.log_artifact(curves, "plots")
         result = FitResult(
             model_dir=str(out_dir),
             history=history,

@@ -86,3 +86,14 @@ def test_section_digest_changes_only_with_its_sections(project_root):
     assert other_rule.digest(*sections) != default.digest(*sections)
     with pytest.raises(KeyError, match="curate.nope"):
         default.digest("curate.nope")
+
+
+def test_with_values_replaces_dotted_keys_and_validates():
+    params = Params()
+    changed = params.with_values({"train_adapter.loop_seed": 7, "model.adapter.reducer": "mhsa_mean"})
+    assert changed.train_adapter.loop_seed == 7 and changed.model.adapter.reducer == "mhsa_mean"
+    assert params.train_adapter.loop_seed == 0  # the original is untouched
+    with pytest.raises(KeyError, match="train_adapter.no_such_key"):
+        params.with_values({"train_adapter.no_such_key": 1})
+    with pytest.raises(ValueError):
+        params.with_values({"model.adapter.reducer": "median"})

@@ -18,6 +18,7 @@ from radclip.evaluation import (
     multilabel_auroc,
     multilabel_probabilities,
     patient_folds,
+    rare_by_frequency,
     retrieval_metrics,
     top1_precision,
     zero_shot,
@@ -193,6 +194,67 @@ def test_multilabel_auroc_matches_hand_calculation() -> None:
     assert result["macro_base"] == pytest.approx(0.75)
     assert result["macro_rare"] == pytest.approx(0.0)
     assert result["positives"] == {"a": 2, "b": 5, "c": 1}
+
+
+def pairwise_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Reference AUROC: the share of (positive, negative) pairs ranked right, ties half."""
+    pos, neg = scores[positive.astype(bool)], scores[~positive.astype(bool)]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def test_rare_by_frequency_is_a_share_below_the_fraction_and_unseen_classes_are_rare() -> None:
+    counts = {"a": 1, "b": 50, "c": 2}
+    # shares of 100: a 0.01 (rare), b 0.5, c 0.02 (not below 0.02), d never seen (0: rare)
+    assert rare_by_frequency(["d", "c", "b", "a"], counts, 100, 0.02) == ["d", "a"]
+    assert rare_by_frequency(["b"], counts, 100, 0.6) == ["b"]
+    with pytest.raises(ValueError, match="total"):
+        rare_by_frequency(["a"], counts, 0, 0.02)
+    with pytest.raises(ValueError, match="fraction"):
+        rare_by_frequency(["a"], counts, 100, 0.0)
+
+
+def test_multilabel_auroc_rare_split_follows_training_counts_not_the_suite() -> None:
+    """A class frequent in the suite but rare in training is rare; a class with few positives in the
+    suite but frequent in training is base. The averages are the reference AUROCs of each."""
+    rng = np.random.default_rng(0)
+    n = 60
+    images = rng.normal(size=(n, 4))
+    targets = np.zeros((n, 2), dtype=int)
+    targets[:30, 0] = 1  # "suite_frequent": 30 positives here...
+    targets[30:33, 1] = 1  # "suite_rare": 3 positives here...
+    images[:30, 0] += 0.8  # some signal along the positive prompt of class 0
+    pos = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    neg = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    names = ["suite_frequent", "suite_rare"]
+    training = {"suite_frequent": 5, "suite_rare": 300}  # ...but the reverse in 1000 training images
+    rare = rare_by_frequency(names, training, 1000, 0.02)
+    assert rare == ["suite_frequent"]
+
+    result = multilabel_auroc(images, pos, neg, targets, names, rare_classes=rare, logit_scale=10.0)
+    unit_images = images / np.linalg.norm(images, axis=1, keepdims=True)
+    reference = [pairwise_auroc(unit_images @ pos[c] - unit_images @ neg[c], targets[:, c]) for c in range(2)]
+    assert result["rare_classes"] == ["suite_frequent"] and result["base_classes"] == ["suite_rare"]
+    assert result["macro_rare"] == pytest.approx(reference[0])
+    assert result["macro_base"] == pytest.approx(reference[1])
+    assert result["macro"] == pytest.approx(np.mean(reference))
+
+    by_suite = multilabel_auroc(images, pos, neg, targets, names, rare_threshold=10, logit_scale=10.0)
+    assert by_suite["rare_classes"] == ["suite_rare"] and by_suite["base_classes"] == ["suite_frequent"]
+    assert by_suite["macro_rare"] == pytest.approx(reference[1])
+
+    none_rare = multilabel_auroc(images, pos, neg, targets, names, rare_classes=[], logit_scale=10.0)
+    assert none_rare["rare_classes"] == [] and math.isnan(none_rare["macro_rare"])
+
+
+def test_multilabel_auroc_takes_exactly_one_known_rare_rule() -> None:
+    images, prompts, targets = np.eye(2), np.eye(2), np.eye(2, dtype=int)
+    with pytest.raises(ValueError, match="exactly one"):
+        multilabel_auroc(images, prompts, prompts[::-1], targets, ["a", "b"])
+    with pytest.raises(ValueError, match="exactly one"):
+        multilabel_auroc(images, prompts, prompts[::-1], targets, ["a", "b"], rare_classes=["a"], rare_threshold=2)
+    with pytest.raises(ValueError, match="not among"):
+        multilabel_auroc(images, prompts, prompts[::-1], targets, ["a", "b"], rare_classes=["z"])
 
 
 def test_multilabel_probability_is_softmax_over_prompt_pair() -> None:

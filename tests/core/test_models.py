@@ -18,11 +18,11 @@ from radclip.core.models import (
     PretrainedWeightsUnavailable,
     RadCLIP,
     SlicePoolingAdapter,
-    build_word_level_tokenizer,
     load_pretrained_clip,
+    train_bpe_tokenizer,
 )
 from radclip.core.models.clip import image_processor
-from radclip.core.models.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from radclip.core.models.tokenizer import END_TOKEN, START_TOKEN, load_tokenizer, unknown_pieces
 from radclip.core.preprocessing import PixelNormalisation
 from radclip.training.build import build_model
 
@@ -122,22 +122,33 @@ def test_adapter_rejects_bad_configuration_and_inputs():
 # --------------------------------------------------------------------------- tokenizer and EOS pooling
 
 
-def test_word_level_tokenizer_is_deterministic_and_ends_with_eos():
-    forward = build_word_level_tokenizer(CAPTIONS, max_length=8)
-    backward = build_word_level_tokenizer(list(reversed(CAPTIONS)), max_length=8)
-    assert forward.get_vocab() == backward.get_vocab()
-    assert (forward.pad_token_id, forward.eos_token_id, forward.unk_token_id) == (PAD_ID, EOS_ID, UNK_ID)
-    ids = forward(["brain mri, with GLIOMA", "unseen words", "a b c d e f g h i j"], truncation=True)["input_ids"]
-    assert all(row[-1] == EOS_ID for row in ids)
-    vocab = forward.get_vocab()
-    assert ids[0] == [vocab["brain"], vocab["mri"], UNK_ID, vocab["with"], vocab["glioma"], EOS_ID]  # "," unseen
-    assert ids[1] == [UNK_ID, UNK_ID, EOS_ID]
-    assert len(ids[2]) == 8  # truncated, EOS kept
+GENERAL_TEXT = ["a photo of a small red cat", "two green stars on the left", "a puppy above a blue house",
+                "a black and white photo of a life vest"] * 20
+
+
+def test_bpe_tokenizer_is_deterministic_and_never_unknown(tmp_path):
+    forward = train_bpe_tokenizer(GENERAL_TEXT, vocab_size=600, max_length=12)
+    backward = train_bpe_tokenizer(list(reversed(GENERAL_TEXT)), vocab_size=600, max_length=12)
+    assert forward.get_vocab() == backward.get_vocab() and len(forward) <= 600
+    # Words of the corpus are single tokens; words it never had fall back to pieces, never to an unknown token.
+    assert forward.tokenize("A Puppy")[-1] == "puppy</w>"
+    for text in ["Chest X-ray with Pneumothorax", "a radiology image: Brain MRI", "naïve 3D £ ☃", "COVID-19"]:
+        assert unknown_pieces(forward, text) == [], text
+        decoded = forward.decode(forward(text)["input_ids"], skip_special_tokens=True)
+        assert decoded.replace(" ", "") == text.lower().replace(" ", "")  # CLIP decodes word ends as spaces
+    ids = forward(["a cat", "two green stars on the left of a very large yellow house today"], truncation=True)
+    assert all(row[0] == forward.convert_tokens_to_ids(START_TOKEN) for row in ids["input_ids"])
+    assert all(row[-1] == forward.convert_tokens_to_ids(END_TOKEN) for row in ids["input_ids"])  # kept when truncating
+    assert len(ids["input_ids"][1]) == 12
+    forward.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)  # what transformers itself reads back: a CLIPTokenizer
+    assert type(loaded).__name__ == "CLIPTokenizer"
+    assert loaded("A Puppy with Glioma")["input_ids"] == forward("A Puppy with Glioma")["input_ids"]
 
 
 def test_eos_pooling_uses_the_eos_position(model):
     config = model.clip.config.text_config
-    assert config.eos_token_id == EOS_ID and config.pad_token_id == PAD_ID
+    assert config.eos_token_id == model.tokenizer.eos_token_id == config.pad_token_id != 2
     first, second = model.encode_text(["Brain MRI with Glioma", "Brain MRI with Meningioma"])
     assert not torch.allclose(first, second, atol=1e-4)  # only the last word differs
 
@@ -176,7 +187,7 @@ def test_text_cache_runs_the_tower_once_per_unique_caption():
 
     # Weights changed in place (e.g. load_state_dict): stale entries are dropped.
     with torch.no_grad():
-        model.clip.text_projection.weight.mul_(2).add_(0.01)
+        model.clip.text_projection.weight[:8].mul_(-1)  # (a uniform offset would vanish: LayerNorm outputs sum to 0)
     third = model.encode_text(batch)
     assert rows == [2, 1, 2] and not torch.allclose(third, first)
 

@@ -77,6 +77,11 @@ def test_volumes_are_z_scored_and_images_use_the_full_range(curated_phantoms):
 def test_captions_follow_the_template(curated_phantoms):
     params, _ = curated_phantoms
     manifest = _manifest(params)
+    own = {c.name for c in params.data.collections if c.caption is not None}  # the sex suite: IXI's template
+    sex = manifest[manifest["collection"] == "phantom_brain_mri_3d_sex"]
+    assert own == {"phantom_brain_mri_3d_sex"} and len(sex)
+    assert set(sex["caption"]) == {"Brain MRI of a Male patient", "Brain MRI of a Female patient"}
+    manifest = manifest[~manifest["collection"].isin(own)]
     normal = manifest["conditions"] == ""
     assert manifest.loc[normal, "caption"].str.match(r"^Normal \S+ \S+").all()
     assert manifest.loc[~normal, "caption"].str.contains(" with ").all()

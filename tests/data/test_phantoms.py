@@ -20,6 +20,7 @@ from PIL import Image
 from radclip.config import Params, load_params
 from radclip.data.dicom_write import PHI_TAGS
 from radclip.data.phantoms import (
+    ANATOMY_TRUTH,
     CHEXPERT_5,
     CHEXPERT_OBSERVATIONS,
     LESION_TRUTH,
@@ -35,6 +36,7 @@ from radclip.data.phantoms import (
     run_job,
     synthesize,
 )
+from radclip.data.phantoms.brain import HEAD_RANGE, HeadShape
 from radclip.data.sources import IXI_NAME, scan_collection
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".dcm", ".nii.gz")
@@ -152,6 +154,7 @@ def test_summary_counts_match_the_files(generated):
         + 4 * suites.brain_mri_4class
         + 2 * suites.brain_mri_3d_2class
         + 3 * suites.chest_ct_3d_3class
+        + 2 * suites.brain_mri_3d_sex
     )
     readme = (root / "README.txt").read_text()
     assert "index.csv" in readme and "eval/chest_ct_3d_3class/" in readme
@@ -223,6 +226,107 @@ def test_covid_ct_suite_is_balanced_with_phi_filled_series(generated):
         assert len(files) == params.phantoms.volume_shape[0]
         ds = pydicom.dcmread(files[0])
         assert ds.Modality == "CT" and ds.PatientID == row["Patient ID"] and ds.PatientID.startswith("PH-E-")
+
+
+# --------------------------------------------------------------------------- the sex suite (a whole-volume label)
+
+SEX_SUITE = "brain_mri_3d_sex"
+SEX_NAMES = {"1": "Male", "2": "Female"}
+
+
+def test_sex_suite_is_ixi_labelled_by_sex_id_with_no_finding_and_its_anatomy_recorded(generated):
+    params, root, _ = generated
+    suite = root / "eval" / SEX_SUITE
+    table = _read_csv(suite / "IXI.csv")
+    assert list(table[0]) == ["IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "AGE"]  # the real IXI's columns, no FINDING
+    n = params.phantoms.suites.brain_mri_3d_sex
+    assert Counter(row["SEX_ID"] for row in table) == {"1": n, "2": n}
+    other_ids = {int(row["IXI_ID"]) for row in _read_csv(root / "eval" / "brain_mri_3d_2class" / "IXI.csv")}
+    assert not other_ids & {int(row["IXI_ID"]) for row in table}  # one IXI id, one patient
+
+    collection = next(c for c in params.data.collections if c.path.endswith(f"/{SEX_SUITE}"))
+    sex_of_id = {int(row["IXI_ID"]): row["SEX_ID"] for row in table}
+    items = list(scan_collection(collection, root))
+    assert len(items) == 2 * n and not [item.error for item in items if item.error]
+    for item in items:  # the curated label is the sex of the table row
+        assert list(item.conditions) == [SEX_NAMES[sex_of_id[int(IXI_NAME.match(Path(item.rel_path).name).group(2))]]]
+
+    lesions = [r for r in _read_csv(root / LESION_TRUTH) if r["suite"] == SEX_SUITE]
+    anatomy = {r["path"]: r for r in _read_csv(root / ANATOMY_TRUTH) if r["suite"] == SEX_SUITE}
+    on_disk = sorted(p.relative_to(suite).as_posix() for p in (suite / "IXI-T1").iterdir())
+    assert sorted(r["path"] for r in lesions) == on_disk == sorted(anatomy)
+    assert all(r["slices"] == "" for r in lesions)  # no focal finding in any volume
+    for rel, row in anatomy.items():
+        assert row["SEX_ID"] == sex_of_id[int(IXI_NAME.match(Path(rel).name).group(2))]
+        head = HeadShape(float(row["head_scale"]), float(row["head_aspect"]), float(row["head_height"]))
+        assert head.semi_axes == (float(row["head_lr_mm"]), float(row["head_ap_mm"]), float(row["head_si_mm"]))
+
+
+def _best_threshold_accuracy(values: np.ndarray, positive: np.ndarray) -> float:
+    """Accuracy of the best single cut "positive above t" (a reference independent of any model)."""
+    order = np.argsort(values, kind="stable")
+    ranked = positive[order]
+    # cut after k values: the first k are called negative, the rest positive
+    correct = [np.sum(~ranked[:k]) + np.sum(ranked[k:]) for k in range(len(ranked) + 1)]
+    return max(correct) / len(ranked)
+
+
+def test_sex_suite_label_is_whole_head_size_and_shape_with_overlapping_classes(default_params, tmp_path):
+    """At the default size (planned, not drawn): the plan gives every volume no condition and a head
+    whose size and shape depend on the sex, male larger and relatively longer, the classes overlapping."""
+    (suite,) = [s for s in plan_suites(default_params, tmp_path) if s.name == SEX_SUITE]
+    n = default_params.phantoms.suites.brain_mri_3d_sex
+    assert len(suite.jobs) == 2 * n and {job.conditions for job in suite.jobs} == {()}
+    truth = [suite.anatomy[job.path] for job in suite.jobs]
+    for job, row in zip(suite.jobs, truth):
+        head = dict(job.traits)["head"]
+        assert head == (row["head_lr_mm"], row["head_ap_mm"], row["head_si_mm"])
+        assert all(low <= value <= high for value, (low, high) in zip(head, HEAD_RANGE))  # as training heads
+    male = np.array([row["SEX_ID"] == "1" for row in truth])
+    assert male.sum() == n
+    scale = np.array([row["head_scale"] for row in truth])
+    aspect = np.array([row["head_aspect"] for row in truth])
+    height = np.array([row["head_height"] for row in truth])
+    assert scale[male].mean() - scale[~male].mean() > 0.025  # larger
+    assert aspect[male].mean() < aspect[~male].mean() - 0.005  # relatively longer (narrower)
+    assert abs(height[male].mean() - height[~male].mean()) < 0.01  # not a sex trait
+    assert scale[~male].max() > scale[male].min()  # overlap: no perfect cut
+    assert 0.7 <= _best_threshold_accuracy(scale, male) <= 0.92
+
+
+@pytest.mark.parametrize("plane", ["axial", "sagittal"])
+def test_sex_head_differs_in_every_slice_through_the_head(plane, default_params):
+    """The same study with a female-sized and a male-sized head (same anatomy and noise streams), at
+    the default volume geometry: every slice that shows a head differs (in axial volumes: every slice),
+    not a focal slab, and nothing is recorded as a finding."""
+    ph = default_params.phantoms
+    settings = RenderSettings(seed=0, image_size=32, volume_shape=ph.volume_shape, lesion_slices=ph.lesion_slices)
+    small, large = HeadShape(0.96, 0.795, 1.0).semi_axes, HeadShape(1.04, 0.783, 1.0).semi_axes
+    high = ph.lesion_slices[1]
+    for seed in range(3):
+        def draw(head, seed=seed):
+            rng = np.random.default_rng([7, seed])
+            return synthesize("brain_mri", (), kind="3d", rng=rng, settings=settings, plane=plane,
+                              traits={"head": head})
+
+        female, male = draw(small), draw(large)
+        assert female.finding_slices == male.finding_slices == ()
+        slices = len(female.pixels)
+        changed = np.abs(male.pixels - female.pixels).reshape(slices, -1).max(axis=1) > 0
+        scalp = 0.3  # scalp fat (0.7-0.9) against background noise
+        shows_head = (np.maximum(female.pixels, male.pixels) > scalp).reshape(slices, -1).any(axis=1)
+        assert shows_head.any() and changed[shows_head].all(), seed  # the slices left alone show no head
+        assert changed.sum() >= (slices if plane == "axial" else 0.8 * slices) > high
+        assert (male.pixels > scalp).sum() > 1.1 * (female.pixels > scalp).sum()
+
+
+def test_training_brains_vary_in_head_size_over_the_whole_range_the_sex_suite_uses(default_params, tmp_path):
+    heads = np.array([SCENES["brain_mri"].sample(np.random.default_rng([3, k])).head for k in range(400)])
+    for axis, (low, high) in enumerate(HEAD_RANGE):
+        span = high - low
+        assert low <= heads[:, axis].min() < low + 0.05 * span and high - 0.05 * span < heads[:, axis].max() <= high
+    _, rows = plan_training(default_params, tmp_path)  # training captions never name a sex
+    assert not {c for row in rows for c in row.findings.split("|")} & set(SEX_NAMES.values())
 
 
 # --------------------------------------------------------------------------- DICOM and NIfTI content
@@ -314,7 +418,7 @@ def test_lesion_truth_lists_every_evaluation_volume(generated):
     params, root, _ = generated
     rows = _read_csv(root / LESION_TRUTH)
     volumes = {(r["suite"], r["path"]) for r in rows}
-    for suite in ("brain_mri_3d_2class", "chest_ct_3d_3class"):
+    for suite in ("brain_mri_3d_2class", "chest_ct_3d_3class", "brain_mri_3d_sex"):
         on_disk = [p for p in (root / "eval" / suite).rglob("*") if p.suffixes[-2:] == [".nii", ".gz"]
                    or (p.is_dir() and any(child.suffix == ".dcm" for child in p.iterdir()))]
         assert on_disk and all((suite, p.relative_to(root / "eval" / suite).as_posix()) in volumes for p in on_disk)

@@ -43,7 +43,8 @@ from radclip.serving import Predictor, Source
 PHANTOMS = {
     "train_2d": 1200,
     "train_3d": 6,  # the 2D stage trains on images only; a few volumes keep every collection non-empty
-    "suites": {"chest_xray_5class": 20, "brain_mri_4class": 20, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1},
+    "suites": {"chest_xray_5class": 20, "brain_mri_4class": 20, "brain_mri_3d_2class": 1, "chest_ct_3d_3class": 1,
+               "brain_mri_3d_sex": 1},
 }
 TRAIN_2D = {"engine": "local", "epochs": 12, "batch_size": 32, "num_workers": 1, "patience": 12}
 

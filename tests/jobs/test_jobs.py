@@ -191,9 +191,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
-# Not a default but the embedded default's data: where the phantom collections live. The schema has no
-# collections of its own (a user's data is configuration), params.yaml lists the phantoms'.
-DATA_NOT_DEFAULTS = ("data.collections",)
+# Not defaults but the embedded default's inputs: where the phantom collections live (the schema has no
+# collections of its own: a user's data is configuration), and the starting CLIP, an output of this
+# pipeline's pretrain_general stage (the schema's None builds a fresh CLIP, what library users and tests get).
+DATA_NOT_DEFAULTS = ("data.collections", "model.pretrained")
 
 
 def test_schema_defaults_equal_params_yaml():

@@ -1,4 +1,4 @@
-"""RadCLIP models: the CLIP backbone, tokenizers, the text embedding cache and the slice pooling adapter.
+"""RadCLIP models: the CLIP backbone, the tokenizer, the text embedding cache and the slice pooling adapter.
 
 ``radclip.training.build.build_model(params, captions)`` is the one constructor stages use;
 ``RadCLIP.from_pretrained(dir)`` reloads a saved model (safetensors + JSON only).
@@ -14,11 +14,7 @@ from radclip.core.models.clip import (
 )
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.models.text_cache import TextEmbeddingCache
-from radclip.core.models.tokenizer import (
-    build_word_level_tokenizer,
-    load_tokenizer,
-    tokenizer_kind,
-)
+from radclip.core.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 __all__ = [
     "AdapterSpec",
@@ -27,10 +23,9 @@ __all__ = [
     "SlicePoolingAdapter",
     "TextEmbeddingCache",
     "build_clip",
-    "build_word_level_tokenizer",
     "freeze_text_tower",
     "load_pretrained_clip",
     "load_tokenizer",
     "small_clip_config",
-    "tokenizer_kind",
+    "train_bpe_tokenizer",
 ]

@@ -28,6 +28,12 @@ hold 0.09 of the slices); scoring the slices themselves put 0.21-0.23 there. The
 pooling has no dropout, so the returned weights sum exactly to 1 over valid slices
 (dropout 0.5 regularises the self-attention branch).
 
+``reducer="mhsa_mean"`` is the paper's formula taken literally: ``V = mean over valid
+slices of MHSA(I + PE)`` (same positional encoding and self-attention, no gate, no
+query; its weights are reported uniform). Its output lives in the self-attention's
+freshly initialised output space, which is what the note above is about; the
+ablation compares it with the query pooling in one row.
+
 ``reducer="mean"`` is the ablation baseline: global average pooling over valid
 slices, no parameters.
 
@@ -45,7 +51,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Reducer = Literal["attention", "mean"]
+Reducer = Literal["attention", "mhsa_mean", "mean"]
+REDUCERS: tuple[str, ...] = ("attention", "mhsa_mean", "mean")
 
 # Std of the random positional encoding: the ViT/CLIP convention for learned position
 # embeddings, small next to the unit-norm slice embeddings so training starts close
@@ -77,17 +84,18 @@ class SlicePoolingAdapter(nn.Module):
 
     def __init__(self, dim: int, heads: int, max_slices: int, dropout: float = 0.5, reducer: Reducer = "attention"):
         super().__init__()
-        if reducer not in ("attention", "mean"):
-            raise ValueError(f"reducer must be 'attention' or 'mean', got {reducer!r}")
+        if reducer not in REDUCERS:
+            raise ValueError(f"reducer must be one of {', '.join(REDUCERS)}, got {reducer!r}")
         if heads < 1 or dim % heads:
             raise ValueError(f"adapter heads ({heads}) must divide the embedding dimension ({dim})")
         if max_slices < 1:
             raise ValueError(f"max_slices must be at least 1, got {max_slices}")
         self.dim, self.heads, self.max_slices, self.reducer = dim, heads, max_slices, reducer
-        if reducer == "attention":
+        if reducer != "mean":
             self.position = nn.Parameter(torch.randn(max_slices, dim) * POSITION_INIT_STD)
             self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
             self.dropout = nn.Dropout(dropout)
+        if reducer == "attention":
             self.context_gate = nn.Parameter(torch.zeros(()))
             self.query = nn.Parameter(torch.randn(1, 1, dim) * POSITION_INIT_STD)
             self.pool_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -121,6 +129,8 @@ class SlicePoolingAdapter(nn.Module):
         padding = ~valid  # PyTorch: True = ignore
         x = slices + self.position[: slices.shape[1]].to(slices.dtype)
         attended, _ = self.self_attention(x, x, x, key_padding_mask=padding, need_weights=False)
+        if self.reducer == "mhsa_mean":
+            return masked_mean(self.dropout(attended), valid)
         hidden = x + self.context_gate * self.dropout(attended)
         query = self.query.expand(slices.shape[0], -1, -1).to(hidden.dtype)
         _, head_weights = self.pool_attention(

@@ -2,10 +2,11 @@
 
 ``pretrained`` decides:
 
-* ``None`` (the embedded default) — ``CLIPModel(CLIPConfig(...))`` from the vision
-  and text tower settings, vision ``image_size`` equal to the curated image size,
-  3 input channels, OpenAI CLIP's pixel mean/std, and a word-level tokenizer over the
-  training captions.
+* ``None`` — a fresh ``CLIPModel(CLIPConfig(...))`` from the vision and text tower
+  settings, vision ``image_size`` equal to the curated image size, 3 input channels,
+  OpenAI CLIP's pixel mean/std, and a CLIP-format BPE learnt from ``vocabulary_texts``
+  (``pretrain_general`` builds the embedded default's general CLIP this way; tests
+  build tiny models so).
 * a local directory saved with ``save_pretrained`` — ``CLIPModel.from_pretrained(path)``
   and the CLIP tokenizer stored there.
 * a hub name (``openai/clip-vit-large-patch14``) — the same from the local Hugging
@@ -25,11 +26,7 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from radclip.core.models.tokenizer import (
-    build_word_level_tokenizer,
-    load_tokenizer,
-    word_level_text_ids,
-)
+from radclip.core.models.tokenizer import load_tokenizer, text_config_ids, train_bpe_tokenizer
 from radclip.core.preprocessing import RESAMPLE_MODES, ContractError, PixelNormalisation
 
 
@@ -103,7 +100,8 @@ def load_pretrained_clip(name_or_path: str) -> tuple[CLIPModel, PreTrainedTokeni
 
 
 def small_clip_config(
-    vision: Mapping[str, int], text: Mapping[str, int], projection_dim: int, image_size: int, vocab_size: int
+    vision: Mapping[str, int], text: Mapping[str, int], projection_dim: int, image_size: int,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> CLIPConfig:
     """The embedded default's CLIP configuration from the tower settings (``hidden_size``, layers, ...)."""
     if image_size % vision["patch_size"]:
@@ -115,14 +113,14 @@ def small_clip_config(
                 f"model.{tower_name}.num_attention_heads {tower['num_attention_heads']}"
             )
     text_config = dict(
-        vocab_size=vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=text["hidden_size"],
         intermediate_size=text["intermediate_size"],
         num_hidden_layers=text["num_hidden_layers"],
         num_attention_heads=text["num_attention_heads"],
         max_position_embeddings=text["max_position_embeddings"],
         projection_dim=projection_dim,
-        **word_level_text_ids(),
+        **text_config_ids(tokenizer),
     )
     vision_config = dict(
         hidden_size=vision["hidden_size"],
@@ -137,6 +135,40 @@ def small_clip_config(
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
 
 
+def new_clip(
+    *,
+    image_size: int,
+    vocabulary_texts: list[str],
+    vision: Mapping[str, int],
+    text: Mapping[str, int],
+    projection_dim: int,
+    vocab_size: int,
+) -> tuple[CLIPModel, PreTrainedTokenizerBase, PixelNormalisation]:
+    """A freshly initialised CLIP (both towers trainable), a BPE learnt from ``vocabulary_texts`` and
+    OpenAI's pixel normalisation; weights drawn from torch's current RNG."""
+    tokenizer = train_bpe_tokenizer(vocabulary_texts, vocab_size=vocab_size, max_length=text["max_position_embeddings"])
+    clip = CLIPModel(small_clip_config(vision, text, projection_dim, image_size, tokenizer))
+    # Bilinear with antialiasing: how the small default has always resized (curated 64 px = its 64 px).
+    pixels = PixelNormalisation(size=image_size, mean=tuple(OPENAI_CLIP_MEAN), std=tuple(OPENAI_CLIP_STD),  # type: ignore[arg-type]
+                                resample="bilinear")
+    return clip, tokenizer, pixels
+
+
+def reinitialised(clip: CLIPModel, seed: int) -> CLIPModel:
+    """Same architecture and config as ``clip``, every weight drawn afresh (the ablation's random init)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPModel(clip.config)
+
+
+def save_clip(directory: Path, clip: CLIPModel, tokenizer: PreTrainedTokenizerBase, pixels: PixelNormalisation) -> None:
+    """A CLIP checkpoint laid out like a hub one: weights, tokenizer and image-processor config side by
+    side, so ``model.pretrained: <directory>`` (and ``CLIPModel.from_pretrained``) read it."""
+    clip.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    image_processor(pixels).save_pretrained(directory)
+
+
 def build_clip(
     pretrained: str | None,
     *,
@@ -145,19 +177,16 @@ def build_clip(
     vision: Mapping[str, int],
     text: Mapping[str, int],
     projection_dim: int,
+    vocab_size: int,
 ) -> tuple[CLIPModel, PreTrainedTokenizerBase, PixelNormalisation]:
     """The CLIP backbone, its tokenizer and pixel normalisation, with the text tower frozen.
 
-    ``vocabulary_texts`` (the training captions) define the word-level vocabulary of
-    the embedded default; they and the tower settings are ignored with real weights.
+    ``vocabulary_texts`` train the BPE of a fresh CLIP (``pretrained=None``); they and
+    the tower settings are ignored with pretrained weights.
     """
-    tokenizer: PreTrainedTokenizerBase
     if pretrained is None:
-        tokenizer = build_word_level_tokenizer(vocabulary_texts, max_length=text["max_position_embeddings"])
-        clip = CLIPModel(small_clip_config(vision, text, projection_dim, image_size, vocab_size=len(tokenizer)))
-        # Bilinear with antialiasing: how the small default has always resized (curated 64 px = its 64 px).
-        pixels = PixelNormalisation(size=image_size, mean=tuple(OPENAI_CLIP_MEAN), std=tuple(OPENAI_CLIP_STD),  # type: ignore[arg-type]
-                                    resample="bilinear")
+        clip, tokenizer, pixels = new_clip(image_size=image_size, vocabulary_texts=vocabulary_texts, vision=vision,
+                                           text=text, projection_dim=projection_dim, vocab_size=vocab_size)
     else:
         clip, tokenizer, pixels = load_pretrained_clip(pretrained)
     freeze_text_tower(clip)

@@ -58,7 +58,7 @@ from radclip.core.models.clip import (
     vision_modules,
 )
 from radclip.core.models.text_cache import TextEmbeddingCache
-from radclip.core.models.tokenizer import load_tokenizer, tokenizer_kind
+from radclip.core.models.tokenizer import load_tokenizer
 from radclip.core.preprocessing import (
     DISPLAY_PERCENTILES,
     PREPROCESSING_FILE,
@@ -137,10 +137,6 @@ class RadCLIP(nn.Module):
         return self.logit_scale.device
 
     @property
-    def tokenizer_kind(self) -> str:
-        return tokenizer_kind(self.tokenizer)
-
-    @property
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description; with the saved weights it rebuilds this model."""
         return {
@@ -150,7 +146,7 @@ class RadCLIP(nn.Module):
             "image_size": self.image_size,
             "vision_image_size": self.vision_image_size,
             "embedding_dim": self.embedding_dim,
-            "tokenizer": self.tokenizer_kind,
+            "tokenizer": type(self.tokenizer).__name__,
             "temperature": self.temperature,
             "learnable_temperature": self.learnable_temperature,
             "slice_chunk_size": self.slice_chunk_size,

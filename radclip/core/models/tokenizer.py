@@ -1,109 +1,96 @@
-"""Tokenizers for RadCLIP's text tower.
+"""RadCLIP's text tokenizer: CLIP's byte-level BPE, trained here or loaded next to real weights.
 
-Two kinds, recorded by name in a saved model's ``config.json``:
+Real CLIP weights carry their BPE (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``);
+``load_tokenizer`` reads it with ``AutoTokenizer`` (local files only). The embedded default
+trains one of the same kind on its general-domain corpus (:func:`train_bpe_tokenizer`):
+``transformers.CLIPTokenizer``'s own pipeline (NFC, whitespace folding, lowercase, CLIP's
+split pattern, byte-level alphabet, word-final ``</w>`` symbols), ``<|startoftext|>`` /
+``<|endoftext|>`` around every sequence and the end token as padding, exactly as OpenAI's.
 
-``word_level``
-    The embedded default (a small CLIP built from params, no real weights). A
-    word-level vocabulary built from the training captions with the ``tokenizers``
-    library: NFKC + lowercase, split on whitespace and punctuation, vocabulary
-    sorted so the same captions always give the same ids. Special tokens are fixed:
-    ``[PAD]`` = 0, ``[EOS]`` = 1, ``[UNK]`` = 2, and every sequence ends with
-    ``[EOS]`` (kept when truncating). CLIP pools the text at the EOS position, so the
-    text config must say ``eos_token_id=1`` (see :func:`word_level_text_ids`).
-    Captions here are short templates ("Brain MRI with Glioma"), so a word-level
-    vocabulary is complete for the training set; unseen words map to ``[UNK]``.
-
-``clip``
-    Real weights: the CLIP BPE tokenizer stored next to them
-    (``CLIPTokenizerFast`` through ``AutoTokenizer.from_pretrained``, local files only).
-
-Both are ``transformers`` fast tokenizers, so ``save_pretrained`` /
-``from_pretrained`` round-trip them as JSON (no pickles).
+Every one of the 256 bytes is in the vocabulary both word-inside and word-final, so no
+string ever maps to an unknown token: a word the corpus never had (a radiology term for
+the general model) falls back to shorter pieces, down to single bytes. The saved
+``tokenizer.json`` loads with ``AutoTokenizer.from_pretrained`` as a ``CLIPTokenizer``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (  # type: ignore[attr-defined]  # CLIPTokenizerFast: a v5 runtime alias the stubs lack
-    AutoTokenizer,
-    CLIPTokenizerFast,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from tokenizers import pre_tokenizers
+from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase
 
-TokenizerKind = Literal["word_level", "clip"]
-
-PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "[PAD]", "[EOS]", "[UNK]"
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)  # list order = ids 0, 1, 2
+START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
+WORD_END = "</w>"
 
 
-def _normalizer() -> normalizers.Normalizer:
-    return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+def byte_alphabet() -> list[str]:
+    """The 256 byte symbols of byte-level BPE (GPT-2's / CLIP's mapping), in code-point order."""
+    return sorted(pre_tokenizers.ByteLevel.alphabet())
 
 
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    # Whitespace first, then every punctuation character becomes its own word
-    # ("X-ray" -> "x", "-", "ray"), so punctuation never glues unseen words together.
-    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int, max_length: int) -> CLIPTokenizer:
+    """A CLIP-format byte-level BPE learnt from ``texts``, deterministic for the same texts.
 
-
-def caption_words(texts: Iterable[str]) -> list[str]:
-    """The sorted set of words the word-level tokenizer sees in ``texts``."""
-    normalizer, pre_tokenizer = _normalizer(), _pre_tokenizer()
-    words: set[str] = set()
-    for text in texts:
-        words.update(word for word, _span in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    words.difference_update(SPECIAL_TOKENS)
-    return sorted(words)
-
-
-def build_word_level_tokenizer(texts: Iterable[str], *, max_length: int) -> PreTrainedTokenizerFast:
-    """A deterministic word-level tokenizer over the words of ``texts``.
-
-    ``max_length`` is the text tower's ``max_position_embeddings``: longer captions
-    are truncated, keeping the final ``[EOS]``.
+    The vocabulary is laid out like OpenAI's: the 256 byte symbols, the same 256 word-final, the
+    merges in the order they were learnt, then the start and end tokens. ``vocab_size``
+    counts all of them; ``max_length`` is the text tower's context (longer texts are
+    truncated, keeping the end token CLIP pools at).
     """
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    for word in caption_words(texts):
-        vocab[word] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
-    backend.normalizer = _normalizer()
-    backend.pre_tokenizer = _pre_tokenizer()
-    backend.post_processor = processors.TemplateProcessing(single=f"$A {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, EOS_ID)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        model_max_length=max_length,
-        padding_side="right",  # CLIP's causal text tower: padding after EOS cannot change the EOS state
-    )
+    texts = list(texts)
+    alphabet = byte_alphabet()
+    base = [*alphabet, *(symbol + WORD_END for symbol in alphabet)]
+    merge_budget = vocab_size - len(base) - 2
+    if merge_budget < 0:
+        raise ValueError(f"vocab_size {vocab_size} is below the {len(base) + 2} byte and special tokens")
+    # CLIPTokenizer's own pipeline, retrained: the learnt merges are exactly what that pipeline applies.
+    seed = CLIPTokenizer(vocab={START_TOKEN: 0, END_TOKEN: 1}, merges=[])
+    trained = seed.train_new_from_iterator(texts, vocab_size=len(base) + merge_budget + 2, initial_alphabet=alphabet,
+                                           show_progress=False)
+    model = json.loads(trained.backend_tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    vocab: dict[str, int] = {symbol: index for index, symbol in enumerate(base)}
+    kept: list[tuple[str, str]] = []
+    for left, right in merges:
+        if len(kept) == merge_budget:
+            break
+        if left not in vocab or right not in vocab:  # pieces of a merge not kept (budget) cannot merge
+            continue
+        merged = left + right
+        if merged not in vocab:
+            vocab[merged] = len(vocab)
+        kept.append((left, right))
+    vocab[START_TOKEN] = len(vocab)
+    vocab[END_TOKEN] = len(vocab)
+    # The backend takes merges as pairs; the stubs only list the "a b" string form.
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=kept, model_max_length=max_length)  # type: ignore[arg-type]
+    tokenizer.padding_side = "right"  # CLIP's causal text tower: padding after the end token changes nothing
+    return tokenizer
 
 
-def word_level_text_ids() -> dict[str, int | None]:
-    """Token ids a ``CLIPTextConfig`` needs with the word-level tokenizer.
+def text_config_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Token ids a ``CLIPTextConfig`` needs: CLIP pools the text at the first end token.
 
-    ``eos_token_id`` must be a real id other than 2: CLIP pools the first EOS
-    position, except that ``eos_token_id == 2`` selects a legacy argmax-over-ids
-    path (which would pool the largest word id instead). Hence ``[EOS]`` = 1.
+    ``eos_token_id == 2`` would select transformers' legacy argmax-over-ids pooling; the
+    layout above puts the end token last, far from 2.
     """
-    return {"pad_token_id": PAD_ID, "eos_token_id": EOS_ID, "bos_token_id": None}  # no BOS token
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    if any(value is None for value in ids.values()) or ids["eos_token_id"] == 2:
+        raise ValueError(f"tokenizer lacks CLIP's start/end/pad tokens or puts the end token at id 2: {ids}")
+    return {key: int(value) for key, value in ids.items() if value is not None}
 
 
-def tokenizer_kind(tokenizer: PreTrainedTokenizerBase) -> TokenizerKind:
-    return "clip" if isinstance(tokenizer, CLIPTokenizerFast) else "word_level"
+def unknown_pieces(tokenizer: PreTrainedTokenizerBase, text: str) -> list[str]:
+    """Tokens of ``text`` that are the unknown token (CLIP's is the end token: a mid-text end = unknown)."""
+    ids = tokenizer(text, truncation=False)["input_ids"]
+    inner = ids[1:-1] if ids and ids[0] == tokenizer.bos_token_id else ids[:-1]
+    unknown = {tokenizer.unk_token_id, tokenizer.eos_token_id} - {None}
+    return [str(tokenizer.convert_ids_to_tokens(int(i))) for i in inner if i in unknown]
 
 
 def load_tokenizer(path: str | Path, *, local_files_only: bool = True) -> PreTrainedTokenizerBase:
-    """Load a tokenizer saved with ``save_pretrained`` (or a cached hub name).
-
-    ``AutoTokenizer`` follows the class recorded in ``tokenizer_config.json``: the
-    CLIP BPE tokenizer (``CLIPTokenizerFast``) next to real weights, the plain fast
-    tokenizer for a saved word-level one.
-    """
+    """A tokenizer saved with ``save_pretrained`` (or a cached hub name), read offline."""
     return AutoTokenizer.from_pretrained(str(path), local_files_only=local_files_only)

@@ -20,7 +20,8 @@ The package, one concept a module:
 * :mod:`~radclip.data.phantoms.render`: drawing one study (``synthesize``);
 * :mod:`~radclip.data.phantoms.writers`: the file writers and ``run_job``;
 * :mod:`~radclip.data.phantoms.plan`: random streams and the training plan;
-* :mod:`~radclip.data.phantoms.suites`: the evaluation suites' layouts;
+* :mod:`~radclip.data.phantoms.suites`: the evaluation suites' layouts (four focal-finding
+  tasks and the sex suite, whose label is whole-volume head size and shape);
 * :mod:`~radclip.data.phantoms.generation`: ``generate``, which writes it all.
 
 Determinism
@@ -33,7 +34,7 @@ no timestamps (gzip mtime 0 for NIfTI, fixed DICOM dates, UIDs from
 number of workers (on one platform and numpy version).
 """
 
-from radclip.data.phantoms.generation import LESION_TRUTH, generate
+from radclip.data.phantoms.generation import ANATOMY_TRUTH, LESION_TRUTH, generate
 from radclip.data.phantoms.geometry import Grid, Slab
 from radclip.data.phantoms.plan import (
     TRAIN_2D_MIX,
@@ -58,6 +59,7 @@ from radclip.data.phantoms.suites import (
 from radclip.data.phantoms.writers import Job, run_job, write_nifti
 
 __all__ = [
+    "ANATOMY_TRUTH",
     "CHEXPERT_5",
     "CHEXPERT_OBSERVATIONS",
     "LESION_TRUTH",

@@ -6,6 +6,12 @@ ventricles, interhemispheric fissure, pituitary gland. Glioma: irregular
 hyperintense mass, often with a dark necrotic centre, in a halo of T1-dark
 oedema. Meningioma: round, homogeneously bright, based on the inner skull
 surface. Pituitary Tumor: small bright mass at the sella, midline, inferior.
+
+Head size and shape vary from study to study (``HEAD_RANGE``). The sex suite
+(IXI's ``SEX_ID``) sets them per patient instead (:func:`sample_sex_head`): male
+heads larger on average and relatively longer, the classes overlapping; a
+whole-volume property that every slice through the head shows, with no focal
+finding anywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ from radclip.data.phantoms.geometry import (
     random_lobes,
     section_point,
 )
+
+# Scalp semi-axes (mm: left-right, anterior-posterior, inferior-superior) of every brain the
+# training set draws: each uniform in its range, independently per study.
+HEAD_RANGE: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] = (
+    (66.0, 76.0), (84.0, 96.0), (82.0, 96.0),
+)  # fmt: skip
+HEAD_REFERENCE: Vec3 = (71.0, 90.0, 89.0)  # the middle of HEAD_RANGE
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +89,7 @@ def _sample_brain(rng: Rng) -> BrainAnatomy:
     return BrainAnatomy(
         center=(rng.normal(0, 3), rng.normal(0, 4), rng.uniform(-14, -4)),
         yaw=rng.normal(0, 0.06),
-        head=(rng.uniform(66, 76), rng.uniform(84, 96), rng.uniform(82, 96)),
+        head=(rng.uniform(*HEAD_RANGE[0]), rng.uniform(*HEAD_RANGE[1]), rng.uniform(*HEAD_RANGE[2])),
         white_fraction=rng.uniform(0.7, 0.8),
         gyri=random_lobes(rng, order=9.0, roughness=0.06, n=8),
         ventricle_scale=rng.uniform(0.75, 1.5),
@@ -86,6 +99,53 @@ def _sample_brain(rng: Rng) -> BrainAnatomy:
         grey=grey,
         white=grey + rng.uniform(0.17, 0.3),
     )
+
+
+# --------------------------------------------------------------------------- sex: head size and shape
+
+# Per IXI SEX_ID ("1" male, "2" female): mean head scale (x HEAD_REFERENCE) and mean aspect
+# (breadth / length, left-right over anterior-posterior semi-axis). Male heads are ~4.5 % larger
+# and a little longer; with the spreads below the classes overlap (optimal accuracy from the
+# true scale and aspect about 0.87), and every head stays inside HEAD_RANGE, the training brains'
+# range, so no sex is out of distribution for the encoder.
+SEX_HEAD: dict[str, tuple[float, float]] = {"1": (1.022, 0.783), "2": (0.978, 0.795)}
+HEAD_SCALE_SD = 0.02
+HEAD_ASPECT_SD = 0.02
+HEAD_HEIGHT_SD = 0.015  # relative height: the same for both sexes
+HEAD_TRUTH_COLUMNS = ("head_scale", "head_aspect", "head_height", "head_lr_mm", "head_ap_mm", "head_si_mm")
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """One patient's head: semi-axes ``scale x (aspect x 90, 90, height x 89)`` mm."""
+
+    scale: float
+    aspect: float
+    height: float
+
+    @property
+    def semi_axes(self) -> Vec3:
+        ap = self.scale * HEAD_REFERENCE[1]
+        return (round(self.aspect * ap, 3), round(ap, 3), round(self.height * self.scale * HEAD_REFERENCE[2], 3))
+
+    def truth(self) -> dict[str, float]:
+        """The recorded parameters, in ``HEAD_TRUTH_COLUMNS`` order."""
+        return dict(zip(HEAD_TRUTH_COLUMNS, (self.scale, self.aspect, self.height, *self.semi_axes)))
+
+
+def sample_sex_head(sex_id: str, rng: Rng) -> HeadShape:
+    """A head of IXI ``SEX_ID`` ``sex_id``: scale, aspect and height normal (``SEX_HEAD``), truncated
+    (by redrawing) to heads inside ``HEAD_RANGE``; values rounded so the recorded truth is exact."""
+    scale_mean, aspect_mean = SEX_HEAD[sex_id]
+    for _ in range(1000):
+        shape = HeadShape(
+            scale=round(float(rng.normal(scale_mean, HEAD_SCALE_SD)), 4),
+            aspect=round(float(rng.normal(aspect_mean, HEAD_ASPECT_SD)), 4),
+            height=round(float(rng.normal(1.0, HEAD_HEIGHT_SD)), 4),
+        )
+        if all(low <= value <= high for value, (low, high) in zip(shape.semi_axes, HEAD_RANGE)):
+            return shape
+    raise RuntimeError(f"no head of SEX_ID {sex_id} inside {HEAD_RANGE} in 1000 draws")  # pragma: no cover
 
 
 def _render_brain(a: BrainAnatomy, grid: Grid, rng: Rng) -> np.ndarray:

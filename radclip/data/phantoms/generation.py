@@ -1,5 +1,5 @@
 """``generate``: plan, draw and write the whole phantom collection (training set,
-evaluation suites, tables, lesion truth, summary and README) to ``paths.raw``."""
+evaluation suites, tables, lesion and anatomy truth, summary and README) to ``paths.raw``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 from radclip.config import Params
 from radclip.data.phantoms.plan import TrainRow, plan_training
 from radclip.data.phantoms.render import RenderSettings
-from radclip.data.phantoms.suites import SuitePlan, plan_suites
+from radclip.data.phantoms.suites import ANATOMY_COLUMNS, SuitePlan, plan_suites
 from radclip.data.phantoms.writers import Job, run_job
 
 
@@ -74,6 +74,23 @@ def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], finding_slices
     _write_table(out_dir / LESION_TRUTH, ("suite", "path", "plane", "slices"), rows)
 
 
+ANATOMY_TRUTH = "anatomy_truth.csv"  # under paths.raw: the whole-volume anatomy behind a label (sex suite)
+
+
+def _write_anatomy_truth(out_dir: Path, suites: list["SuitePlan"]) -> None:
+    """Ground truth of labels that are no focal finding: per volume of such a suite, the anatomy
+    parameters the plan chose (``ANATOMY_COLUMNS``; path relative to its suite)."""
+    rows = []
+    for suite in suites:
+        root = out_dir / "eval" / suite.name
+        for job in suite.jobs:
+            if job.path in suite.anatomy:
+                values = suite.anatomy[job.path]
+                rel = Path(job.path).relative_to(root).as_posix()
+                rows.append([suite.name, rel, job.plane, *(values[c] for c in ANATOMY_COLUMNS)])
+    _write_table(out_dir / ANATOMY_TRUTH, ("suite", "path", "plane", *ANATOMY_COLUMNS), rows)
+
+
 def _summary(params: Params, train_rows: list[TrainRow], train_jobs: list[Job], suites: list[SuitePlan]) -> dict:
     by_scene: dict[str, dict[str, int]] = {}
     by_condition: Counter = Counter()
@@ -119,6 +136,10 @@ eval/brain_mri_3d_2class/                IXI layout: IXI-T1/IXI<id>-<site>-<n>-T
                                          (FINDING 0 normal, 1 glioma)
 eval/chest_ct_3d_3class/                 COVID-CT-MD layout: <class> Cases/<folder>/ DICOM series
                                          + Index.csv
+eval/brain_mri_3d_sex/                   IXI layout labelled by SEX_ID (1 male, 2 female), no finding:
+                                         head size and shape differ by sex (anatomy_truth.csv)
+lesion_slices.csv                        per evaluation volume: the slices its finding was drawn into
+anatomy_truth.csv                        per sex-suite volume: SEX_ID, head scale/aspect/height, semi-axes
 phantoms.json                            counts per region/modality/condition and per suite
 
 DICOM headers carry fake PHI (names, ids, dates, addresses) on purpose: curation must remove it.
@@ -157,6 +178,7 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
         for rel, (columns, rows) in suite.tables.items():
             _write_table(out_dir / "eval" / suite.name / rel, columns, rows)
     _write_lesion_truth(out_dir, suites, finding_slices)
+    _write_anatomy_truth(out_dir, suites)
     summary = _summary(params, train_rows, train_jobs, suites)
     (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     low, high = ph.lesion_slices

@@ -8,11 +8,18 @@ that slab and it is drawn only into those slices. Anatomy, texture and noise
 come from random streams separate from the finding's, so a study rendered with
 and without its finding differs only in the slab: averaging slice embeddings
 dilutes the signal, attending to the right slices does not.
+
+Traits
+------
+``traits`` replace fields of the sampled anatomy with values the plan chose per
+patient (the sex suite's head semi-axes): a whole-study property, drawn into
+every slice, recorded by the plan rather than returned as finding slices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,15 +92,20 @@ def synthesize(
     rng: Rng,
     settings: RenderSettings,
     plane: Plane = "axial",
+    traits: Mapping[str, Any] | None = None,
 ) -> Rendered:
     """Draw one study of a scene with the given conditions (none: normal).
 
     The generator is split into anatomy, finding and noise streams, so the same
     generator state with and without a finding gives the same anatomy and noise.
+    ``traits`` (anatomy field -> value) replace what the anatomy sampler drew for
+    those fields, after it drew them all (the other fields do not change).
     """
     scene = SCENES[scene_key]
     anatomy_rng, finding_rng, noise_rng = rng.spawn(3)
     anatomy = scene.sample(anatomy_rng)
+    if traits:
+        anatomy = dataclasses.replace(anatomy, **traits)
     findings = [scene.finding(name) for name in conditions]
     for finding in findings:
         if finding.adjust is not None:

@@ -1,13 +1,19 @@
 """The held-out evaluation suites, each planned in its public dataset's layout:
 CheXpert (chest X-ray, 5 classes), Crystal Clean brain tumour MRI (4 classes),
-IXI T1 volumes (normal vs glioma) and COVID-CT-MD (chest CT series, 3 classes).
+IXI T1 volumes (normal vs glioma), COVID-CT-MD (chest CT series, 3 classes) and
+IXI T1 volumes labelled by sex, the real IXI task.
+
+All but the last are focal-finding tasks: a lesion in a few slices, where
+attention pooling should beat averaging. In the sex suite the label is a
+whole-volume property: head size and shape (:func:`~radclip.data.phantoms.brain.sample_sex_head`),
+drawn by the plan and recorded in ``SuitePlan.anatomy``, with no focal finding.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +21,12 @@ import numpy as np
 
 from radclip.config import Params
 from radclip.core.records import Plane
+from radclip.data.phantoms.brain import HEAD_TRUTH_COLUMNS, sample_sex_head
 from radclip.data.phantoms.geometry import Rng
 from radclip.data.phantoms.plan import (
     SAGITTAL_BRAIN_FRACTION,
     STREAM_BRAIN_MRI_3D_2CLASS,
+    STREAM_BRAIN_MRI_3D_SEX,
     STREAM_BRAIN_MRI_4CLASS,
     STREAM_CHEST_CT_3D_3CLASS,
     STREAM_CHEST_XRAY_5CLASS,
@@ -42,6 +50,10 @@ BRAIN_4 = {  # class folder -> (condition, file name prefix)
     "pituitary": ("Pituitary Tumor", "pi"),
 }
 IXI_SITES = ("Guys", "HH", "IOP")
+IXI_SEX = ("1", "2")  # IXI SEX_ID: 1 male, 2 female
+# Per SEX_ID: height (cm) and weight (kg) as (mean, sd), for a plausible table (read by nothing).
+IXI_BODY = {"1": ((177.0, 7.0), (80.0, 12.0)), "2": ((164.0, 6.5), (66.0, 11.0))}
+ANATOMY_COLUMNS = ("SEX_ID", *HEAD_TRUTH_COLUMNS)  # per volume in SuitePlan.anatomy
 COVID_CLASSES = {
     "COVID-19": ("COVID-19 Cases", "P", ("COVID-19",)),
     "CAP": ("CAP Cases", "cap", ("Community-Acquired Pneumonia",)),
@@ -58,6 +70,9 @@ class SuitePlan:
     tables: dict[str, Table]  # relative path -> (header, rows)
     counts: dict[str, int]
     folders: tuple[str, ...] = ()  # created even when empty, so a zero-size suite still scans
+    # Job path -> whole-volume anatomy the plan chose (ANATOMY_COLUMNS): the truth of suites whose
+    # label is no focal finding.
+    anatomy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _shuffled_classes(classes: Sequence[Any], per_class: int, rng: Rng) -> list[Any]:
@@ -156,14 +171,42 @@ def _plan_chest_ct_3d_3class(params: Params, root: Path, rng: Rng) -> SuitePlan:
     return SuitePlan("chest_ct_3d_3class", jobs, table, {c: per_class for c in COVID_CLASSES}, folders)
 
 
+def _plan_brain_mri_3d_sex(params: Params, root: Path, rng: Rng) -> SuitePlan:
+    """IXI T1 volumes labelled by SEX_ID, as the real IXI task: no finding in any volume; the
+    head's size and shape, chosen here per patient, carry the sex into every slice."""
+    suites = params.phantoms.suites
+    per_class = suites.brain_mri_3d_sex
+    first_id = 2 + 2 * suites.brain_mri_3d_2class  # IXI ids continue after the other IXI suite's
+    jobs, rows = [], []
+    anatomy: dict[str, dict[str, Any]] = {}
+    for index, sex_id in enumerate(_shuffled_classes(IXI_SEX, per_class, rng)):
+        ixi_id = first_id + index
+        site, number = IXI_SITES[int(rng.integers(len(IXI_SITES)))], int(rng.integers(0, 10000))
+        name = f"IXI{ixi_id:03d}-{site}-{number:04d}-T1.nii.gz"
+        plane: Plane = "sagittal" if rng.uniform() < SAGITTAL_BRAIN_FRACTION else "axial"
+        head = sample_sex_head(sex_id, rng)
+        path = str(root / "IXI-T1" / name)
+        traits = (("head", head.semi_axes),)
+        jobs.append(Job(STREAM_BRAIN_MRI_3D_SEX, index, "brain_mri", (), "3d", "nifti", path, plane, traits=traits))
+        anatomy[path] = {"SEX_ID": sex_id, **head.truth()}
+        (height_mean, height_sd), (weight_mean, weight_sd) = IXI_BODY[sex_id]
+        height = round(float(rng.normal(height_mean, height_sd)), 1)
+        weight, age = round(float(rng.normal(weight_mean, weight_sd)), 1), round(float(rng.uniform(20, 86)), 2)
+        rows.append([ixi_id, int(sex_id), height, weight, age])
+    table: dict[str, Table] = {"IXI.csv": (("IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "AGE"), rows)}
+    counts = {sex_id: per_class for sex_id in IXI_SEX}
+    return SuitePlan("brain_mri_3d_sex", jobs, table, counts, ("IXI-T1",), anatomy)
+
+
 def plan_suites(params: Params, out_dir: Path) -> list[SuitePlan]:
-    """The four held-out evaluation suites, each in its public dataset's layout."""
+    """The five held-out evaluation suites, each in its public dataset's layout."""
     seed = params.phantoms.data_seed
-    planners = (
+    planners = (  # a suite's plan stream is its place here: append new suites at the end
         ("chest_xray_5class", _plan_chest_xray_5class),
         ("brain_mri_4class", _plan_brain_mri_4class),
         ("brain_mri_3d_2class", _plan_brain_mri_3d_2class),
         ("chest_ct_3d_3class", _plan_chest_ct_3d_3class),
+        ("brain_mri_3d_sex", _plan_brain_mri_3d_sex),
     )
     return [
         planner(params, out_dir / "eval" / name, np.random.default_rng([seed, STREAM_SUITE_PLAN, number]))

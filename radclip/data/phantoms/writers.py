@@ -11,7 +11,7 @@ import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -89,6 +89,7 @@ class Job:
     patient: tuple[tuple[str, str], ...] = ()  # fake PHI written into DICOM headers
     uid_seed: str = ""
     monochrome1: bool = False
+    traits: tuple[tuple[str, Any], ...] = ()  # anatomy fields set by the plan (see synthesize)
 
 
 _DICOM_MODALITY = {"ct": "CT", "mr": "MR", "xray": "DX"}
@@ -158,6 +159,7 @@ def run_job(settings: RenderSettings, job: Job) -> tuple[str, tuple[int, ...]]:
     """Draw one study with its own generator and write it; returns its path and, for a volume,
     the slices (in stored order) its findings were drawn into."""
     rng = np.random.default_rng([settings.seed, job.stream, job.index])
-    rendered = synthesize(job.scene, job.conditions, kind=job.kind, rng=rng, settings=settings, plane=job.plane)
+    rendered = synthesize(job.scene, job.conditions, kind=job.kind, rng=rng, settings=settings, plane=job.plane,
+                          traits=dict(job.traits))
     _WRITERS[job.output](job, SCENES[job.scene], rendered)
     return job.path, rendered.finding_slices
