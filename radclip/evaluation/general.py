@@ -29,29 +29,27 @@ def attribute_zero_shot(
     their chance levels.
     """
     truth = [(a["objects"][0]["colour"], a["objects"][0]["object"]) for a in attributes]
+    objects, colours = list(objects), list(colours)
+    # Every colour × object prompt encoded once; each accuracy below scores a slice of them.
+    pair_embeddings = encode_texts([prompt(obj=o, colour=c) for c in colours for o in objects])
+    grid = pair_embeddings.reshape(len(colours), len(objects), -1)
     result: dict[str, float] = {}
     for attribute, values, fixed_index in (("object", objects, 0), ("colour", colours, 1)):
         hits, count = 0.0, 0
         for fixed in sorted({pair[fixed_index] for pair in truth}):
             rows = [i for i, pair in enumerate(truth) if pair[fixed_index] == fixed]
-            if attribute == "object":
-                prompts = [prompt(obj=value, colour=fixed) for value in values]
-                labels = [list(values).index(truth[i][1]) for i in rows]
-            else:
-                prompts = [prompt(obj=fixed, colour=value) for value in values]
-                labels = [list(values).index(truth[i][0]) for i in rows]
-            scores = zero_shot(image_emb[rows], [e[None] for e in encode_texts(prompts)], np.array(labels), k=(1,))
+            # object: the image's colour fixed, the prompts run over objects; colour: the other way round
+            candidates = grid[colours.index(fixed)] if attribute == "object" else grid[:, objects.index(fixed)]
+            labels = np.array([values.index(truth[i][1 - fixed_index]) for i in rows])
+            scores = zero_shot(image_emb[rows], [e[None] for e in candidates], labels, k=(1,))
             hits += scores["top1"] * len(rows)
             count += len(rows)
         result[f"{attribute}_accuracy"] = hits / count
-    pairs = [(c, o) for c in colours for o in objects]
-    pair_labels = np.array([pairs.index(pair) for pair in truth])
-    pair_prompts = [prompt(obj=o, colour=c) for c, o in pairs]
-    pair_embeddings = [e[None] for e in encode_texts(pair_prompts)]
-    result["pair_accuracy"] = zero_shot(image_emb, pair_embeddings, pair_labels, k=(1,))["top1"]
+    pair_labels = np.array([colours.index(c) * len(objects) + objects.index(o) for c, o in truth])
+    result["pair_accuracy"] = zero_shot(image_emb, [e[None] for e in pair_embeddings], pair_labels, k=(1,))["top1"]
     result["mean_accuracy"] = (result["object_accuracy"] + result["colour_accuracy"]) / 2
     result["chance"] = (1 / len(objects) + 1 / len(colours)) / 2
-    result["pair_chance"] = 1 / len(pairs)
+    result["pair_chance"] = 1 / (len(colours) * len(objects))
     result["images"] = float(len(truth))
     return result
 

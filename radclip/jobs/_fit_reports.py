@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict
 
 from radclip.config import Params
-from radclip.jobs.common import log, write_metrics
+from radclip.jobs.common import log, write_history, write_metrics
 from radclip.training.fit import FitResult
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "pairs_per_second"]
 
 
 def write_fit_reports(params: Params, report: str, result: FitResult) -> None:
     summary = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
     summary["epochs_run"] = len(result.history)
     metrics_file = write_metrics(params, f"{report}.json", summary)
-    with open(metrics_file.with_name(f"{report}_history.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(result.history)
+    write_history(metrics_file.with_name(f"{report}_history.csv"), result.history)
     log.info("%s: best val loss %.4f at epoch %d (%d epochs, %d worker(s), %.0fs); model in %s; MLflow run %s",
              report, result.best_val_loss, result.best_epoch, len(result.history), result.workers, result.seconds,
              result.model_dir, result.mlflow_run_id)

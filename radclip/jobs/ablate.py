@@ -93,6 +93,7 @@ def run(params: Params, *, progress: bool = True) -> dict:
     with tracking.start_run(params, stage=STAGE, run_name="ablation-grid",
                             tags={"ablation.cells": len(CELLS), "ablation.seeds": len(seeds)}) as parent:
         encoder_only: dict[tuple[str, str, int], dict] = {}  # 2D suites: the pooling plays no part
+        table: dict[str, dict[str, dict]] = {}  # cell -> suite -> seed aggregate
         for cell in CELLS:
             tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling}
             with tracking.start_run(params, stage=STAGE, run_name=cell.name, nested=True, tags=tags) as cell_run:
@@ -117,11 +118,10 @@ def run(params: Params, *, progress: bool = True) -> dict:
                         tracking.log_metrics({f"{suite}.{k}": v for k, v in headline.items()}, step=seed)
                         per_seed.append({"cell": cell.name, "encoder": cell.encoder, "pooling": cell.pooling,
                                          "suite": suite, "seed": seed, **headline})
-                table_rows = {suite: aggregate([r for r in per_seed if r["cell"] == cell.name and r["suite"] == suite])
-                              for suite in suites}
-                tracking.log_metrics({f"{suite}.{k}": v for suite, row in table_rows.items() for k, v in row.items()})
-        table = {cell.name: {suite: aggregate([r for r in per_seed if r["cell"] == cell.name and r["suite"] == suite])
-                             for suite in suites} for cell in CELLS}
+                table[cell.name] = {suite: aggregate([r for r in per_seed if r["cell"] == cell.name
+                                                      and r["suite"] == suite]) for suite in suites}
+                tracking.log_metrics({f"{suite}.{k}": v for suite, row in table[cell.name].items()
+                                      for k, v in row.items()})
         volume_suites = [s for s in suites if kinds.get(s) == "3d"]
         means = mean_over_suites(table, volume_suites)
         for cell in CELLS:

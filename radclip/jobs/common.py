@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -64,6 +65,18 @@ def write_metrics(params: Params, name: str, data: dict) -> Path:
     path = params.resolve(params.paths.reports) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "pairs_per_second"]
+
+
+def write_history(path: Path, history: list[dict]) -> Path:
+    """A training stage's per-epoch metrics as CSV (``dvc plots``): one row per epoch."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
     return path
 
 

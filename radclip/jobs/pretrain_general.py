@@ -11,7 +11,6 @@ the validation split, and saves a hub-style checkpoint (``models/general-clip``)
 
 from __future__ import annotations
 
-import csv
 import shutil
 from typing import Any
 
@@ -22,13 +21,20 @@ from radclip.core.models.clip import new_clip, save_clip
 from radclip.data.general import COLOURS, OBJECTS, CorpusSpec, generate_corpus, prompt, read_split
 from radclip.evaluation.general import attribute_zero_shot, caption_retrieval
 from radclip.io import mlflow_tracking as tracking
-from radclip.jobs.common import MODEL_GENERAL, log, model_dir, stage_main, write_effective_params, write_metrics
+from radclip.jobs.common import (
+    MODEL_GENERAL,
+    log,
+    model_dir,
+    stage_main,
+    write_effective_params,
+    write_history,
+    write_metrics,
+)
 from radclip.training.general import encode_images, encode_texts, train_general_clip
 
 STAGE = "pretrain_general"
 PARAMS = ("profile", "paths.general", "general", "model.init_seed", "model.projection_dim", "model.vision",
           "model.text", "curate.image_size")
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "pairs_per_second"]
 DISTRACTORS = ("A Puppy", "A Cat", "A Life Vest")  # RadCLIP Fig. 5's distractor prompts: general words it must know
 
 
@@ -107,11 +113,7 @@ def run(params: Params, *, progress: bool = True) -> dict[str, Any]:
                               **{f"heldout_zero_shot.{k}": v for k, v in zero_shot.items()},
                               **{f"val_retrieval.{k}": v for k, v in retrieval.items()}})
         metrics_file = write_metrics(params, f"{STAGE}.json", summary)
-        history_file = metrics_file.with_name(f"{STAGE}_history.csv")
-        with open(history_file, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(fit.history)
+        history_file = write_history(metrics_file.with_name(f"{STAGE}_history.csv"), fit.history)
         for path in (metrics_file, history_file, effective):
             tracking.log_artifact(path, "reports")
         tracking.log_artifact(corpus_dir / "corpus.json", "corpus")

@@ -6,7 +6,7 @@ import torch
 
 from radclip.config import AdapterParams, Params
 from radclip.core.models.adapter import AdapterSpec
-from radclip.core.models.clip import build_clip, freeze_text_tower, reinitialised
+from radclip.core.models.clip import build_clip, reinitialised
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import Preprocessing
 
@@ -51,9 +51,7 @@ def build_model(params: Params, vocabulary_texts: list[str], preprocessing: Prep
             vocab_size=params.general.vocab_size,
         )
         if random_init:
-            clip = reinitialised(clip, model_params.init_seed)
-            freeze_text_tower(clip)
-            clip.logit_scale.requires_grad_(False)
+            clip = reinitialised(clip, model_params.init_seed)  # RadCLIP (below) freezes its text tower
         model = RadCLIP(
             clip,
             tokenizer,

@@ -189,10 +189,15 @@ def build_clip(
                                            text=text, projection_dim=projection_dim, vocab_size=vocab_size)
     else:
         clip, tokenizer, pixels = load_pretrained_clip(pretrained)
-    freeze_text_tower(clip)
-    # RadCLIP owns its temperature (radclip.core.models.radclip); CLIP's own stays unused and frozen.
-    clip.logit_scale.requires_grad_(False)
+    freeze_for_radclip(clip)
     return clip, tokenizer, pixels
+
+
+def freeze_for_radclip(clip: CLIPModel) -> None:
+    """The text tower frozen (the paper's method), and CLIP's own temperature too: RadCLIP owns its
+    temperature (radclip.core.models.radclip), so CLIP's stays unused."""
+    freeze_text_tower(clip)
+    clip.logit_scale.requires_grad_(False)
 
 
 def text_modules(clip: CLIPModel) -> tuple[torch.nn.Module, torch.nn.Module]:

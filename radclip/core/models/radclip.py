@@ -51,7 +51,7 @@ from transformers import CLIPModel, CLIPVisionConfig, PreTrainedTokenizerBase
 from radclip.core.losses import MAX_LOGIT_SCALE
 from radclip.core.models.adapter import AdapterSpec, SlicePoolingAdapter
 from radclip.core.models.clip import (
-    freeze_text_tower,
+    freeze_for_radclip,
     image_processor,
     load_pixel_normalisation,
     text_tower_frozen,
@@ -126,8 +126,7 @@ class RadCLIP(nn.Module):
         if pixels.size != self.vision_image_size:
             raise ValueError(f"image processor size {pixels.size} differs from the vision tower's "
                              f"image_size {self.vision_image_size}")
-        freeze_text_tower(clip)
-        clip.logit_scale.requires_grad_(False)
+        freeze_for_radclip(clip)
         self.text_cache = TextEmbeddingCache(clip, tokenizer)
 
     # ------------------------------------------------------------------ properties
