@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from radclip.config import AdapterParams, Params
 from radclip.core.models.adapter import AdapterSpec
-from radclip.core.models.clip import build_clip, reinitialised
+from radclip.core.models.clip import PretrainedWeightsUnavailable, build_clip, reinitialised
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import Preprocessing
 
@@ -24,7 +26,15 @@ def pretrained_source(params: Params) -> str | None:
     if name is None:
         return None
     local = params.resolve(name)
-    return str(local) if local.exists() else name
+    if local.exists():
+        return str(local)
+    if not Path(name).is_absolute() and local.parent.is_dir() and local.parent != params.resolve("."):
+        # A missing directory of this project (e.g. models/general-clip before pretrain_general ran), not a
+        # hub name: say which file is missing and what writes it, rather than "not in the HF cache".
+        raise PretrainedWeightsUnavailable(
+            f"{local}: no CLIP checkpoint there (model.pretrained: {name}). The embedded default's starting CLIP "
+            "is written by the pretrain_general stage: run `dvc repro` or `radclip pretrain-general` first.")
+    return name
 
 
 def build_model(params: Params, vocabulary_texts: list[str], preprocessing: Preprocessing | None = None,

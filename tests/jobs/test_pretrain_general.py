@@ -105,3 +105,15 @@ def test_init_model_starts_from_the_general_clip_and_saves_its_random_init(gener
     assert not any(p.requires_grad for p in random.clip.text_model.parameters())
     texts = ["A Puppy", "A Cat"]
     assert not np.allclose(random.encode_text(texts).numpy(), vanilla.encode_text(texts).numpy())
+
+
+def test_a_missing_starting_clip_names_the_directory_and_the_stage_that_writes_it(tmp_path, monkeypatch):
+    from radclip.core.models import PretrainedWeightsUnavailable
+    from radclip.training.build import build_model
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # the project root: params.yaml's relative models/general-clip, not yet written
+    (tmp_path / "models").mkdir()
+    params = tiny_params(tmp_path).with_values({"model.pretrained": "models/general-clip"})
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"general-clip: no CLIP checkpoint there.*pretrain.general"):
+        build_model(params, ["Normal Chest CT"])
