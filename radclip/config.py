@@ -301,8 +301,9 @@ class AdapterParams(Strict):
     max_slices: int = Field(default=64, ge=1)
     dropout: float = Field(default=0.5, ge=0, lt=1)
     # attention: learnable query over MHSA(I + PE) (the project's); mhsa_mean: the paper's literal mean of
-    # MHSA(I + PE); mean: global average pooling (no parameters)
-    reducer: Literal["attention", "mhsa_mean", "mean"] = "attention"
+    # MHSA(I + PE); residual_mean: mean of I + g·MHSA(I + PE), gate g from 0 (starts at average pooling);
+    # mean: global average pooling (no parameters)
+    reducer: Literal["attention", "mhsa_mean", "residual_mean", "mean"] = "attention"
 
 
 class ModelParams(Strict):
@@ -376,8 +377,10 @@ class EvaluateParams(Strict):
 
 
 class SearchSpace(Strict):
-    """What the sweep tunes: adapter head count, learning rate and temperature (log scales)."""
+    """What the sweep tunes: the adapter's reducer and head count, learning rate and temperature (log scales)."""
 
+    # [] = model.adapter.reducer only; several: the validation loss chooses among them ("mean" has nothing to train)
+    reducers: list[Literal["attention", "mhsa_mean", "residual_mean"]] = ["attention", "mhsa_mean", "residual_mean"]
     heads: list[int] = []  # [] = every divisor of the embedding width up to 16
     lr: tuple[float, float] = (1e-4, 1e-1)
     temperature: tuple[float, float] = (0.01, 0.2)  # the initial value when the temperature is learnable

@@ -48,7 +48,7 @@ def _mask(lengths: list[int], slices: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- adapter
 
 
-@pytest.mark.parametrize("reducer", ["attention", "mean"])
+@pytest.mark.parametrize("reducer", ["attention", "mhsa_mean", "residual_mean", "mean"])
 def test_adapter_shapes_with_mask(reducer):
     adapter = SlicePoolingAdapter(32, 4, max_slices=16, reducer=reducer).eval()
     slices = torch.randn(3, 10, 32)
@@ -58,10 +58,12 @@ def test_adapter_shapes_with_mask(reducer):
     assert volume.shape == (3, 32) and torch.allclose(weights.sum(1), torch.ones(3))
 
 
-@pytest.mark.parametrize("reducer", ["attention", "mean"])
+@pytest.mark.parametrize("reducer", ["attention", "mhsa_mean", "residual_mean", "mean"])
 def test_padded_slices_have_no_effect(reducer):
     torch.manual_seed(0)
     adapter = SlicePoolingAdapter(32, 4, max_slices=16, reducer=reducer).eval()
+    if reducer == "residual_mean":  # its gate starts at 0: open it so the self-attention takes part
+        adapter.context_gate.data.fill_(1.0)
     slices = torch.randn(2, 12, 32)
     mask = _mask([7, 12], 12)
     reference, reference_weights = adapter(slices, mask)
@@ -99,6 +101,39 @@ def test_attention_adapter_starts_as_average_pooling_and_pools_the_slice_embeddi
     torch.testing.assert_close(weights, uniform, rtol=0, atol=0.1 / 20)
     mean = SlicePoolingAdapter(64, 4, max_slices=32, reducer="mean")(slices, mask)[0]
     assert torch.nn.functional.cosine_similarity(volume, mean).min() > 0.99
+
+
+def test_residual_mean_starts_as_average_pooling_and_adds_gated_cross_slice_context():
+    torch.manual_seed(0)
+    adapter = SlicePoolingAdapter(32, 4, max_slices=16, reducer="residual_mean").eval()
+    slices, mask = torch.randn(2, 10, 32), _mask([6, 10], 10)
+    volume, weights = adapter(slices, mask)
+    torch.testing.assert_close(volume[0], slices[0, :6].mean(0))  # gate 0: exactly the masked mean
+    torch.testing.assert_close(volume[1], slices[1].mean(0))
+    torch.testing.assert_close(weights, mask.float() / mask.float().sum(1, keepdim=True))
+    outputs = {}
+    for gate in (1.0, 2.0):
+        adapter.context_gate.data.fill_(gate)
+        outputs[gate] = adapter(slices, mask)[0]
+    context = outputs[1.0] - volume
+    assert context.norm(dim=1).min() > 1e-3  # an open gate changes the output ...
+    torch.testing.assert_close(outputs[2.0] - volume, 2 * context)  # ... by a term linear in the gate
+
+
+def test_mhsa_mean_weights_are_the_slices_shares_of_the_averaged_attention():
+    """One head: V is the output projection of the weighted sum of the slices' values (computed here
+    from the module's projection matrices), so the returned weights say where the reducer looked."""
+    torch.manual_seed(0)
+    adapter = SlicePoolingAdapter(32, 1, max_slices=16, reducer="mhsa_mean").eval()
+    slices, mask = torch.randn(2, 10, 32), _mask([6, 10], 10)
+    volume, weights = adapter(slices, mask)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2))
+    assert torch.all(weights[~mask] == 0) and torch.all(weights[mask] > 0)
+    attention = adapter.self_attention
+    inputs = slices.masked_fill(~mask.unsqueeze(-1), 0.0) + adapter.position[:10]
+    values = inputs @ attention.in_proj_weight[64:].T + attention.in_proj_bias[64:]
+    expected = attention.out_proj(torch.einsum("bs,bsd->bd", weights, values))
+    torch.testing.assert_close(volume, expected)
 
 
 def test_mean_reducer_is_the_masked_mean():

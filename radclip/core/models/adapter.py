@@ -2,9 +2,10 @@
 
 Each slice of a 3D volume goes through the 2D image encoder; this module turns the
 resulting ``(B, S, D)`` slice embeddings into ``(B, D)``. In stage two only this
-module trains.
+module trains. Which reducer the pipeline uses, the sweep chooses on the validation
+InfoNCE (``sweep.space.reducers``); the ablation scores the others beside it.
 
-``reducer="attention"`` (the method)::
+``reducer="attention"`` (a learnable query)::
 
     x = I + PE[:S]                               PE: learnable, random normal, one vector per slice index
     h = x + g · Dropout(MHSA(x, x, x))           self-attention across slices (padding masked), gate g from 0
@@ -30,9 +31,18 @@ pooling has no dropout, so the returned weights sum exactly to 1 over valid slic
 
 ``reducer="mhsa_mean"`` is the paper's formula taken literally: ``V = mean over valid
 slices of MHSA(I + PE)`` (same positional encoding and self-attention, no gate, no
-query; its weights are reported uniform). Its output lives in the self-attention's
-freshly initialised output space, which is what the note above is about; the
-ablation compares it with the query pooling in one row.
+query). The mean is linear in the attention: per head it weighs the slices' values by their
+attention averaged over the valid queries. The weights it returns are those, averaged over
+heads (with one head, ``V`` is exactly the output projection of that weighted sum of values).
+Its output lives in the self-attention's freshly initialised output space, which is what the
+note above is about.
+
+``reducer="residual_mean"`` is that formula inside a transformer block's residual, gated from 0
+(ReZero): ``V = mean over valid slices of (I + g · Dropout(MHSA(I + PE)))``. It starts exactly at
+global average pooling and adds cross-slice context only as far as training finds it useful, so
+whatever the average carries (a whole-volume property such as head size) stays in ``V``; the
+output stays in the joint space the text tower was trained against. Its weights are reported
+uniform: the slices enter the mean equally, the context term mixes them.
 
 ``reducer="mean"`` is the ablation baseline: global average pooling over valid
 slices, no parameters.
@@ -51,8 +61,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Reducer = Literal["attention", "mhsa_mean", "mean"]
-REDUCERS: tuple[str, ...] = ("attention", "mhsa_mean", "mean")
+Reducer = Literal["attention", "mhsa_mean", "residual_mean", "mean"]
+REDUCERS: tuple[str, ...] = ("attention", "mhsa_mean", "residual_mean", "mean")
 
 # Std of the random positional encoding: the ViT/CLIP convention for learned position
 # embeddings, small next to the unit-norm slice embeddings so training starts close
@@ -95,8 +105,9 @@ class SlicePoolingAdapter(nn.Module):
             self.position = nn.Parameter(torch.randn(max_slices, dim) * POSITION_INIT_STD)
             self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
             self.dropout = nn.Dropout(dropout)
-        if reducer == "attention":
+        if reducer in ("attention", "residual_mean"):
             self.context_gate = nn.Parameter(torch.zeros(()))
+        if reducer == "attention":
             self.query = nn.Parameter(torch.randn(1, 1, dim) * POSITION_INIT_STD)
             self.pool_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
 
@@ -128,9 +139,14 @@ class SlicePoolingAdapter(nn.Module):
 
         padding = ~valid  # PyTorch: True = ignore
         x = slices + self.position[: slices.shape[1]].to(slices.dtype)
-        attended, _ = self.self_attention(x, x, x, key_padding_mask=padding, need_weights=False)
         if self.reducer == "mhsa_mean":
-            return masked_mean(self.dropout(attended), valid)
+            attended, attention = self.self_attention(x, x, x, key_padding_mask=padding, need_weights=True)
+            volume, query_share = masked_mean(self.dropout(attended), valid)
+            # (B, S_query, S_key), head-averaged: each key's attention over the valid queries
+            return volume, torch.einsum("bq,bqk->bk", query_share, attention.to(slices.dtype))
+        attended, _ = self.self_attention(x, x, x, key_padding_mask=padding, need_weights=False)
+        if self.reducer == "residual_mean":
+            return masked_mean(slices + self.context_gate * self.dropout(attended), valid)
         hidden = x + self.context_gate * self.dropout(attended)
         query = self.query.expand(slices.shape[0], -1, -1).to(hidden.dtype)
         _, head_weights = self.pool_attention(
