@@ -167,9 +167,12 @@ def open_study(params: Params, data_fingerprint: str) -> tuple[optuna.Study, str
 
 
 def trial_params(params: Params, values: dict) -> Params:
-    """``params`` with a trial's (or the best) values: the adapter's heads, lr and temperature."""
+    """``params`` with a trial's (or the best) values: the adapter's reducer, heads, lr and temperature
+    (a result from before the reducer was searched keeps the configured one)."""
     stage_key = "train_adapter"
     raw = params.model_dump(mode="json", by_alias=True)
+    if "reducer" in values:
+        raw["model"]["adapter"]["reducer"] = str(values["reducer"])
     raw["model"]["adapter"]["heads"] = int(values["heads"])
     raw[stage_key]["lr"] = float(values["lr"])
     raw["loss"]["temperature"] = float(values["temperature"])
@@ -180,7 +183,9 @@ def trial_params(params: Params, values: dict) -> Params:
 
 def _suggest(trial: optuna.Trial, params: Params) -> dict:
     space = params.sweep.space
+    reducers: list[str] = list(space.reducers) or [params.model.adapter.reducer]
     return {
+        "reducer": trial.suggest_categorical(name="reducer", choices=reducers),
         "heads": trial.suggest_categorical(name="heads", choices=head_choices(params)),
         "lr": trial.suggest_float(name="lr", low=space.lr[0], high=space.lr[1], log=True),
         "temperature": trial.suggest_float(

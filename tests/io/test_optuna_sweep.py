@@ -188,13 +188,17 @@ def test_best_params_reach_the_final_adapter_training(project, tmp_path):
     from radclip.jobs.common import best_params_path, effective_params_path
     from radclip.jobs.pretrain_adapter import adapter_params
 
-    params, _ = _with_sweep(project[1], tmp_path, study="best", n_trials=2, apply_best=True)
+    # Reducers other than the configured one (attention): the chosen one must reach the final training.
+    space = {**SWEEP["space"], "reducers": ["mhsa_mean", "residual_mean"]}
+    params, _ = _with_sweep(project[1], tmp_path, study="best", n_trials=2, apply_best=True, space=space)
     result = sweep.run(params, progress=False)
     written = yaml.safe_load(best_params_path(params).read_text())
     assert written["params"] == result.best_params and written["best_trial"] == result.best_trial
     assert written["objective"] == OBJECTIVE and written["value"] == pytest.approx(result.best_value)
     assert yaml.safe_load(effective_params_path(params, "sweep").read_text())["stage"] == "sweep"
     final = adapter_params(params)
+    assert params.model.adapter.reducer == "attention"
+    assert final.model.adapter.reducer == result.best_params["reducer"] in ("mhsa_mean", "residual_mean")
     assert final.model.adapter.heads == result.best_params["heads"]
     assert final.train_adapter.lr == pytest.approx(result.best_params["lr"])
     assert final.loss.temperature == pytest.approx(result.best_params["temperature"])
