@@ -34,8 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY_CELLS = ("random+average", "vanilla+average", "vanilla+adapter", "finetuned+average", "finetuned+adapter",
-             "finetuned+adapter-mhsa_mean")
 
 
 def _chain(seed: int, scratch: Path) -> dict:
@@ -68,7 +66,7 @@ def _chain(seed: int, scratch: Path) -> dict:
             "general_zero_shot": general["heldout_zero_shot"]["mean_accuracy"],
             "general_best_val_loss": general["best_val_loss"], "pretrain_2d_best_val_loss": fit.best_val_loss,
             "thresholds": summary["thresholds"],
-            "cells": {cell: summary["cells"][cell].get("mean_3d", {}) for cell in KEY_CELLS}}
+            "cells": {cell: row.get("mean_3d", {}) for cell, row in summary["cells"].items()}}
 
 
 def _pipeline_chain() -> dict:
@@ -79,7 +77,7 @@ def _pipeline_chain() -> dict:
     return {"seed": 0, "seconds": float("nan"), "general_zero_shot": general["heldout_zero_shot"]["mean_accuracy"],
             "general_best_val_loss": general["best_val_loss"], "pretrain_2d_best_val_loss": fit["best_val_loss"],
             "thresholds": ablation["thresholds"],
-            "cells": {cell: ablation["cells"][cell].get("mean_3d", {}) for cell in KEY_CELLS}}
+            "cells": {cell: row.get("mean_3d", {}) for cell, row in ablation["cells"].items()}}
 
 
 def main() -> None:

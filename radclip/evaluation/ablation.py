@@ -1,6 +1,7 @@
 """The ablation grid (RadCLIP Table III, widened): {random init, vanilla, fine-tuned} 2D encoder ×
-{global average pooling, trained adapter}, plus the paper's literal reducer (mean of MHSA(I + PE))
-on the fine-tuned encoder, each cell over several seeds, and the pre-registered verdicts.
+{global average pooling, the pipeline's trained adapter}, plus the fine-tuned encoder with the other
+adapter reducers (the paper's literal mean of MHSA(I + PE) among them), each cell over several seeds,
+and the pre-registered verdicts.
 
 Encoders: ``random`` is the starting CLIP's architecture with fresh weights (``models/radclip-random``),
 ``vanilla`` the starting CLIP itself (``models/radclip-init``: the general-domain CLIP of
@@ -22,8 +23,9 @@ import numpy as np
 
 ENCODERS = ("random", "vanilla", "finetuned")
 ENCODER_LABELS = {"random": "Random init", "vanilla": "Vanilla CLIP", "finetuned": "Fine-tuned"}
-POOLING_LABELS = {"average": "Global average pooling", "attention": "Slice pooling adapter",
-                  "mhsa_mean": "Adapter, paper's mean of MHSA(I + PE)"}
+ADAPTER_REDUCERS = ("attention", "mhsa_mean", "residual_mean")  # the reducers that train (model.adapter.reducer)
+REDUCER_LABELS = {"attention": "query over MHSA(I + PE)", "mhsa_mean": "paper's mean of MHSA(I + PE)",
+                  "residual_mean": "mean of I + gated MHSA(I + PE)"}
 # Per suite, the table's columns: (metric key, header).
 TABLE_METRICS = (("probe_accuracy", "Acc"), ("probe_macro_f1", "F1"), ("matching_p1", "P@1"))
 SEED_METRICS = ("probe_accuracy_mean", "probe_macro_f1_mean", "matching_p1", "zero_shot_top1",
@@ -36,20 +38,34 @@ MEAN_SUITE = "mean_3d"  # each metric averaged over the 3D suites
 @dataclass(frozen=True)
 class Cell:
     encoder: str  # random | vanilla | finetuned
-    pooling: str  # average | attention | mhsa_mean (the adapter's reducer)
+    pooling: str  # average, or the adapter's reducer
+    variant: bool = False  # an adapter other than the pipeline's (the reducer comparison rows)
 
     @property
     def name(self) -> str:
-        return f"{self.encoder}+{'average' if self.pooling == 'average' else 'adapter'}" + (
-            "-mhsa_mean" if self.pooling == "mhsa_mean" else "")
+        if self.pooling == "average":
+            return f"{self.encoder}+average"
+        return f"{self.encoder}+adapter" + (f"-{self.pooling}" if self.variant else "")
+
+    @property
+    def label(self) -> str:
+        if self.pooling == "average":
+            return "Global average pooling"
+        return f"Slice pooling adapter ({REDUCER_LABELS[self.pooling]})"
 
     @property
     def trains_adapter(self) -> bool:
         return self.pooling != "average"
 
 
-CELLS = (*(Cell(encoder, pooling) for encoder in ENCODERS for pooling in ("average", "attention")),
-         Cell("finetuned", "mhsa_mean"))
+def grid_cells(reducer: str) -> tuple[Cell, ...]:
+    """Table III's 2 × 3 grid with the pipeline's adapter (``reducer``: what ``pretrain_adapter`` trains), plus
+    the fine-tuned encoder with each other trainable reducer (the paper's literal formula among them)."""
+    if reducer not in ADAPTER_REDUCERS:
+        raise ValueError(f"the ablation needs a trainable adapter reducer ({', '.join(ADAPTER_REDUCERS)}), "
+                         f"got {reducer!r}")
+    grid = tuple(Cell(encoder, pooling) for encoder in ENCODERS for pooling in ("average", reducer))
+    return grid + tuple(Cell("finetuned", other, variant=True) for other in ADAPTER_REDUCERS if other != reducer)
 
 
 def _metric_name(key: str) -> str:
@@ -149,16 +165,16 @@ def _cell_text(row: dict, metric: str) -> str:
     return text
 
 
-def table_markdown(table: dict[str, dict[str, dict]], suites: Sequence[str]) -> str:
+def table_markdown(table: dict[str, dict[str, dict]], suites: Sequence[str], cells: Sequence[Cell]) -> str:
     """One row per cell; per suite Acc / F1 / P@1 as seed mean ± seed std (fold std in brackets)."""
     header = ["2D encoder", "Slice pooling"] + [f"{suite} {label}" for suite in suites for _, label in TABLE_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for cell in CELLS:
-        cells = [ENCODER_LABELS[cell.encoder], POOLING_LABELS[cell.pooling]]
+    for cell in cells:
+        row_cells = [ENCODER_LABELS[cell.encoder], cell.label]
         for suite in suites:
             row = table[cell.name].get(suite)
-            cells += [_cell_text(row, metric) if row and metric in row else "–" for metric, _ in TABLE_METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
+            row_cells += [_cell_text(row, metric) if row and metric in row else "–" for metric, _ in TABLE_METRICS]
+        lines.append("| " + " | ".join(row_cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -172,18 +188,19 @@ def verdict_markdown(checks: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def attention_markdown(means: dict[str, dict]) -> str:
-    """Where each adapter cell put its weight on the 3D suites' mean: the mass on the finding slices the
-    phantoms recorded (against the uniform share) and the within-volume AUROC. Empty without truth."""
-    cells = [c for c in CELLS if "attention_lesion_mass" in means.get(c.name, {})]
+def attention_markdown(means: dict[str, dict], grid: Sequence[Cell]) -> str:
+    """Where each adapter cell put its weight, ``means`` averaged over the suites with findings: the mass on
+    the finding slices the phantoms recorded (against the uniform share) and the within-volume AUROC.
+    Empty without truth."""
+    cells = [c for c in grid if "attention_lesion_mass" in means.get(c.name, {})]
     if not cells:
         return ""
-    lines = ["", "Attention on the recorded finding slices (mean over the 3D suites and seeds):", "",
+    lines = ["", "Attention on the recorded finding slices (mean over the focal 3D suites and seeds):", "",
              "| 2D encoder | Slice pooling | mass on finding slices (uniform) | AUROC, finding vs other slices |",
              "|---|---|---|---|"]
     for cell in cells:
         row = means[cell.name]
-        lines.append(f"| {ENCODER_LABELS[cell.encoder]} | {POOLING_LABELS[cell.pooling]} | "
+        lines.append(f"| {ENCODER_LABELS[cell.encoder]} | {cell.label} | "
                      f"{row['attention_lesion_mass']:.3f} ({row['attention_lesion_mass_uniform']:.3f}) | "
                      f"{row['attention_lesion_auroc']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
 """Stage ``ablate``: RadCLIP Table III widened to {random init, vanilla, fine-tuned} × {average pooling, adapter},
-plus the paper's literal reducer, each cell over ``ablate.seeds`` seeds, and the pre-registered verdicts."""
+plus the fine-tuned encoder with the other adapter reducers, each cell over ``ablate.seeds`` seeds, and the
+pre-registered verdicts. The adapter rows train what ``pretrain_adapter`` trains (the sweep's best params,
+its reducer included)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,14 @@ from collections import Counter
 from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
 from radclip.evaluation.ablation import (
-    CELLS,
     ENCODER_LABELS,
     ENCODERS,
     FIGURE_METRICS,
     MEAN_SUITE,
-    POOLING_LABELS,
     Cell,
     aggregate,
     attention_markdown,
+    grid_cells,
     mean_over_suites,
     table_markdown,
     verdict_markdown,
@@ -87,14 +88,15 @@ def run(params: Params, *, progress: bool = True) -> dict:
     encoders = {encoder: RadCLIP.from_pretrained(model_dir(params, ENCODER_MODELS[encoder])).eval()
                 for encoder in ENCODERS}
     seeds = range(params.ablate.seeds)
+    cells = grid_cells(adapter_params(params).model.adapter.reducer)
     per_seed: list[dict] = []
     kinds: dict[str, str] = {}
     chance: dict[str, float] = {}
     with tracking.start_run(params, stage=STAGE, run_name="ablation-grid",
-                            tags={"ablation.cells": len(CELLS), "ablation.seeds": len(seeds)}) as parent:
+                            tags={"ablation.cells": len(cells), "ablation.seeds": len(seeds)}) as parent:
         encoder_only: dict[tuple[str, str, int], dict] = {}  # 2D suites: the pooling plays no part
         table: dict[str, dict[str, dict]] = {}  # cell -> suite -> seed aggregate
-        for cell in CELLS:
+        for cell in cells:
             tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling}
             with tracking.start_run(params, stage=STAGE, run_name=cell.name, nested=True, tags=tags) as cell_run:
                 for seed in seeds:
@@ -124,7 +126,7 @@ def run(params: Params, *, progress: bool = True) -> dict:
                                       for k, v in row.items()})
         volume_suites = [s for s in suites if kinds.get(s) == "3d"]
         means = mean_over_suites(table, volume_suites)
-        for cell in CELLS:
+        for cell in cells:
             if cell.name in means:
                 table[cell.name][MEAN_SUITE] = means[cell.name]
         global_suites = [s for s in volume_suites if s in params.ablate.global_suites]
@@ -134,13 +136,13 @@ def run(params: Params, *, progress: bool = True) -> dict:
                           general_zero_shot=_general_zero_shot(params))
         reports = params.resolve(params.paths.reports)
         shown = suites + ([MEAN_SUITE] if volume_suites else [])
-        markdown = table_markdown(table, shown)
+        markdown = table_markdown(table, shown, cells)
         (reports / "ablation.md").write_text(
             "# Ablation (RadCLIP Table III, widened): 2D encoder × slice pooling\n\n"
             f"Linear probe accuracy and macro F1, image–text matching P@1: mean ± std over {len(seeds)} seeds "
             "(adapter training and probe), fold std (patient-level folds, mean over seeds) in brackets. "
             "2D suites do not depend on the pooling.\n\n"
-            + markdown + verdict_markdown(checks) + attention_markdown(means)
+            + markdown + verdict_markdown(checks) + attention_markdown(mean_over_suites(table, focal_suites), cells)
         )
         write_table(reports / "ablation.csv", per_seed)
         summary = {
@@ -154,9 +156,9 @@ def run(params: Params, *, progress: bool = True) -> dict:
         }
         write_metrics(params, "ablation.json", summary)
         if volume_suites:
-            figure_rows = [{"encoder": ENCODER_LABELS[c.encoder], "pooling": POOLING_LABELS[c.pooling],
+            figure_rows = [{"encoder": ENCODER_LABELS[c.encoder], "pooling": c.label,
                             **{m: means[c.name][m] for m in FIGURE_METRICS},
-                            **{f"{m}_std": means[c.name][f"{m}_seed_std"] for m in FIGURE_METRICS}} for c in CELLS]
+                            **{f"{m}_std": means[c.name][f"{m}_seed_std"] for m in FIGURE_METRICS}} for c in cells]
             ablation_figure(figure_rows, FIGURE_METRICS, reports / "ablation.png",
                             title=f"Ablation on the 3D suites (mean over suites; ± std over {len(seeds)} seeds)")
         tracking.log_metrics({f"threshold.{key}.value": check["value"] for key, check in checks.items()}

@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from radclip.config import AblationThresholds
-from radclip.evaluation.ablation import CELLS, aggregate, mean_over_suites, verdicts
+from radclip.evaluation.ablation import aggregate, grid_cells, mean_over_suites, verdicts
 
 THRESHOLDS = AblationThresholds().model_dump()
 
@@ -79,8 +79,17 @@ def test_zero_shot_criterion_is_judged_only_when_the_general_model_was_trained()
     assert not _verdicts(_table(), {"mean_accuracy": 0.59, "chance": 0.08})["e_general_zero_shot"]["passed"]
 
 
-def test_the_grid_has_every_encoder_with_both_poolings_and_the_papers_reducer():
-    names = [cell.name for cell in CELLS]
-    assert names == ["random+average", "random+adapter", "vanilla+average", "vanilla+adapter", "finetuned+average",
-                     "finetuned+adapter", "finetuned+adapter-mhsa_mean"]
-    assert [cell.trains_adapter for cell in CELLS] == [False, True, False, True, False, True, True]
+def test_the_grid_has_every_encoder_with_both_poolings_and_the_other_reducers_on_the_finetuned_encoder():
+    cells = grid_cells("attention")
+    assert [cell.name for cell in cells] == [
+        "random+average", "random+adapter", "vanilla+average", "vanilla+adapter", "finetuned+average",
+        "finetuned+adapter", "finetuned+adapter-mhsa_mean", "finetuned+adapter-residual_mean"]
+    assert [cell.trains_adapter for cell in cells] == [False, True, False, True, False, True, True, True]
+    assert [cell.pooling for cell in cells if cell.trains_adapter] == [
+        "attention", "attention", "attention", "mhsa_mean", "residual_mean"]
+    # The pipeline's adapter is the main rows' reducer, whichever the sweep chose; the paper's formula stays in.
+    chosen = grid_cells("mhsa_mean")
+    assert {c.pooling for c in chosen if c.name in ("vanilla+adapter", "finetuned+adapter")} == {"mhsa_mean"}
+    assert [c.name for c in chosen if c.variant] == ["finetuned+adapter-attention", "finetuned+adapter-residual_mean"]
+    with pytest.raises(ValueError, match="trainable adapter reducer"):
+        grid_cells("mean")

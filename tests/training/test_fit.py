@@ -322,14 +322,15 @@ def ablation(curated, adapter_run):
 
 
 def test_ablation_logs_one_child_run_per_cell_with_its_seed_fits(ablation):
-    from radclip.evaluation.ablation import CELLS
+    from radclip.evaluation.ablation import grid_cells
 
     params, summary = ablation
     parent = summary["mlflow_run_id"]
     children = _experiment_runs(params, f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(r.data.tags["mlflow.runName"] for r in children) == sorted(
         ["random+average", "random+adapter", "vanilla+average", "vanilla+adapter", "finetuned+average",
-         "finetuned+adapter", "finetuned+adapter-mhsa_mean"]) == sorted(c.name for c in CELLS)
+         "finetuned+adapter", "finetuned+adapter-mhsa_mean", "finetuned+adapter-residual_mean"]) == sorted(
+        c.name for c in grid_cells(params.model.adapter.reducer))
     assert all(r.info.status == "FINISHED" and any(k.endswith(".probe_accuracy_seed_std") for k in r.data.metrics)
                for r in children)
     for child in children:  # every adapter cell trained one adapter per seed, nested under the cell's run
@@ -378,6 +379,9 @@ def test_ablation_reports_seed_means_stds_and_the_verdicts(ablation):
     assert written["all_passed"] == all(c["passed"] for c in checks.values())
     table = [line for line in (reports / "ablation.md").read_text().splitlines() if line.startswith("| ")]
     assert sum("pass" in line or "FAIL" in line for line in table) == len(checks)
+    # where each cell looked, over the focal suites (the global one has no finding slices to score)
+    attention = (reports / "ablation.md").read_text().split("Attention on the recorded finding slices")[1]
+    assert sum(line.startswith("| ") for line in attention.splitlines()) == 1 + len(cells)  # the header and a row each
     # average pooling puts exactly the uniform share on the recorded finding slices and cannot rank them
     volumes = per_seed[per_seed["pooling"] == "average"].dropna(subset=["attention_lesion_mass"])
     assert len(volumes) and np.allclose(volumes["attention_lesion_mass"], volumes["attention_lesion_mass_uniform"])
