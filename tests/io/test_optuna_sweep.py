@@ -152,7 +152,8 @@ def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
     from radclip.io.optuna_sweep import sweep
     from radclip.jobs.common import MODEL_2D, model_dir, slice_cache_dir
 
-    space = {"heads": [2, 4], "lr": [1e-7, 3e-2], "temperature": [0.01, 2.0]}
+    # one adapter design: the enqueued trials below differ in lr and τ only
+    space = {"reducers": ["attention"], "heads": [2, 4], "lr": [1e-7, 3e-2], "temperature": [0.01, 2.0]}
     params, _ = _with_sweep(project[1], tmp_path, study="prune", n_trials=6, pruner="median", warmup_epochs=1,
                             startup_trials=2, space=space)
     study = _study(params)
