@@ -10,7 +10,9 @@ several processes on one machine), an RDB URL from ``sweep.storage`` for workers
 several machines (with heartbeats, so a dead machine's trial ends FAIL). A re-run
 loads the study (``load_if_exists``) and runs only the trials still missing, so no
 finished trial is lost or repeated; a trial left RUNNING by a killed process on this
-machine is marked FAIL first.
+machine is marked FAIL first. The study's name digests everything its trials depend on,
+radclip's own source included: a re-run after any change (``dvc repro -f`` after a code
+edit) starts a fresh study rather than reusing trials that other code trained.
 
 Every trial is an MLflow child run under one sweep run, which logs the best params,
 the optimisation history and the parameter importances. The ``sweep`` job
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 JOURNAL_FILE = "optuna.journal"
 OBJECTIVE = "val_loss"  # validation InfoNCE of the trial's best epoch (minimised); the test split is never read
 MAX_HEADS = 16
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the radclip package whose code the trials run
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -79,15 +82,26 @@ def cache_fingerprint(cache_dir: Path) -> str:
     return read_cache_info(cache_dir)["encoder_fingerprint"][:8]
 
 
-def study_name(params: Params, data_fingerprint: str) -> str:
+def code_fingerprint(root: Path = PACKAGE_ROOT) -> str:
+    """Digest of the Python source under ``root`` (relative paths and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def study_name(params: Params, data_fingerprint: str, code: str | None = None) -> str:
     """The configured name plus a digest of what the trials depend on: a changed search space,
-    objective or encoder starts a new study instead of mixing incomparable trials."""
+    objective, encoder or radclip code (``code``, default :func:`code_fingerprint`) starts a new
+    study instead of mixing incomparable trials. Without the code, ``dvc repro -f`` after an edit
+    of the adapter reloaded the finished study and kept best params that the old code had found."""
     basis = {
         "sweep": params.sweep.model_dump(mode="json", exclude={"n_trials", "workers", "storage"}),
         "model": params.model.model_dump(mode="json"),
         "loss": params.loss.model_dump(mode="json"),
         "train": params.train_adapter.model_dump(mode="json"),
         "data": data_fingerprint,
+        "code": code if code is not None else code_fingerprint(),
     }
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
     return f"{params.sweep.study}-{digest}"

@@ -74,6 +74,37 @@ def _sweep_command(params_file: Path, *, job: bool = True) -> list[str]:
             "sweep(p, data_dir=slice_cache_dir(p), model_source=model_dir(p, MODEL_2D))"]
 
 
+def test_code_fingerprint_follows_every_source_byte_and_nothing_else(tmp_path):
+    from radclip.io.optuna_sweep import code_fingerprint
+
+    package = tmp_path / "pkg"
+    (package / "core").mkdir(parents=True)
+    (package / "core" / "adapter.py").write_text("WEIGHTS = True\n")
+    (package / "loop.py").write_text("EPOCHS = 3\n")
+    before = code_fingerprint(package)
+    (package / "notes.txt").write_text("not code")
+    (package / "core" / "__pycache__").mkdir()
+    (package / "core" / "__pycache__" / "adapter.cpython-312.pyc").write_bytes(b"\x00")
+    assert code_fingerprint(package) == before
+    (package / "core" / "adapter.py").write_text("WEIGHTS = False\n")
+    edited = code_fingerprint(package)
+    assert edited != before
+    (package / "core" / "adapter.py").rename(package / "adapter.py")  # same bytes, another module
+    assert code_fingerprint(package) not in (before, edited)
+
+
+def test_a_code_change_starts_a_new_study(tmp_path):
+    """`dvc repro -f` after an edit of the adapter must retrain the trials, not reload the finished study."""
+    from radclip.io.optuna_sweep import PACKAGE_ROOT, code_fingerprint, study_name
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params_dict(str(tmp_path), sweep=SWEEP)))
+    params = load_params(params_file)
+    assert study_name(params, "cache") == study_name(params, "cache", code_fingerprint(PACKAGE_ROOT))
+    assert study_name(params, "cache", "0" * 16) != study_name(params, "cache", "1" * 16)
+    assert study_name(params, "cache", "0" * 16).startswith(params.sweep.study + "-")
+
+
 def test_fail_interrupted_trials_fails_running_trials_of_dead_processes_only():
     from radclip.io.optuna_sweep import WORKER_ATTR, fail_interrupted_trials
 
