@@ -365,9 +365,12 @@ def test_nifti_affines_put_the_thick_axis_along_the_acquisition_normal(generated
 # --------------------------------------------------------------------------- findings in pixels
 
 SETTINGS_3D = RenderSettings(seed=0, image_size=32, volume_shape=(32, 24, 24), lesion_slices=(2, 4))
-CASES_3D = [(key, f.name, plane) for key, scene in SCENES.items() for plane in scene.planes_3d for f in scene.findings]
+CASES_3D = [(key, f.name, plane) for key, scene in SCENES.items() for plane in scene.planes_3d for f in scene.findings
+            if not f.diffuse]
+CASES_DIFFUSE = [(key, f.name, plane) for key, scene in SCENES.items() for plane in scene.planes_3d
+                 for f in scene.findings if f.diffuse]
 VISIBLE = {"ct": 100.0, "mr": 0.1, "xray": 0.08}  # smallest change a finding must make somewhere
-VISIBLE_BY_CONDITION = {"Liver Lesion": 30.0}  # hypodense by 45-75 HU
+VISIBLE_BY_CONDITION = {"Liver Lesion": 30.0, "Emphysema": 40.0}  # hypodense by 45-75 HU; lung 45-130 HU darker
 
 
 @pytest.mark.parametrize(("scene", "condition", "plane"), CASES_3D)
@@ -386,6 +389,29 @@ def test_volume_finding_changes_only_a_few_contiguous_slices(scene, condition, p
         assert changed == list(range(changed[0], changed[0] + len(changed)))  # contiguous
         assert tuple(changed) == lesion.finding_slices
         assert change.max() >= threshold, (seed, change.max())
+
+
+def test_both_3d_training_regions_have_a_diffuse_finding():
+    assert {(key, name) for key, name, _ in CASES_DIFFUSE} == {("brain_mri", "Atrophy"), ("chest_ct", "Emphysema")}
+
+
+@pytest.mark.parametrize(("scene", "condition", "plane"), CASES_DIFFUSE)
+def test_diffuse_finding_changes_most_slices_and_records_none(scene, condition, plane):
+    """A whole-organ finding is what averaging over slices keeps: at the default volume geometry it shows
+    in most slices (all but those beyond the organ; sagittal brains: the outer 25-35 %), the anatomy
+    otherwise unchanged, and marks no finding slices (a focal finding marks 2-4)."""
+    threshold = VISIBLE_BY_CONDITION.get(condition, VISIBLE[SCENES[scene].signal])
+    settings = RenderSettings(seed=0, image_size=64, volume_shape=(32, 64, 64), lesion_slices=(2, 4))
+    for seed in range(3):
+        def draw(conditions, seed=seed):
+            rng = np.random.default_rng([7, seed])
+            return synthesize(scene, conditions, kind="3d", rng=rng, settings=settings, plane=plane)
+
+        diseased, normal = draw((condition,)), draw(())
+        change = np.abs(diseased.pixels - normal.pixels).reshape(diseased.pixels.shape[0], -1)
+        shown = change.max(axis=1) >= threshold
+        assert shown.mean() >= 0.6, (seed, shown.astype(int).tolist())
+        assert diseased.finding_slices == normal.finding_slices == ()
 
 
 @pytest.mark.parametrize(("scene", "plane", "output"), [
@@ -441,7 +467,8 @@ def test_2d_finding_is_visible_on_the_same_anatomy(scene_key, condition):
         rng = np.random.default_rng([11, seed])
         anatomy = scene.sample(rng)
         with_finding = finding.adjust(anatomy, rng) if finding.adjust else anatomy
-        depth = float(np.mean(finding.depth(with_finding, 2))) if scene.slice_range else 0.0
+        depth_range = finding.depth or scene.slice_range  # a diffuse finding: anywhere in the scene's range
+        depth = float(np.mean(depth_range(with_finding, 2))) if depth_range else 0.0
         grid = image_grid(scene, 96, depth)
         before = scene.render(anatomy, grid, np.random.default_rng(1))
         after = scene.render(with_finding, grid, np.random.default_rng(1))

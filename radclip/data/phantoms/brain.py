@@ -2,7 +2,8 @@
 
 Brain MRI (T1-like): scalp fat (bright), skull (dark ring), CSF, cortex,
 white matter with a wavy gyral border, deep grey nuclei, lateral and third
-ventricles, interhemispheric fissure, pituitary gland. Glioma: irregular
+ventricles, interhemispheric fissure, pituitary gland. Atrophy (diffuse):
+wide CSF spaces over a shrunken brain and enlarged ventricles. Glioma: irregular
 hyperintense mass, often with a dark necrotic centre, in a halo of T1-dark
 oedema. Meningioma: round, homogeneously bright, based on the inner skull
 surface. Pituitary Tumor: small bright mass at the sella, midline, inferior.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +59,7 @@ class BrainAnatomy:
     csf: float
     grey: float
     white: float
+    atrophy_mm: float = 0.0  # extra sulcal CSF: the brain surface this much further inside the dura
 
     def shell(self, depth_mm: float) -> Vec3:
         return _shrink(self.head, depth_mm)
@@ -68,7 +70,7 @@ class BrainAnatomy:
 
     @property
     def brain(self) -> Vec3:
-        return self.shell(16.0)
+        return self.shell(16.0 + self.atrophy_mm)
 
     @property
     def white_matter(self) -> Vec3:
@@ -169,6 +171,12 @@ def _render_brain(a: BrainAnatomy, grid: Grid, rng: Rng) -> np.ndarray:
     paint(image, fissure, a.csf, alpha=0.8)
     paint(image, cv.ellipsoid(a.sella_local, (5.0, 4.0, 3.5)), a.grey + 0.05)  # normal pituitary gland
     return image
+
+
+def _adjust_atrophy(a: BrainAnatomy, rng: Rng) -> BrainAnatomy:
+    """Atrophy: a shrunken brain (wide CSF spaces under the skull) and lateral ventricles larger than any
+    normal study's (``ventricle_scale`` up to 1.5): a whole-brain change that every slice through it shows."""
+    return replace(a, atrophy_mm=rng.uniform(4.0, 8.0), ventricle_scale=rng.uniform(1.8, 2.4))
 
 
 def _brain_slice_range(a: BrainAnatomy, axis: int) -> tuple[float, float]:

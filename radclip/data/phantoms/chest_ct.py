@@ -5,13 +5,14 @@ denser at the hila and dome-shaped bases, heart in epicardial fat, aorta,
 trachea and bronchi, sternum, ribs, spine (cortex, cancellous bone, discs,
 canal). Nodule: small soft-tissue sphere. COVID-19: peripheral ground glass
 (about -500 HU, vessels stay visible), mostly bilateral. Community-Acquired
-Pneumonia: lobar consolidation (about 20 HU) with air bronchograms.
+Pneumonia: lobar consolidation (about 20 HU) with air bronchograms. Emphysema
+(diffuse): the whole lung hyperlucent (about -940 HU).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -62,6 +63,11 @@ class ChestCtAnatomy:
         center = (side * (self.mediastinum + lateral) / 2, 0.1 * self.inner[1], (self.apex + bottom) / 2)
         radii = ((lateral - self.mediastinum) / 2, 0.85 * self.inner[1], (self.apex - bottom) / 2)
         return center, radii
+
+
+def _adjust_emphysema(a: ChestCtAnatomy, rng: Rng) -> ChestCtAnatomy:
+    """Emphysema: parenchyma destroyed throughout, lung attenuation below any normal study's (-880 to -830)."""
+    return replace(a, lung_hu=rng.uniform(-960.0, -925.0))
 
 
 def _sample_chest_ct(rng: Rng) -> ChestCtAnatomy:

@@ -7,7 +7,10 @@ contiguous slices at a random depth: its extent along the slice axis matches
 that slab and it is drawn only into those slices. Anatomy, texture and noise
 come from random streams separate from the finding's, so a study rendered with
 and without its finding differs only in the slab: averaging slice embeddings
-dilutes the signal, attending to the right slices does not.
+dilutes the signal, attending to the right slices does not. A diffuse finding
+(``Finding.diffuse``: atrophy, emphysema) changes the whole organ through the
+anatomy instead: every slice through it shows the finding, and none is recorded
+as a finding slice.
 
 Traits
 ------
@@ -116,7 +119,8 @@ def synthesize(
         if plane not in scene.planes_3d:
             raise ValueError(f"{scene.region} {scene.modality} volumes are not drawn in the {plane} plane")
         grid = volume_grid(scene, settings.volume_shape, plane)
-        slabs = [_pick_slab(f, anatomy, grid, finding_rng, settings.lesion_slices) for f in findings]
+        slabs = [(0, grid.shape[0], None) if f.diffuse else _pick_slab(f, anatomy, grid, finding_rng,
+                                                                       settings.lesion_slices) for f in findings]
     elif scene.slice_range is None:  # projection or fixed-plane 2D scene: findings need no depth
         grid = image_grid(scene, settings.image_size)
         slabs = [(0, 1, None) for _ in findings]
@@ -125,8 +129,9 @@ def synthesize(
         # so the 2D encoder has seen every plane the adapter will get slices of.
         plane_2d = plane if plane in scene.planes_3d else scene.plane_2d
         axis = image_grid(scene, 1, 0.0, plane_2d).slice_axis
-        # every finding of a sectional scene (slice_range set) has a depth
-        depth_range = findings[0].depth if findings else scene.slice_range
+        # every focal finding of a sectional scene (slice_range set) has a depth; a diffuse one is everywhere
+        focal = [f for f in findings if not f.diffuse]
+        depth_range = focal[0].depth if focal else scene.slice_range
         assert depth_range is not None
         low, high = depth_range(anatomy, axis)
         depth = finding_rng.uniform(min(low, high), max(low, high))
@@ -138,6 +143,7 @@ def synthesize(
     for finding, (start, stop, slab) in zip(findings, slabs):
         spec = finding.place(anatomy, slab, finding_rng)
         finding.draw(image[start:stop], grid.slices(start, stop), anatomy, spec)
-        touched.update(range(start, stop))
+        if not finding.diffuse:
+            touched.update(range(start, stop))
     pixels = scene.finish(image, grid, noise_rng).astype(np.float32)
     return Rendered(pixels, grid, tuple(sorted(touched)) if kind == "3d" else ())

@@ -31,6 +31,7 @@ from radclip.data.phantoms.abdomen_ct import (
     _sample_abdomen_ct,
 )
 from radclip.data.phantoms.brain import (
+    _adjust_atrophy,
     _brain_slice_range,
     _draw_glioma,
     _draw_meningioma,
@@ -45,6 +46,7 @@ from radclip.data.phantoms.brain import (
     _sample_brain,
 )
 from radclip.data.phantoms.chest_ct import (
+    _adjust_emphysema,
     _draw_covid,
     _draw_ct_nodule,
     _draw_pneumonia,
@@ -95,7 +97,10 @@ class Finding:
     ``draw(image, grid, anatomy, spec)`` paints it in place. ``depth(anatomy,
     axis)`` gives the (lo, hi) patient coordinates along a slice axis where the
     finding can sit (None: projection or fixed-plane scenes). ``adjust`` changes
-    the anatomy itself (an enlarged heart) before rendering.
+    the anatomy itself (an enlarged heart) before rendering. A ``diffuse`` finding
+    is such a change of a whole organ (brain atrophy, emphysema): a volume shows it
+    in every slice through the organ, so it has no depth or slab and adds no
+    finding slices; a 2D slice of it lies anywhere in the scene's slice range.
     """
 
     name: str
@@ -106,6 +111,7 @@ class Finding:
     draw: Callable[[np.ndarray, Grid, Any, Any], None]
     depth: Callable[[Any, int], tuple[float, float]] | None = None
     adjust: Callable[[Any, Rng], Any] | None = None
+    diffuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,9 @@ SCENES: dict[str, Scene] = {
                 Finding("Glioma", 0.26, _place_glioma, _draw_glioma, _glioma_depth),
                 Finding("Meningioma", 0.26, _place_meningioma, _draw_meningioma, _meningioma_depth),
                 Finding("Pituitary Tumor", 0.20, _place_pituitary, _draw_pituitary, _pituitary_depth),
+                # Whole-volume findings, as real 3D training reports have them (atrophy, emphysema): without
+                # one, nothing the adapter trains or is validated on asks it to keep what every slice shows.
+                Finding("Atrophy", 0.14, _place_nothing, _draw_nothing, adjust=_adjust_atrophy, diffuse=True),
             ),
             normal_weight=0.28,
             signal="mr",
@@ -209,6 +218,7 @@ SCENES: dict[str, Scene] = {
                 Finding("COVID-19", 0.28, _place_covid, _draw_covid, _lung_depth),
                 Finding("Community-Acquired Pneumonia", 0.24, _place_pneumonia, _draw_pneumonia, _lung_depth),
                 Finding("Nodule", 0.14, _place_ct_nodule, _draw_ct_nodule, _lung_depth),
+                Finding("Emphysema", 0.14, _place_nothing, _draw_nothing, adjust=_adjust_emphysema, diffuse=True),
             ),
             normal_weight=0.34,
             signal="ct",
