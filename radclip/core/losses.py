@@ -150,3 +150,40 @@ class ClipLoss(nn.Module):
         per_image = F.cross_entropy(logits_per_image, targets, reduction=reduction)
         per_text = F.cross_entropy(logits_per_text, targets, reduction=reduction)
         return (per_image + per_text) / 2
+
+
+class GlobalLocalLoss(nn.Module):
+    """LRCLR's objective (paper 002, eq. 6): ``L = L_global + λ · L_local``.
+
+    Both terms are :class:`ClipLoss` (duplicate-aware, all-gathered across workers) with one shared
+    logit scale: the global term on the towers' embeddings, the local term on the cross-modal
+    transformer's ``(v_l, t_l)``. ``forward`` returns ``(total, global, local)``; with λ = 0 the
+    local term is not computed, so the total and its gradients are exactly the global loss's.
+    """
+
+    def __init__(self, local_weight: float, duplicate_aware: bool = True, gather_with_grad: bool = True) -> None:
+        super().__init__()
+        if local_weight < 0:
+            raise ValueError(f"the local loss weight must be >= 0, got {local_weight}")
+        self.local_weight = float(local_weight)
+        self.clip_loss = ClipLoss(duplicate_aware=duplicate_aware, gather_with_grad=gather_with_grad)
+
+    def extra_repr(self) -> str:
+        return f"local_weight={self.local_weight}"
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        local_image: torch.Tensor | None,
+        local_text: torch.Tensor | None,
+        logit_scale: torch.Tensor,
+        caption_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        global_loss = self.clip_loss(image_features, text_features, logit_scale, caption_ids)
+        if self.local_weight == 0:
+            return global_loss, global_loss, None
+        if local_image is None or local_text is None:
+            raise ValueError("a local loss weight > 0 needs the cross-modal (v_l, t_l) features")
+        local_loss = self.clip_loss(local_image, local_text, logit_scale, caption_ids)
+        return global_loss + self.local_weight * local_loss, global_loss, local_loss
