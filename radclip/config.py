@@ -451,6 +451,27 @@ class AblateParams(Strict):
     thresholds: AblationThresholds = AblationThresholds()
 
 
+class LrclrThresholds(Strict):
+    """LRCLR's pre-registered pass/fail criteria on the phantoms (issue 12), fixed before its stage's first
+    run and judged by it on seed means: (a) on every focal finding, the text→region top-2 hit rate and
+    pointing game of LRCLR have a bootstrap CI at ``chance_ci_level`` that excludes chance (the box's area
+    fraction; a finding smaller than one patch may be excused, said in the report); (b) averaged over the
+    focal findings, LRCLR's best heatmap's pointing game ≥ the control's rollout's + ``pointing_gain``;
+    (c) zero-shot macro AUROC of ``lrclr`` ≥ ``control`` − ``zero_shot_auroc_margin``."""
+
+    chance_ci_level: float = Field(default=0.95, gt=0, lt=1)
+    pointing_gain: float = 0.10
+    zero_shot_auroc_margin: float = 0.01
+
+
+class LrclrParams(Strict):
+    """LRCLR (paper 002). Its core pieces exist (``radclip.core.models.regions``,
+    ``radclip.core.losses.GlobalLocalLoss``); its stage does not yet, so only the thresholds are set
+    here, ahead of the first run."""
+
+    thresholds: LrclrThresholds = LrclrThresholds()
+
+
 class RegistryParams(Strict):
     """MLflow model registry: one registered model, versions promoted by alias."""
 
@@ -487,6 +508,7 @@ class Params(Strict):
     evaluate: EvaluateParams = EvaluateParams()
     general: GeneralParams = GeneralParams()
     ablate: AblateParams = AblateParams()
+    lrclr: LrclrParams = LrclrParams()
     sweep: SweepParams = SweepParams()
     registry: RegistryParams = RegistryParams()
 
