@@ -12,6 +12,7 @@ from radclip.core.losses import ClipLoss, GlobalLocalLoss
 from radclip.core.models.clip import new_clip
 from radclip.core.models.regions import (
     CrossModalTransformer,
+    TextTokenCache,
     attention_rollout,
     encode_regions,
     rollout_heatmap,
@@ -100,6 +101,35 @@ def test_text_token_states_point_at_the_pooled_token(tiny_clip):
     assert torch.allclose(states[torch.arange(len(CAPTIONS)), pooled], features, atol=1e-5)
     lengths = encoded["attention_mask"].sum(dim=1)
     assert bool((pooled < lengths).all())  # a real token, never padding
+
+
+def test_text_token_cache_serves_the_towers_states_once_per_caption_until_the_weights_change(tiny_clip):
+    clip, tokenizer = tiny_clip
+    for parameter in clip.text_model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in clip.text_projection.parameters():
+        parameter.requires_grad_(False)
+    cache = TextTokenCache(clip, tokenizer)
+    batch = [CAPTIONS[2], CAPTIONS[0], CAPTIONS[2]]
+    states, mask, pooled = cache.encode(batch)
+    assert cache.misses == 2 and len(cache) == 2  # the repeated caption is run once
+    encoded = tokenizer(batch, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        direct, direct_pooled = text_token_states(clip, encoded["input_ids"], encoded["attention_mask"])
+    assert torch.equal(mask, encoded["attention_mask"].bool()) and torch.equal(pooled, direct_pooled)
+    assert torch.allclose(states[mask], direct[mask], atol=1e-5) and not states[~mask].any()
+    cache.encode(batch)
+    assert cache.misses == 2  # served from the cache
+    with torch.no_grad():
+        clip.text_projection.weight.mul_(2.0)  # an in-place change of the frozen weights
+    again, _, _ = cache.encode(batch)
+    assert cache.misses == 4 and torch.allclose(again[mask], 2 * states[mask], atol=1e-5)
+    with torch.no_grad():
+        clip.text_projection.weight.div_(2.0)
+    clip.text_projection.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen text tower"):
+        cache.encode(batch)
+    clip.text_projection.weight.requires_grad_(False)
 
 
 def test_cross_modal_transformer_ignores_text_padding_and_reports_attention_over_regions():

@@ -18,7 +18,8 @@ the frozen text tower's token states projected into the joint space, tells the t
 modality-type embedding, masks text padding, and returns ``v_l`` (its output at the image CLS),
 ``t_l`` (at the caption's pooled token, where CLIP's text tower pools) and the attention of
 ``t_l`` over the regions in the last layer (averaged over heads), the map LRCLR colours regions
-by. The local loss then contrasts ``v_l`` with ``t_l`` (``radclip.core.losses.GlobalLocalLoss``).
+by. :class:`TextTokenCache` keeps the token states per caption: the text tower is frozen and
+captions repeat, as for the pooled embeddings. The local loss then contrasts ``v_l`` with ``t_l`` (``radclip.core.losses.GlobalLocalLoss``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import CLIPModel
+from transformers import CLIPModel, PreTrainedTokenizerBase
+
+from radclip.core.models.text_cache import TextEmbeddingCache
 
 EAGER = "eager"
 
@@ -104,6 +107,55 @@ def text_token_states(clip: CLIPModel, input_ids: Tensor, attention_mask: Tensor
     if not bool(matches.any(dim=1).all()):
         raise ValueError("could not locate the text tower's pooled token in its last hidden states")
     return clip.text_projection(out.last_hidden_state), matches.int().argmax(dim=1)
+
+
+class TextTokenCache:
+    """Per caption, the frozen text tower's token states in the joint space and its pooled token's index
+    (what :class:`CrossModalTransformer` reads), computed once while the text weights stay the same.
+    Tokenisation and the weight fingerprint are :class:`TextEmbeddingCache`'s, so both caches key a
+    caption alike and drop their entries on the same weight changes."""
+
+    def __init__(self, clip: CLIPModel, tokenizer: PreTrainedTokenizerBase):
+        self.clip = clip
+        self.embeddings = TextEmbeddingCache(clip, tokenizer)
+        self._states: dict[tuple[int, ...], tuple[Tensor, int]] = {}
+        self._fingerprint: tuple | None = None
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def encode(self, captions: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(states (N, L, D)`` zero beyond each caption, ``mask (N, L)`` bool, ``pooled (N,))`` in order."""
+        if len(captions) == 0:
+            raise ValueError("no captions to encode")
+        if not self.embeddings.frozen:
+            raise ValueError("the text token cache needs a frozen text tower (LRCLR fine-tunes the image side only)")
+        keys = self.embeddings.tokenize(captions)
+        fingerprint = self.embeddings.weights_fingerprint()
+        if fingerprint != self._fingerprint:
+            self._states.clear()
+            self._fingerprint = fingerprint
+        missing = list(dict.fromkeys(key for key in keys if key not in self._states))
+        if missing:
+            device = self.clip.text_projection.weight.device
+            input_ids, attention_mask = self.embeddings.pad(missing)
+            with torch.no_grad():
+                states, pooled = text_token_states(self.clip, input_ids.to(device), attention_mask.to(device))
+            for row, key in enumerate(missing):
+                self._states[key] = (states[row, : len(key)].detach(), int(pooled[row]))
+            self.misses += len(missing)
+        length = max(len(key) for key in keys)
+        first = self._states[keys[0]][0]
+        out = first.new_zeros((len(keys), length, first.shape[-1]))
+        mask = torch.zeros((len(keys), length), dtype=torch.bool, device=first.device)
+        pooled_index = torch.empty(len(keys), dtype=torch.long, device=first.device)
+        for row, key in enumerate(keys):
+            cached, index = self._states[key]
+            out[row, : len(key)] = cached
+            mask[row, : len(key)] = True
+            pooled_index[row] = index
+        return out, mask, pooled_index
 
 
 @dataclass

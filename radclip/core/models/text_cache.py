@@ -65,7 +65,8 @@ class TextEmbeddingCache:
         return not any(p.requires_grad for p in self._text_parameters())
 
     @torch.no_grad()
-    def _weights_fingerprint(self) -> tuple:
+    def weights_fingerprint(self) -> tuple:
+        """Storage, dtype, device and checksums of the text weights: equal while the weights are unchanged."""
         parameters = self._text_parameters()
         sums = torch.stack([torch.stack((p.double().sum(), p.double().square().sum())) for p in parameters])
         checksums = tuple(sums.cpu().flatten().tolist())
@@ -78,16 +79,21 @@ class TextEmbeddingCache:
         encoded = self.tokenizer(list(captions), truncation=True, max_length=self.max_length)
         return [tuple(ids) for ids in encoded["input_ids"]]
 
-    def run_tower(self, token_ids: Sequence[Sequence[int]]) -> Tensor:
-        """Text tower + projection + L2 normalisation over a batch of token-id sequences."""
-        device = self.clip.text_projection.weight.device
-        # Right padding: the tower is causal, so tokens after EOS cannot change the pooled EOS state.
+    def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Right-padded ``(input_ids, attention_mask)`` ``(N, longest)``: the tower is causal, so tokens
+        after EOS cannot change the pooled EOS state."""
         length = max(len(ids) for ids in token_ids)
         input_ids = torch.full((len(token_ids), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(token_ids), length), dtype=torch.long)
         for row, ids in enumerate(token_ids):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
+        return input_ids, attention_mask
+
+    def run_tower(self, token_ids: Sequence[Sequence[int]]) -> Tensor:
+        """Text tower + projection + L2 normalisation over a batch of token-id sequences."""
+        device = self.clip.text_projection.weight.device
+        input_ids, attention_mask = self.pad(token_ids)
         outputs = self.clip.text_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
         return F.normalize(self.clip.text_projection(outputs.pooler_output), dim=-1)
 
@@ -101,7 +107,7 @@ class TextEmbeddingCache:
             self.misses += len(keys)
             return self.run_tower(keys)
 
-        fingerprint = self._weights_fingerprint()
+        fingerprint = self.weights_fingerprint()
         if fingerprint != self._fingerprint:
             self.clear()
             self._fingerprint = fingerprint
