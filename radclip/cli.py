@@ -205,6 +205,22 @@ def ablate() -> None:
     job.run(_params(), progress=_progress())
 
 
+@app.command("pretrain-lrclr")
+def pretrain_lrclr() -> None:
+    """LRCLR fine-tuning from the fine-tuned 2D encoder, two arms (lrclr: λ > 0; control: λ = 0), Ray Train."""
+    from radclip.jobs import pretrain_lrclr as job
+
+    job.run(_params(), progress=_progress())
+
+
+@app.command()
+def localise() -> None:
+    """LRCLR's heatmaps against the lesion boxes of lrclr.suite, zero-shot of both arms, the verdicts."""
+    from radclip.jobs import localise as job
+
+    job.run(_params(), progress=_progress())
+
+
 # --------------------------------------------------------------------------- serving and the model registry
 
 ModelOption = Annotated[Optional[str], typer.Option(

@@ -165,6 +165,33 @@ class CovidCtMdCollection(CollectionBase):
     labels: dict[str, str | None] = {"COVID-19": "COVID-19", "CAP": "Community-Acquired Pneumonia", "Normal": None}
 
 
+# NIH ChestX-ray14's label names (Data_Entry_2017.csv; "Infiltrate" is BBox_List_2017.csv's spelling)
+# -> the project's condition names (null: normal).
+CHESTXRAY14_LABELS: dict[str, str | None] = {
+    "No Finding": None, "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly",
+    "Consolidation": "Consolidation", "Edema": "Edema", "Effusion": "Pleural Effusion",
+    "Emphysema": "Emphysema", "Fibrosis": "Fibrosis", "Hernia": "Hernia", "Infiltration": "Infiltration",
+    "Infiltrate": "Infiltration", "Mass": "Mass", "Nodule": "Nodule", "Pleural_Thickening": "Pleural Thickening",
+    "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax",
+}  # fmt: skip
+
+
+class ChestXray14Collection(CollectionBase):
+    """NIH ChestX-ray14: ``Data_Entry_2017.csv`` (labels, patient ids), the PNGs under ``images``
+    folders, and optionally ``BBox_List_2017.csv`` (lesion boxes, x/y/w/h in original pixels)."""
+
+    format: Literal["chestxray14"] = "chestxray14"
+    region: str = "Chest"
+    modality: str = "X-ray"
+    index: str = "Data_Entry_2017.csv"
+    boxes: str | None = "BBox_List_2017.csv"  # null: no box list
+    # Folders (relative to the collection) searched in order for each "Image Index"; the release
+    # spreads its PNGs over images_001/images ... images_012/images.
+    images: list[str] = ["images"]
+    labels: dict[str, str | None] = CHESTXRAY14_LABELS
+    boxed_only: bool = False  # keep only images the box list covers (the real list: 880 of 112,120)
+
+
 class MedmnistCollection(CollectionBase):
     """A MedMNIST ``.npz`` (2D or 3D) from a local path; class names from params."""
 
@@ -175,7 +202,8 @@ class MedmnistCollection(CollectionBase):
 
 
 Collection = Annotated[
-    Union[CsvCollection, FolderCollection, ChexpertCollection, IxiCollection, CovidCtMdCollection, MedmnistCollection],
+    Union[CsvCollection, FolderCollection, ChexpertCollection, IxiCollection, CovidCtMdCollection,
+          ChestXray14Collection, MedmnistCollection],
     Field(discriminator="format"),
 ]
 
@@ -197,13 +225,14 @@ class DataParams(Strict):
 
 
 class PhantomSuites(Strict):
-    """Per-class counts of the five held-out evaluation suites (paper-shaped)."""
+    """Per-class counts of the held-out evaluation suites (paper-shaped)."""
 
     chest_xray_5class: int = Field(default=40, ge=0)  # CheXpert layout
     brain_mri_4class: int = Field(default=40, ge=0)  # Crystal Clean layout
     brain_mri_3d_2class: int = Field(default=100, ge=0)  # IXI layout
     chest_ct_3d_3class: int = Field(default=60, ge=0)  # COVID-CT-MD layout
     brain_mri_3d_sex: int = Field(default=100, ge=0)  # IXI layout, SEX_ID: whole-volume head size/shape, no lesion
+    chest_xray_boxes: int = Field(default=40, ge=0)  # ChestX-ray14 layout, lesion boxes: per focal finding, normals
 
 
 class PhantomParams(Strict):
@@ -464,11 +493,34 @@ class LrclrThresholds(Strict):
     zero_shot_auroc_margin: float = 0.01
 
 
-class LrclrParams(Strict):
-    """LRCLR (paper 002). Its core pieces exist (``radclip.core.models.regions``,
-    ``radclip.core.losses.GlobalLocalLoss``); its stage does not yet, so only the thresholds are set
-    here, ahead of the first run."""
+class CrossModalParams(Strict):
+    """LRCLR's cross-modality transformer over [image CLS; K regions; caption tokens] (its size is
+    not in the paper: one layer at the joint space's width is the smallest that mixes the two)."""
 
+    width: int = Field(default=128, ge=8)
+    layers: int = Field(default=1, ge=1)
+    heads: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> CrossModalParams:
+        if self.width % self.heads:
+            raise ValueError(f"cross_modal.heads ({self.heads}) must divide cross_modal.width ({self.width})")
+        return self
+
+
+class LrclrParams(Strict):
+    """LRCLR (paper 002): stage ``pretrain_lrclr`` fine-tunes the fine-tuned 2D encoder further in two
+    arms with the same epochs, data and seeds, ``lrclr`` (L = L_global + λ·L_local) and ``control``
+    (λ = 0), so extra training cannot pass for an LRCLR gain; stage ``localise`` scores both."""
+
+    local_weight: float = Field(default=0.5, ge=0)  # λ of eq. 6 (the paper: 0.5)
+    cross_modal: CrossModalParams = CrossModalParams()
+    init_seed: int = 0  # the cross-modal transformer's initial weights
+    train: TrainParams = TrainParams(epochs=4, batch_size=64, lr=3e-4, patience=4)
+    suite: str = "phantom_chest_xray_boxes"  # the localisation suite (collection with lesion boxes)
+    # (c)'s zero-shot suites (2D, curated): macro AUROC of each arm's global embeddings, averaged
+    zero_shot_suites: list[str] = ["phantom_chest_xray_boxes", "phantom_chest_xray_5class"]
     thresholds: LrclrThresholds = LrclrThresholds()
 
 

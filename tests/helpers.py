@@ -25,7 +25,7 @@ TINY_PHANTOMS = {
     "dicom_fraction": 0.25,
     "workers": 1,
     "suites": {"chest_xray_5class": 3, "brain_mri_4class": 3, "brain_mri_3d_2class": 3, "chest_ct_3d_3class": 2,
-               "brain_mri_3d_sex": 3},
+               "brain_mri_3d_sex": 3, "chest_xray_boxes": 2},
 }
 TINY_MODEL = {
     "pretrained": None,  # a fresh tiny CLIP (params.yaml names pretrain_general's output)

@@ -88,6 +88,7 @@ COMBINATIONS = [
     ("phantom_brain_mri_3d_2class", "nifti", "Brain", "MRI"),  # IXI layout
     ("phantom_chest_ct_3d_3class", "dicom_series", "Chest", "CT"),  # COVID-CT-MD layout
     ("phantom_brain_mri_3d_sex", "nifti", "Brain", "MRI"),  # IXI layout, labelled by sex
+    ("phantom_chest_xray_boxes", "png", "Chest", "X-ray"),  # ChestX-ray14 layout (localisation suite)
 ]
 
 

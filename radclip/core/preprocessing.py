@@ -129,6 +129,16 @@ def normalise_image(pixels: np.ndarray, size: int, window: Window | None, eight_
     return np.clip(np.rint(resized[0, 0].numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
+def resize_box(box: tuple[float, float, float, float], source_shape: tuple[int, ...], size: int
+               ) -> tuple[float, float, float, float]:
+    """A box ``(x, y, w, h)`` in a 2D source image's pixels (x along columns, y along rows) → the same
+    region in the ``(size, size)`` image :func:`normalise_image` makes of it: that resize stretches
+    each axis to ``size`` on its own, so x and w scale by size / width, y and h by size / height."""
+    height, width = source_shape[-2:]
+    x, y, w, h = box
+    return x * size / width, y * size / height, w * size / width, h * size / height
+
+
 def normalise_volume(
     pixels: np.ndarray, slices: int, size: int, window: Window | None, source: str
 ) -> tuple[np.ndarray, tuple[float, float]]:
@@ -302,6 +312,11 @@ class Preprocessing:
         slices, size = self.volume_shapes[plane]
         array, display = normalise_volume(image.pixels, slices, size, window, source)
         return Prepared("3d", array, plane, (float(display[0]), float(display[1])))
+
+    def map_box(self, box: tuple[float, float, float, float], source_shape: tuple[int, ...]
+                ) -> tuple[float, float, float, float]:
+        """A lesion box in a 2D source image's pixels → curated pixels (see :func:`resize_box`)."""
+        return resize_box(box, source_shape, self.image_size)
 
     # ------------------------------------------------------------------ persistence
 

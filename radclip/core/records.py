@@ -49,6 +49,9 @@ class SourceItem:
     member: str | None = None  # e.g. "test_images:12" inside an .npz
     expect_kind: Kind | None = None  # what the collection promises ("4D where 3D expected")
     error: str | None = None
+    # Lesion boxes (condition, x, y, w, h) in the source image's pixels: x the left edge's column,
+    # y the top edge's row (NIH ChestX-ray14's convention); curation maps them to curated pixels.
+    boxes: tuple[tuple[str, float, float, float, float], ...] = ()
 
 
 @dataclass

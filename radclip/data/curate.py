@@ -13,6 +13,7 @@ streams manifest rows to Parquet.
 Output (``paths.curated``)::
 
     manifest.parquet     one row per record (columns: MANIFEST_COLUMNS)
+    lesion_boxes.csv     lesion boxes of 2D records in curated pixels (BOX_COLUMNS; header only if none)
     quarantine.parquet   every input not curated, with file and reason (also .csv)
     summary.json         counts (also written to reports/curate.json for dvc metrics)
     shards/2d-image-00000.npy         uint8   (n, image_size, image_size)
@@ -25,6 +26,7 @@ a hash of their source path, the manifest carries only the salted patient hash.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -46,7 +48,7 @@ from radclip.core.records import InputError, LoadedImage, SourceItem
 from radclip.data.captions import make_caption
 from radclip.data.loaders import load
 from radclip.data.progress import progress_bar
-from radclip.data.shards import MANIFEST_FILE
+from radclip.data.shards import BOX_COLUMNS, BOXES_FILE, MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,10 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
     shard_key = f"3d-{plane}" if plane else "2d-image"
     patient_key = image.patient_id or item.patient_id or f"{item.collection}/{item.rel_path}"
     record_key = f"{item.collection}/{item.rel_path}/{item.member or ''}/{image.part}"
+    if item.boxes and image.kind != "2d":
+        raise InputError(item.path, "lesion boxes were given for a 3D volume (boxes are 2D image pixels)")
+    boxes = [(condition, *task.preprocessing.map_box((x, y, w, h), image.pixels.shape))
+             for condition, x, y, w, h in item.boxes]
     as_float = array.astype(np.float32)
     row = {
         "record_id": hashlib.sha256(record_key.encode()).hexdigest()[:16],
@@ -243,6 +249,7 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
         "max": float(as_float.max()),
         "display_low": display[0],
         "display_high": display[1],
+        "boxes": boxes,  # not a manifest column: the driver writes them to BOXES_FILE
     }
     return shard_key, array, row
 
@@ -270,6 +277,7 @@ class CurationSummary:
     records_3d: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    boxes: int = 0  # lesion boxes written (lesion_boxes.csv)
     quarantine_rate: float = 0.0
     seconds: float = 0.0
     items_per_second: float = 0.0
@@ -349,6 +357,9 @@ def curate(
 
     summary = CurationSummary()
     manifest = _TableWriter(staging / MANIFEST_FILE, MANIFEST_SCHEMA)
+    box_file = open(staging / BOXES_FILE, "w", newline="", encoding="utf-8")
+    box_writer = csv.writer(box_file, lineterminator="\n")
+    box_writer.writerow(BOX_COLUMNS)
     quarantine = _TableWriter(staging / "quarantine.parquet", QUARANTINE_SCHEMA)
     reasons: Counter = Counter()
     per_collection: Counter = Counter()
@@ -385,6 +396,7 @@ def curate(
             for row in result.quarantine:
                 add_quarantine(row)
             for row in result.records:
+                boxes = row.pop("boxes")
                 first = seen_content.get(row["content_hash"])
                 if first is not None:
                     summary.duplicates += 1
@@ -394,6 +406,10 @@ def curate(
                 seen_content[row["content_hash"]] = row["record_id"]
                 row["split"] = assign_split(row["patient_hash"], row["role"], settings.split)
                 manifest.append(row)
+                for condition, x, y, w, h in boxes:
+                    box_writer.writerow([row["record_id"], row["collection"], row["source_path"], condition,
+                                         *(round(v, 4) for v in (x, y, w, h))])
+                summary.boxes += len(boxes)
                 summary.records += 1
                 summary.records_2d += row["kind"] == "2d"
                 summary.records_3d += row["kind"] == "3d"
@@ -402,6 +418,7 @@ def curate(
             bar.update(task_bar, advance=result.items, description=f"curate: {summary.records} records")
     manifest.close()
     quarantine.close()
+    box_file.close()
     pq.read_table(staging / "quarantine.parquet").to_pandas().to_csv(staging / "quarantine.csv", index=False)
 
     summary.seconds = round(time.perf_counter() - started, 3)

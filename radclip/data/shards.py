@@ -16,6 +16,18 @@ import numpy as np
 import pandas as pd
 
 MANIFEST_FILE = "manifest.parquet"  # one row per curated record, next to the shards
+# Lesion boxes of curated 2D records, in curated pixels: record_id, collection, source_path,
+# condition, x, y, w, h (x the left edge's column, y the top edge's row).
+BOXES_FILE = "lesion_boxes.csv"
+BOX_COLUMNS = ("record_id", "collection", "source_path", "condition", "x", "y", "w", "h")
+
+
+def read_boxes(curated_dir: str | Path) -> pd.DataFrame:
+    """The curated lesion boxes (no rows when no collection has any)."""
+    path = Path(curated_dir) / BOXES_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: curated lesion boxes not found (run `dvc repro curate`)")
+    return pd.read_csv(path, dtype={"record_id": str, "collection": str, "source_path": str, "condition": str})
 
 
 class CuratedDataset:

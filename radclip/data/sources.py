@@ -112,6 +112,23 @@ Layouts, as you prepare real data (``<path>`` is the collection's ``path``)
   folder that is missing, or a diagnosis without a class folder, is an error
   item. The patient id is the folder name.
 
+``format: chestxray14`` -- NIH ChestX-ray14 as distributed::
+
+    <path>/Data_Entry_2017.csv                    (``index``: Image Index, Finding Labels, Patient ID, ...)
+    <path>/BBox_List_2017.csv                     (``boxes``, optional: Image Index, Finding Label, x, y, w, h)
+    <path>/images_001/images/00000001_000.png     (``images``: the folders searched, in order)
+
+  One item per index row. ``Finding Labels`` are joined by "|" and mapped through
+  ``labels`` ("No Finding" = normal; the NIH names by default, e.g. "Effusion" ->
+  "Pleural Effusion"). The box list's coordinate columns are read by position: its
+  header is ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` as distributed. Boxes
+  (original-image pixels) travel with their item and curation writes them, mapped to
+  curated pixels, to ``lesion_boxes.csv``. A row whose image is in none of the folders,
+  or a box whose label is not among its image's findings, is an error item; a box
+  whose image the index lacks, or a malformed box row, fails the scan naming the line.
+  ``boxed_only`` keeps only the images the box list covers (the others are skipped by
+  design and counted in the log, ``extra`` ``skipped_unboxed``).
+
 ``format: medmnist`` -- ``<path>`` is the MedMNIST ``.npz`` itself (e.g.
   ``pneumoniamnist.npz`` with ``train_images``/``train_labels``...). One item per
   image of each of ``splits``; ``class_names[i]`` names class index i (null =
@@ -126,6 +143,7 @@ or its columns); an item without them is an error item.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import heapq
 import logging
@@ -138,6 +156,7 @@ from pathlib import Path
 from typing import Any
 
 from radclip.config import (
+    ChestXray14Collection,
     ChexpertCollection,
     Collection,
     CovidCtMdCollection,
@@ -172,6 +191,7 @@ def scan_collection(collection: Collection, root: str | Path) -> Iterator[Source
         ChexpertCollection: _scan_chexpert,
         IxiCollection: _scan_ixi,
         CovidCtMdCollection: _scan_covid_ct_md,
+        ChestXray14Collection: _scan_chestxray14,
         MedmnistCollection: _scan_medmnist,
     }
     scanner = scanners.get(type(collection))
@@ -740,6 +760,105 @@ def _covid_items(collection: CovidCtMdCollection, base: Path, index: Path, heade
             patient_id=folder or None,
             expect_kind="3d",
         )
+
+
+# --------------------------------------------------------------------------- chestxray14
+
+Box = tuple[str, float, float, float, float]
+CHESTXRAY14_IMAGE, CHESTXRAY14_LABELS, CHESTXRAY14_PATIENT = "Image Index", "Finding Labels", "Patient ID"
+CHESTXRAY14_BOX_LABEL = "Finding Label"
+
+
+def _read_chestxray14_boxes(path: Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
+    """Image name -> its (raw label, x, y, w, h) rows. The box list is small (984 rows in the
+    release), so it is read whole; the four numbers follow ``Finding Label`` by position."""
+    header = _read_header(path, [CHESTXRAY14_IMAGE, CHESTXRAY14_BOX_LABEL])
+    image_at, label_at = header.index(CHESTXRAY14_IMAGE), header.index(CHESTXRAY14_BOX_LABEL)
+    boxes: dict[str, list[tuple[str, float, float, float, float]]] = {}
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            where = f"line {reader.line_num}"
+            try:
+                x, y, w, h = (float(cells[label_at + 1 + i]) for i in range(4))
+            except (IndexError, ValueError):
+                raise InputError(str(path), f"{where}: expected four numbers (x, y, w, h) after the label, "
+                                            f"got {cells[label_at + 1:label_at + 5]}") from None
+            if not (w > 0 and h > 0 and x >= 0 and y >= 0 and all(map(math.isfinite, (x, y, w, h)))):
+                raise InputError(str(path), f"{where}: box (x={x}, y={y}, w={w}, h={h}) needs x, y >= 0 and w, h > 0")
+            boxes.setdefault(cells[image_at].strip(), []).append((cells[label_at].strip(), x, y, w, h))
+    return boxes
+
+
+def _scan_chestxray14(collection: ChestXray14Collection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    index = base / collection.index
+    _require_file(index, "index file")
+    header = _read_header(index, [CHESTXRAY14_IMAGE, CHESTXRAY14_LABELS, CHESTXRAY14_PATIENT])
+    boxes: dict[str, list[Box]] = {}
+    if collection.boxes is not None:
+        box_path = base / collection.boxes
+        _require_file(box_path, "box list")
+        boxes = _read_chestxray14_boxes(box_path)
+    folders = [base / folder for folder in collection.images]
+    for folder in folders:
+        _require_dir(folder, "image folder")
+    return _chestxray14_items(collection, index, header, boxes, folders)
+
+
+def _chestxray14_items(collection: ChestXray14Collection, index: Path, header: list[str],
+                       boxes: dict[str, list[Box]], folders: list[Path]) -> Iterator[SourceItem]:
+    located: dict[str, Path] = {}  # image name -> its folder (first listed wins), one listing per folder
+    for folder in reversed(folders):
+        located.update({entry.name: folder for entry in _sorted_entries(folder) if entry.is_file()})
+    base = index.parent
+    listed: set[str] = set()
+    skipped = 0
+    for line, row in _rows(index, header):
+        name = row[CHESTXRAY14_IMAGE]
+        listed.add(name)
+        if collection.boxed_only and name not in boxes:
+            skipped += 1
+            continue
+        raw = [value.strip() for value in row[CHESTXRAY14_LABELS].split("|") if value.strip()]
+        errors: list[str] = [] if raw else [f"blank {CHESTXRAY14_LABELS!r}"]
+        conditions, label_errors = _map_labels(raw, collection.labels, f"column {CHESTXRAY14_LABELS!r}")
+        errors += label_errors
+        item_boxes: list[Box] = []
+        for box_label, x, y, w, h in boxes.get(name, []):
+            mapped, box_errors = _map_labels([box_label], collection.labels, "the box list")
+            errors += box_errors
+            for condition in mapped:
+                if condition in conditions:
+                    item_boxes.append((condition, x, y, w, h))
+                else:
+                    errors.append(f"box for {box_label!r} but the image's findings are {raw}")
+        found = located.get(name)
+        if not name:
+            errors.insert(0, f"blank {CHESTXRAY14_IMAGE!r} cell")
+            full, rel = base, f"{Path(collection.index).as_posix()} line {line}"
+        elif found is None:
+            errors.insert(0, f"listed but in none of the image folders {collection.images}")
+            full, rel = base / name, name
+        else:
+            full = found / name
+            rel = full.relative_to(base).as_posix() if full.is_relative_to(base) else name
+        loader, loader_error = loader_for(full, is_dir=False)
+        if found is not None and loader_error:
+            errors.insert(0, loader_error)
+        item = _item(collection, path=full, rel_path=rel, loader=loader, region=collection.region,
+                     modality=collection.modality, conditions=conditions, errors=errors,
+                     patient_id=row[CHESTXRAY14_PATIENT] or None, expect_kind="2d")
+        yield dataclasses.replace(item, boxes=tuple(item_boxes))
+    orphans = sorted(set(boxes) - listed)
+    if orphans:
+        raise InputError(str(index), f"the box list names {len(orphans)} image(s) the index lacks, e.g. {orphans[:3]}")
+    if skipped:
+        log.info("chestxray14 %s: %d images without a box skipped (boxed_only)", collection.name, skipped,
+                 extra={"collection": collection.name, "skipped_unboxed": skipped})
 
 
 # --------------------------------------------------------------------------- medmnist

@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 DPI = 110
@@ -56,6 +56,17 @@ def ablation_figure(rows: Sequence[Mapping], metrics: Sequence[str], path: Path,
 def loss_curves_figure(history: Sequence[Mapping[str, float]], path: Path, *, title: str) -> Path:
     """Train and validation loss per epoch, the best validation epoch marked."""
     return _save(_loss_curves(history, title=title), path)
+
+
+def localisation_figure(examples: Sequence[Mapping], heatmap_titles: Mapping[str, str], path: Path, *,
+                        title: str) -> Path:
+    """LRCLR's Fig. 4/5 style: per example (one row) the image with its lesion boxes, then each heatmap
+    over the patch grid laid on the image, boxes in red, the LRCLR arm's selected regions outlined.
+
+    An example: ``image`` (H, W), ``boxes`` [(x, y, w, h)] in its pixels, ``label``, ``heatmaps``
+    {name: (grid * grid,)} and ``selected`` (patch indices, any order, repeats allowed).
+    """
+    return _save(_localisation(examples, heatmap_titles, title=title), path)
 
 
 # --- builders ---------------------------------------------------------------------------------
@@ -259,4 +270,45 @@ def _loss_curves(history: Sequence[Mapping[str, float]], *, title: str) -> Figur
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return figure
+
+
+def _localisation(examples: Sequence[Mapping], heatmap_titles: Mapping[str, str], *, title: str) -> Figure:
+    if not examples:
+        raise ValueError("localisation_figure needs at least one example")
+    names = list(heatmap_titles)
+    columns = 1 + len(names)
+    figure = _new_figure(2.1 * columns, 2.2 * len(examples) + 0.4)
+    figure.suptitle(title, fontsize=10)
+    for row, example in enumerate(examples):
+        image = np.asarray(example["image"], dtype=np.float32)
+        size = image.shape[-1]
+        for column in range(columns):
+            axis = figure.add_subplot(len(examples), columns, row * columns + column + 1)
+            axis.imshow(image, cmap="gray", vmin=0, vmax=255, extent=(0, size, size, 0))
+            if column:
+                name = names[column - 1]
+                heat = np.asarray(example["heatmaps"][name], dtype=np.float64)
+                grid = math.isqrt(heat.size)
+                if grid * grid != heat.size:
+                    raise ValueError(f"heatmap {name!r} of {heat.size} values is not a square patch grid")
+                axis.imshow(heat.reshape(grid, grid), cmap="inferno", alpha=0.55, extent=(0, size, size, 0),
+                            interpolation="nearest")
+                if name.startswith("lrclr"):
+                    step = size / grid
+                    for index in sorted(set(int(i) for i in example["selected"])):
+                        axis.add_patch(Rectangle(((index % grid) * step, (index // grid) * step), step, step,
+                                                 fill=False, edgecolor="cyan", linewidth=1.2))
+                if row == 0:
+                    axis.set_title(heatmap_titles[name], fontsize=8)
+            else:
+                axis.set_ylabel(str(example["label"]), fontsize=8)
+                if row == 0:
+                    axis.set_title("image, lesion box", fontsize=8)
+            for x, y, w, h in example["boxes"]:
+                axis.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=LESION_COLOR, linewidth=1.2))
+            axis.set_xlim(0, size)
+            axis.set_ylim(size, 0)
+            axis.set_xticks([])
+            axis.set_yticks([])
     return figure

@@ -22,6 +22,9 @@ MODEL_INIT = "radclip-init"  # the starting weights ("vanilla CLIP"): what 2D pr
 MODEL_RANDOM = "radclip-random"  # the starting weights' architecture, randomly initialised (ablation baseline)
 MODEL_2D = "radclip-2d"  # fine-tuned 2D encoder (+ untrained adapter)
 MODEL_FINAL = "radclip"  # fine-tuned 2D encoder + trained slice pooling adapter: the RadCLIP model
+# pretrain_lrclr's arms, both fine-tuned further from MODEL_2D with the same epochs, data and seeds
+MODEL_LRCLR = "radclip-lrclr"  # L_global + λ·L_local, with the cross-modal transformer
+MODEL_LRCLR_CONTROL = "radclip-lrclr-control"  # λ = 0: the global loss alone
 CACHE_FINETUNED = "finetuned"
 # Per 2D encoder: the model holding it, and the model its trained adapter is saved as.
 ENCODER_MODELS = {"finetuned": MODEL_2D, "vanilla": MODEL_INIT, "random": MODEL_RANDOM}

@@ -31,6 +31,8 @@ from radclip.training.loop import (
     FitConfig,
     Stage,
     fresh_adapter,
+    prepare_lrclr,
+    train_params_for,
     train_worker,
 )
 
@@ -48,10 +50,6 @@ class FitResult:
     mlflow_run_id: str
     workers: int
     stopped_by_callback: bool = False  # on_epoch asked to stop (a pruned sweep trial)
-
-
-def _train_params(params: Params, stage: Stage):
-    return params.train_2d if stage == "2d" else params.train_adapter
 
 
 def _ray_storage(params: Params) -> Path:
@@ -83,7 +81,7 @@ def fit(
     from radclip.core.models import RadCLIP
     from radclip.training.build import build_model
 
-    train = _train_params(params, stage)
+    train = train_params_for(params, stage)
     name = run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
     run_dir = params.resolve(params.paths.tmp) / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +125,8 @@ def fit(
         model = RadCLIP.from_pretrained(model_source) if model_source else build_model(params, vocabulary)
         if stage == "adapter":
             fresh_adapter(model, params, train.loop_seed)
+        if stage == "lrclr":
+            prepare_lrclr(model, params)
         model.load_state_dict(load_file(str(checkpoint_dir / BEST_FILE)), strict=False)
         shutil.rmtree(out_dir, ignore_errors=True)
         model.save_pretrained(out_dir)
@@ -191,7 +191,7 @@ class _EpochPoller:
             self._poll()  # epochs logged after the last poll
 
 
-HISTORY_KEYS = ("train_loss", "val_loss", "lr", "temperature", "pairs_per_second")
+HISTORY_KEYS = ("train_loss", "val_loss", "lr", "temperature", "pairs_per_second", "train_local_loss", "val_local_loss")
 
 
 def _history_from_run(run_id: str) -> list[dict]:

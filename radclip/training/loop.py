@@ -3,9 +3,11 @@
 ``train_worker(config)`` runs inside a Ray Train worker (``TorchTrainer``, DDP over
 gloo or nccl, per-worker data shards) or in-process (``engine: local``, world size 1).
 Stage ``2d`` fine-tunes the vision tower on curated image–caption pairs; stage
-``adapter`` trains only the slice pooling adapter on the slice-embedding cache. In
-both, the frozen text tower runs once per unique caption (a table of caption
-embeddings, looked up by caption id every step).
+``adapter`` trains only the slice pooling adapter on the slice-embedding cache; stage
+``lrclr`` fine-tunes the vision tower further with LRCLR's L_global + λ·L_local (the
+cross-modal transformer trains too; λ = 0 is the plain global loss, the control arm).
+In all, the frozen text tower runs once per unique caption (tables of caption
+embeddings and, for LRCLR, token states, looked up by caption id every step).
 
 Every epoch: AdamW (weight decay on matrices only), cosine-annealed lr per step,
 validation InfoNCE all-reduced over workers, a checkpoint (safetensors weights,
@@ -44,7 +46,7 @@ from radclip.io import ray_train
 if TYPE_CHECKING:
     from radclip.data.slice_cache import SliceCacheDataset
 
-Stage = Literal["2d", "adapter"]
+Stage = Literal["2d", "adapter", "lrclr"]
 TRAINABLE_FILE = "trainable.safetensors"
 BEST_FILE = "best.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -94,7 +96,7 @@ def _datasets(
 ) -> tuple[ImageCaptionDataset | SliceCacheDataset, ImageCaptionDataset | SliceCacheDataset, list[str], list[str]]:
     train: ImageCaptionDataset | SliceCacheDataset
     val: ImageCaptionDataset | SliceCacheDataset
-    if config.stage == "2d":
+    if config.stage in ("2d", "lrclr"):
         train, val = ImageCaptionDataset(config.data_dir, "train"), ImageCaptionDataset(config.data_dir, "val")
     else:
         from radclip.data.slice_cache import SliceCacheDataset
@@ -116,6 +118,21 @@ class ImageStep(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_image(images), self.model.logit_scale_exp()
+
+
+class LrclrStep(nn.Module):
+    """Stage lrclr forward with λ > 0: images and their captions' cached token states → global image
+    embeddings, LRCLR's (v_l, t_l) and the logit scale (every trainable parameter takes part)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        regions = self.model.encode_regions(images)
+        local = self.model.cross_modal(regions.cls_token, regions.regions, states, mask, pooled)
+        return regions.image, local.image, local.text, self.model.logit_scale_exp()
 
 
 class AdapterStep(nn.Module):
@@ -224,6 +241,19 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[dict
 # --------------------------------------------------------------------------- the loop
 
 
+def train_params_for(params: Params, stage: Stage) -> TrainParams:
+    return {"2d": params.train_2d, "adapter": params.train_adapter, "lrclr": params.lrclr.train}[stage]
+
+
+def prepare_lrclr(model, params: Params) -> None:
+    """Stage lrclr with λ > 0 adds a fresh cross-modal transformer, from ``lrclr.init_seed``."""
+    from radclip.core.models.regions import CrossModalSpec
+
+    if params.lrclr.local_weight > 0:
+        torch.manual_seed(params.lrclr.init_seed)
+        model.attach_cross_modal(CrossModalSpec(**params.lrclr.cross_modal.model_dump()))
+
+
 def fresh_adapter(model, params: Params, seed: int) -> None:
     """Stage adapter starts from the 2D model but with the adapter and τ these params ask for
     (head count, dropout, reducer and temperature are what a sweep tunes)."""
@@ -273,17 +303,43 @@ def _device(train: TrainParams, ctx: WorkerContext) -> torch.device:
     return torch.device("cuda")
 
 
-def _batch_forward(step_module, batch, stage: Stage, device: torch.device, bf16: bool):
+@dataclass
+class TokenTable:
+    """The frozen text tower's token states of every caption of a split (LRCLR's text side)."""
+
+    states: torch.Tensor  # (N, L, D)
+    mask: torch.Tensor  # (N, L) bool
+    pooled: torch.Tensor  # (N,)
+
+    def rows(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.states[caption_ids], self.mask[caption_ids], self.pooled[caption_ids]
+
+
+@dataclass
+class StepOutput:
+    features: torch.Tensor
+    scale: torch.Tensor
+    caption_ids: torch.Tensor
+    local_image: torch.Tensor | None = None
+    local_text: torch.Tensor | None = None
+
+
+def _batch_forward(step_module, batch, stage: Stage, device: torch.device, bf16: bool,
+                   tokens: TokenTable | None = None) -> StepOutput:
     batch = [part.to(device, non_blocking=True) for part in batch]
     # bf16 autocast only where it pays (GPU); on these CPUs fp32 matmuls are faster than bf16.
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-        if stage == "2d":
+        if stage == "adapter":
+            slices, mask, caption_ids = batch
+            features, scale = step_module(slices, mask)
+        elif tokens is None:  # 2d, and lrclr's control arm (λ = 0)
             images, caption_ids = batch
             features, scale = step_module(images)
         else:
-            slices, mask, caption_ids = batch
-            features, scale = step_module(slices, mask)
-    return features.float(), scale.float(), caption_ids
+            images, caption_ids = batch
+            features, local_image, local_text, scale = step_module(images, *tokens.rows(caption_ids))
+            return StepOutput(features.float(), scale.float(), caption_ids, local_image.float(), local_text.float())
+    return StepOutput(features.float(), scale.float(), caption_ids)
 
 
 def _loader(dataset: Dataset, per_worker: int, ctx: WorkerContext, seed: int, shuffle: bool) -> tuple[DataLoader, Any]:
@@ -303,13 +359,13 @@ def _stop_requested(config: FitConfig, ctx: WorkerContext) -> bool:
 def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = None) -> list:
     """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly,
     with ``on_epoch`` called after every epoch's report: the sweep's pruning hook)."""
-    from radclip.core.losses import ClipLoss
+    from radclip.core.losses import GlobalLocalLoss
     from radclip.core.models import RadCLIP
     from radclip.training.build import build_model
 
     config = FitConfig(**raw_config)
     params = Params.model_validate(config.params)
-    train = params.train_2d if config.stage == "2d" else params.train_adapter
+    train = train_params_for(params, config.stage)
     ctx = WorkerContext.current(local_root=config.run_dir)
     if ctx.in_ray:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
@@ -320,13 +376,17 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
     )
     if config.stage == "adapter":
         fresh_adapter(model, params, train.loop_seed)
+    if config.stage == "lrclr":
+        prepare_lrclr(model, params)
+    local = config.stage == "lrclr" and model.cross_modal is not None
     model.trainable_parameters(config.stage)
     if train.gradient_checkpointing and config.stage == "2d":
         model.clip.gradient_checkpointing_enable()  # recompute activations in backward: ViT-L batches fit
     device = _device(train, ctx)
     model.to(device)
     model.train()
-    step_module: nn.Module = ImageStep(model) if config.stage == "2d" else AdapterStep(model)
+    step_module: nn.Module = (AdapterStep(model) if config.stage == "adapter"
+                              else LrclrStep(model) if local else ImageStep(model))
     if ctx.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=device_ids)
@@ -340,8 +400,16 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
     with torch.no_grad():  # the frozen text tower: once per unique caption, for the whole run
         train_text = model.encode_text(train_captions).detach().float()
         val_text = model.encode_text(val_captions).detach().float()
+    train_tokens = val_tokens = None
+    if local:
+        from radclip.core.models.regions import TextTokenCache
 
-    loss_fn = ClipLoss(duplicate_aware=params.loss.duplicate_aware)
+        token_cache = TextTokenCache(model.clip, model.tokenizer)
+        train_tokens = TokenTable(*token_cache.encode(train_captions))
+        val_tokens = TokenTable(*token_cache.encode(val_captions))
+
+    # λ = 0 outside LRCLR: exactly the global InfoNCE (GlobalLocalLoss computes no local term then)
+    loss_fn = GlobalLocalLoss(params.lrclr.local_weight if local else 0.0, duplicate_aware=params.loss.duplicate_aware)
     optimizer = build_optimizer(model, train)
     total_steps = max(1, train.epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -358,7 +426,7 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         batches: float  # counts, summed across workers as floats below
         samples: float
         val_batches: float
-        started, loss_sum, batches, samples = time.perf_counter(), 0.0, 0, 0
+        started, loss_sum, local_sum, batches, samples = time.perf_counter(), 0.0, 0.0, 0, 0
         for step, batch in enumerate(train_loader):
             if config.fail_at == (epoch, step) and ctx.rank == ctx.world_size - 1:
                 marker = Path(config.run_dir) / FAULT_MARKER
@@ -366,8 +434,9 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.write_text(f"worker {ctx.rank} killed at epoch {epoch} step {step}\n")
                     os._exit(1)
-            features, scale, caption_ids = _batch_forward(step_module, batch, config.stage, device, train.bf16)
-            loss = loss_fn(features, train_text[caption_ids], scale, caption_ids)
+            out = _batch_forward(step_module, batch, config.stage, device, train.bf16, train_tokens)
+            loss, _, local_loss = loss_fn(out.features, train_text[out.caption_ids], out.local_image, out.local_text,
+                                          out.scale, out.caption_ids)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -375,19 +444,24 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
             with torch.no_grad():
                 model.logit_scale.clamp_(max=MAX_LOG_LOGIT_SCALE)
             loss_sum += float(loss.detach())
+            local_sum += float(local_loss.detach()) if local_loss is not None else 0.0
             batches += 1
-            samples += len(caption_ids)
+            samples += len(out.caption_ids)
         seconds = time.perf_counter() - started
 
         model.eval()
-        val_sum, val_batches = 0.0, 0
+        val_sum, val_local_sum, val_batches = 0.0, 0.0, 0
         with torch.no_grad():
             for batch in val_loader:
-                features, scale, caption_ids = _batch_forward(step_module, batch, config.stage, device, train.bf16)
-                val_sum += float(loss_fn(features, val_text[caption_ids], scale, caption_ids))
+                out = _batch_forward(step_module, batch, config.stage, device, train.bf16, val_tokens)
+                # selection and early stopping read the loss each run optimises (LRCLR: global + λ·local)
+                total, _, local_loss = loss_fn(out.features, val_text[out.caption_ids], out.local_image,
+                                               out.local_text, out.scale, out.caption_ids)
+                val_sum += float(total)
+                val_local_sum += float(local_loss) if local_loss is not None else 0.0
                 val_batches += 1
-        loss_sum, batches, samples, val_sum, val_batches, seconds = _all_reduce_sum(
-            [loss_sum, batches, samples, val_sum, val_batches, seconds], ctx.world_size
+        loss_sum, local_sum, batches, samples, val_sum, val_local_sum, val_batches, seconds = _all_reduce_sum(
+            [loss_sum, local_sum, batches, samples, val_sum, val_local_sum, val_batches, seconds], ctx.world_size
         )
         val_loss = val_sum / max(1.0, val_batches)
         if update_early_stopping(state, epoch, val_loss, train.patience):
@@ -401,6 +475,8 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
             "temperature": float(1.0 / model.logit_scale_exp().detach()),
             "pairs_per_second": samples / max(1e-9, seconds / ctx.world_size),
             "stopped_early": int(state["stopped_early"]),
+            **({"train_local_loss": local_sum / max(1.0, batches),
+                "val_local_loss": val_local_sum / max(1.0, val_batches)} if local else {}),
         }
         checkpoint_dir = None
         if ctx.rank == 0:

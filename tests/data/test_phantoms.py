@@ -155,6 +155,7 @@ def test_summary_counts_match_the_files(generated):
         + 2 * suites.brain_mri_3d_2class
         + 3 * suites.chest_ct_3d_3class
         + 2 * suites.brain_mri_3d_sex
+        + 6 * suites.chest_xray_boxes  # five focal findings and normals
     )
     readme = (root / "README.txt").read_text()
     assert "index.csv" in readme and "eval/chest_ct_3d_3class/" in readme
@@ -431,7 +432,7 @@ def test_finding_slices_index_the_volume_as_the_loaders_read_it(scene, plane, ou
         path = tmp_path / f"{'lesion' if conditions else 'normal'}{suffix}"
         job = Job(stream=0, index=5, scene=scene, conditions=conditions, kind="3d", output=output, path=str(path),
                   plane=plane, uid_seed=f"t{len(conditions)}")
-        _, slices = run_job(settings, job)
+        slices = run_job(settings, job).finding_slices
         truth = truth or slices
         image = load_nifti(path) if output == "nifti" else load_dicom(path)[0]
         assert image.plane == plane

@@ -193,8 +193,9 @@ def _short(value: Any) -> str:
 
 # Not defaults but the embedded default's inputs: where the phantom collections live (the schema has no
 # collections of its own: a user's data is configuration), and the starting CLIP, an output of this
-# pipeline's pretrain_general stage (the schema's None builds a fresh CLIP, what library users and tests get).
-DATA_NOT_DEFAULTS = ("data.collections", "model.pretrained")
+# pipeline's pretrain_general stage (the schema's None builds a fresh CLIP, what library users and tests get),
+# and the evaluation suites, which name those collections (the schema's [] scores every evaluation collection).
+DATA_NOT_DEFAULTS = ("data.collections", "model.pretrained", "evaluate.suites")
 
 
 def test_schema_defaults_equal_params_yaml():

@@ -198,8 +198,11 @@ def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
 
     params = _params(curated)
     assert Path(adapter_run.model_dir) == model_dir(params, MODEL_FINAL)  # the pipeline's model is evaluated
+    from radclip.evaluation.evaluate import suite_names
+
     results = evaluate.run(params, progress=False)
-    suites = {c.name for c in params.data.collections if c.role == "eval"}
+    suites = set(suite_names(params))  # evaluate.suites: the evaluation collections but the localisation suite
+    assert suites == {c.name for c in params.data.collections if c.role == "eval"} - {params.lrclr.suite}
     assert set(results) == suites
     assert {results[s]["kind"] for s in suites} == {"2d", "3d"}
     # 3D suites whose volumes carry a focal finding (the sex suite's label is the whole head: none)

@@ -9,6 +9,9 @@ One module holds everything a stage needs:
 * ``adapter`` — :class:`~radclip.core.models.adapter.SlicePoolingAdapter`; stage
   ``adapter`` trains only it: every slice of a volume goes through the 2D encoder,
   the adapter pools the slice embeddings into one volume embedding.
+* ``cross_modal`` — LRCLR's cross-modal transformer
+  (:class:`~radclip.core.models.regions.CrossModalTransformer`), only in a model stage
+  ``lrclr`` trained with λ > 0; stage ``lrclr`` trains it with the vision tower.
 * ``logit_scale`` — log(1/τ), learnable or fixed per ``loss``; its exponential is
   clamped at 100 like CLIP (:meth:`RadCLIP.logit_scale_exp`). CLIP's own
   ``logit_scale`` is unused and frozen.
@@ -29,6 +32,7 @@ Saved layout (``save_pretrained``; loading never unpickles, ``torch.load`` is no
                            CLIPImageProcessor (preprocessor_config.json)
     tokenizer/             tokenizer.save_pretrained (JSON)
     adapter.safetensors    adapter weights (prefix "adapter.") and "logit_scale"
+    cross_modal.safetensors  LRCLR's cross-modal transformer, when the model has one (config "cross_modal")
     preprocessing.json     the preprocessing contract of the data it was trained on (serving reads it)
 """
 
@@ -57,6 +61,15 @@ from radclip.core.models.clip import (
     text_tower_frozen,
     vision_modules,
 )
+from radclip.core.models.regions import (
+    CrossModalOutput,
+    CrossModalSpec,
+    CrossModalTransformer,
+    RegionOutput,
+    TextTokenCache,
+    encode_regions,
+    use_eager_vision_attention,
+)
 from radclip.core.models.text_cache import TextEmbeddingCache
 from radclip.core.models.tokenizer import load_tokenizer
 from radclip.core.preprocessing import (
@@ -67,12 +80,13 @@ from radclip.core.preprocessing import (
     Preprocessing,
 )
 
-Stage = Literal["2d", "adapter"]
+Stage = Literal["2d", "adapter", "lrclr"]
 
 CONFIG_FILE = "config.json"
 CLIP_DIR = "clip"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_FILE = "adapter.safetensors"
+CROSS_MODAL_FILE = "cross_modal.safetensors"
 FORMAT_NAME = "radclip"
 FORMAT_VERSION = 2  # 2: adapter settings instead of the params schema's model section; image processor saved
 
@@ -128,6 +142,10 @@ class RadCLIP(nn.Module):
                              f"image_size {self.vision_image_size}")
         freeze_for_radclip(clip)
         self.text_cache = TextEmbeddingCache(clip, tokenizer)
+        self.cross_modal_spec: CrossModalSpec | None = None
+        self.cross_modal: CrossModalTransformer | None = None
+        self._token_cache: TextTokenCache | None = None
+        self._eager = False  # the vision tower runs SDPA until region selection needs its attention
 
     # ------------------------------------------------------------------ properties
 
@@ -149,6 +167,7 @@ class RadCLIP(nn.Module):
             "temperature": self.temperature,
             "learnable_temperature": self.learnable_temperature,
             "slice_chunk_size": self.slice_chunk_size,
+            "cross_modal": None if self.cross_modal_spec is None else asdict(self.cross_modal_spec),
         }
 
     def logit_scale_exp(self) -> Tensor:
@@ -299,21 +318,52 @@ class RadCLIP(nn.Module):
         """Captions → L2-normalised ``(N, D)``; cached per unique caption while the text tower is frozen."""
         return self.text_cache.encode(captions)
 
+    # ------------------------------------------------------------------ LRCLR
+
+    def attach_cross_modal(self, spec: CrossModalSpec) -> None:
+        """A fresh cross-modal transformer (the caller seeds torch for its initial weights); the vision
+        tower switches to eager attention, the path that returns the weights region selection reads."""
+        self.cross_modal_spec = spec
+        self.cross_modal = CrossModalTransformer.from_spec(self.embedding_dim, spec).to(self.device)
+        self._use_eager_attention()
+
+    def _use_eager_attention(self) -> None:
+        if not self._eager:
+            use_eager_vision_attention(self.clip)
+            self._eager = True
+
+    def encode_regions(self, images: Tensor | np.ndarray) -> RegionOutput:
+        """Curated 2D images → global embedding, per-head attention rollout and the K selected regions."""
+        self._use_eager_attention()  # same weights; only this path returns attention
+        return encode_regions(self.clip, self.preprocess_images(images))
+
+    def local_features(self, regions: RegionOutput, captions: list[str]) -> CrossModalOutput:
+        """LRCLR's ``(v_l, t_l)`` and t_l's attention over the regions, one caption per image."""
+        if self.cross_modal is None:
+            raise ValueError("this model has no cross-modal transformer (trained with λ = 0, or not by LRCLR)")
+        if self._token_cache is None:
+            self._token_cache = TextTokenCache(self.clip, self.tokenizer)
+        states, mask, pooled = self._token_cache.encode(captions)
+        return self.cross_modal(regions.cls_token, regions.regions, states.to(regions.cls_token.dtype), mask, pooled)
+
     # ------------------------------------------------------------------ training
 
     def trainable_parameters(self, stage: Stage) -> list[nn.Parameter]:
         """Set ``requires_grad`` for a training stage and return the parameters that train.
 
-        ``"2d"``: vision tower + visual projection; ``"adapter"``: the adapter. Both add
-        ``logit_scale`` when the temperature is learnable. Everything else, the text tower
-        included, is frozen.
+        ``"2d"``: vision tower + visual projection; ``"lrclr"``: those and the cross-modal transformer
+        (when attached); ``"adapter"``: the adapter. All add ``logit_scale`` when the temperature is
+        learnable. Everything else, the text tower included, is frozen.
         """
+        modules: list[nn.Module]
         if stage == "2d":
             modules = list(vision_modules(self.clip))
+        elif stage == "lrclr":
+            modules = [*vision_modules(self.clip), *([self.cross_modal] if self.cross_modal is not None else [])]
         elif stage == "adapter":
             modules = [self.adapter]
         else:
-            raise ValueError(f"stage must be '2d' or 'adapter', got {stage!r}")
+            raise ValueError(f"stage must be '2d', 'lrclr' or 'adapter', got {stage!r}")
         self.requires_grad_(False)
         trainable: list[nn.Parameter] = []
         for module in modules:
@@ -352,6 +402,10 @@ class RadCLIP(nn.Module):
         tensors = {f"adapter.{name}": value.detach().cpu().contiguous() for name, value in self.adapter.state_dict().items()}
         tensors["logit_scale"] = self.logit_scale.detach().reshape(1).contiguous().cpu()
         save_file(tensors, str(directory / ADAPTER_FILE), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+        (directory / CROSS_MODAL_FILE).unlink(missing_ok=True)
+        if self.cross_modal is not None:
+            cross = {name: value.detach().cpu().contiguous() for name, value in self.cross_modal.state_dict().items()}
+            save_file(cross, str(directory / CROSS_MODAL_FILE), metadata={"format": FORMAT_NAME})
         (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         return directory
 
@@ -387,6 +441,10 @@ class RadCLIP(nn.Module):
         model.adapter.load_state_dict(adapter_state, strict=True)
         with torch.no_grad():
             model.logit_scale.copy_(tensors["logit_scale"].reshape(()))
+        if config.get("cross_modal"):
+            model.attach_cross_modal(CrossModalSpec(**config["cross_modal"]))
+            assert model.cross_modal is not None
+            model.cross_modal.load_state_dict(load_file(str(directory / CROSS_MODAL_FILE)), strict=True)
         if device is not None:
             model.to(device)
         return model.eval()

@@ -158,6 +158,16 @@ class TextTokenCache:
         return out, mask, pooled_index
 
 
+@dataclass(frozen=True)
+class CrossModalSpec:
+    """The cross-modal transformer's size (saved in a RadCLIP config)."""
+
+    width: int = 128
+    layers: int = 1
+    heads: int = 4
+    dropout: float = 0.0
+
+
 @dataclass
 class CrossModalOutput:
     image: Tensor  # (B, D) v_l, L2-normalised
@@ -185,6 +195,10 @@ class _Block(nn.Module):
 
 class CrossModalTransformer(nn.Module):
     """One transformer over ``[image CLS; regions; text tokens]`` (LRCLR's cross-modality layer)."""
+
+    @classmethod
+    def from_spec(cls, dim: int, spec: CrossModalSpec) -> CrossModalTransformer:
+        return cls(dim, spec.width, spec.layers, spec.heads, spec.dropout)
 
     def __init__(self, dim: int, width: int, layers: int, heads: int, dropout: float = 0.0):
         super().__init__()

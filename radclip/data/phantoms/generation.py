@@ -16,8 +16,8 @@ from typing import Any
 from radclip.config import Params
 from radclip.data.phantoms.plan import TrainRow, plan_training
 from radclip.data.phantoms.render import RenderSettings
-from radclip.data.phantoms.suites import ANATOMY_COLUMNS, SuitePlan, plan_suites
-from radclip.data.phantoms.writers import Job, run_job
+from radclip.data.phantoms.suites import ANATOMY_COLUMNS, CHESTXRAY14_BOX_COLUMNS, SuitePlan, box_rows, plan_suites
+from radclip.data.phantoms.writers import Job, JobTruth, run_job
 
 
 def _reset_dir(out_dir: Path) -> None:
@@ -46,21 +46,22 @@ def _write_table(path: Path, header: Sequence[str], rows: list[list[Any]]) -> No
         writer.writerows(rows)
 
 
-def _run_all(jobs: list[Job], settings: RenderSettings, workers: int) -> dict[str, tuple[int, ...]]:
-    """Run every job; returns the finding slices of each volume by path."""
+def _run_all(jobs: list[Job], settings: RenderSettings, workers: int) -> dict[str, JobTruth]:
+    """Run every job; returns where each study's findings were drawn, by path."""
     run = partial(run_job, settings)
     if workers <= 1 or len(jobs) < 2:
-        return dict(run(job) for job in jobs)
+        return {truth.path: truth for truth in map(run, jobs)}
     # Heavy jobs (volumes) first so the pool does not end on one long straggler.
     ordered = sorted(jobs, key=lambda j: j.kind != "3d")
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return dict(pool.map(run, ordered, chunksize=max(1, min(16, len(ordered) // (8 * workers)))))
+        truths = pool.map(run, ordered, chunksize=max(1, min(16, len(ordered) // (8 * workers))))
+        return {truth.path: truth for truth in truths}
 
 
 LESION_TRUTH = "lesion_slices.csv"  # under paths.raw: where each evaluation volume's finding was drawn
 
 
-def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], finding_slices: dict[str, tuple[int, ...]]) -> None:
+def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], truths: dict[str, JobTruth]) -> None:
     """Ground truth the real datasets lack: the stored slices of each evaluation volume's finding
     (path relative to its suite, as curation records ``source_path``), for the attention plots."""
     rows = []
@@ -68,7 +69,7 @@ def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], finding_slices
         root = out_dir / "eval" / suite.name
         for job in suite.jobs:
             if job.kind == "3d":
-                slices = finding_slices[job.path]
+                slices = truths[job.path].finding_slices
                 rel = Path(job.path).relative_to(root).as_posix()
                 rows.append([suite.name, rel, job.plane, "|".join(map(str, slices))])
     _write_table(out_dir / LESION_TRUTH, ("suite", "path", "plane", "slices"), rows)
@@ -138,6 +139,9 @@ eval/chest_ct_3d_3class/                 COVID-CT-MD layout: <class> Cases/<fold
                                          + Index.csv
 eval/brain_mri_3d_sex/                   IXI layout labelled by SEX_ID (1 male, 2 female), no finding:
                                          head size and shape differ by sex (anatomy_truth.csv)
+eval/chest_xray_boxes/                   NIH ChestX-ray14 layout: images/NNNNNNNN_000.png,
+                                         Data_Entry_2017.csv, BBox_List_2017.csv (x, y, w, h in pixels
+                                         around where each focal finding was drawn; a localisation suite)
 lesion_slices.csv                        per evaluation volume: the slices its finding was drawn into
 anatomy_truth.csv                        per sex-suite volume: SEX_ID, head scale/aspect/height, semi-axes
 phantoms.json                            counts per region/modality/condition and per suite
@@ -168,7 +172,7 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
     settings = RenderSettings(ph.data_seed, ph.image_size, ph.volume_shape, ph.lesion_slices)
     train_jobs, train_rows = plan_training(params, out_dir)
     suites = plan_suites(params, out_dir)
-    finding_slices = _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)
+    truths = _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)
 
     header = ("path", "patient_id", "region", "modality", "findings")
     _write_table(out_dir / "train" / "index.csv", header, [[getattr(r, h) for h in header] for r in train_rows])
@@ -177,7 +181,11 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
             (out_dir / "eval" / suite.name / folder).mkdir(parents=True, exist_ok=True)
         for rel, (columns, rows) in suite.tables.items():
             _write_table(out_dir / "eval" / suite.name / rel, columns, rows)
-    _write_lesion_truth(out_dir, suites, finding_slices)
+        if suite.box_table is not None:
+            boxes = {job.path: truths[job.path].finding_boxes for job in suite.jobs}
+            _write_table(out_dir / "eval" / suite.name / suite.box_table, CHESTXRAY14_BOX_COLUMNS,
+                         box_rows(suite, boxes))
+    _write_lesion_truth(out_dir, suites, truths)
     _write_anatomy_truth(out_dir, suites)
     summary = _summary(params, train_rows, train_jobs, suites)
     (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -12,6 +12,16 @@ dilutes the signal, attending to the right slices does not. A diffuse finding
 anatomy instead: every slice through it shows the finding, and none is recorded
 as a finding slice.
 
+2D lesion boxes
+---------------
+Every focal finding of a 2D study also returns where it was drawn: the boxes
+(``x, y, w, h`` in image pixels, the layout of NIH ChestX-ray14's box list)
+around each connected part of what its drawing changed by at least
+``BOX_CHANGE_FRACTION`` of its largest change, before noise, so a box is
+what an annotator would draw around the visible lesion (a bilateral effusion
+gives two). A finding that lives in the anatomy (``adjust`` only, such as
+cardiomegaly) or a diffuse one draws nothing and has no box.
+
 Traits
 ------
 ``traits`` replace fields of the sampled anatomy with values the plan chose per
@@ -27,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy import ndimage
 
 from radclip.core.records import Plane
 from radclip.data.phantoms.geometry import Grid, Rng, Slab, _plane_directions
@@ -41,6 +52,12 @@ class RenderSettings:
     lesion_slices: tuple[int, int]
 
 
+BOX_CHANGE_FRACTION = 0.25  # of a finding's largest pixel change: the visible extent its box encloses
+
+# (finding, x, y, w, h): x the left edge's column, y the top edge's row, in pixels of the stored image
+LesionBox = tuple[str, float, float, float, float]
+
+
 @dataclass
 class Rendered:
     """One synthesized study: float32 pixels in physical units (HU for CT, MR signal,
@@ -49,10 +66,54 @@ class Rendered:
     pixels: np.ndarray
     grid: Grid
     finding_slices: tuple[int, ...]  # volume slices the findings were drawn into (3D)
+    finding_boxes: tuple[LesionBox, ...] = ()  # 2D: where each focal finding was drawn
 
     @property
     def image(self) -> np.ndarray:
         return self.pixels[0]
+
+
+BOX_MIN_SHARE = 0.02  # parts with less of the finding's changed pixels are edge specks, not a box
+# Parts whose boxes come closer than this (fraction of the image side) are one lesion split by
+# vessels or ribs, and share one box; the two sides of a bilateral effusion stay apart.
+BOX_MERGE_GAP = 0.06
+
+
+def _merge_close(boxes: list[list[int]], gap: float) -> list[list[int]]:
+    """Union of (x0, y0, x1, y1) boxes closer than ``gap`` on both axes, until none are."""
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if max(a[0], b[0]) - min(a[2], b[2]) < gap and max(a[1], b[1]) - min(a[3], b[3]) < gap:
+                    boxes[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def drawn_boxes(name: str, before: np.ndarray, after: np.ndarray) -> list[LesionBox]:
+    """Boxes around where drawing ``name`` changed a 2D image by at least ``BOX_CHANGE_FRACTION`` of
+    its largest change: one per connected part (8-neighbour), specks dropped, close parts joined
+    (see the constants); none when it changed nothing. Sorted by position (top, then left)."""
+    change = np.abs(after.astype(np.float64) - before.astype(np.float64))
+    peak = float(change.max())
+    if peak <= 0.0:
+        return []
+    changed = change >= BOX_CHANGE_FRACTION * peak
+    parts, _ = ndimage.label(changed, structure=np.ones((3, 3)))
+    sizes = np.bincount(parts.ravel())
+    boxes = [[found[1].start, found[0].start, found[1].stop, found[0].stop]
+             for label, found in enumerate(ndimage.find_objects(parts), start=1)
+             if found is not None and sizes[label] >= BOX_MIN_SHARE * changed.sum()]
+    boxes = _merge_close(boxes, BOX_MERGE_GAP * max(changed.shape))
+    return [(name, float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+            for x0, y0, x1, y1 in sorted(boxes, key=lambda b: (b[1], b[0]))]
 
 
 def volume_grid(scene: Scene, shape: Sequence[int], plane: Plane, depth: float = 0.0) -> Grid:
@@ -140,10 +201,14 @@ def synthesize(
 
     image = scene.render(anatomy, grid, anatomy_rng)
     touched: set[int] = set()
+    boxes: list[LesionBox] = []
     for finding, (start, stop, slab) in zip(findings, slabs):
         spec = finding.place(anatomy, slab, finding_rng)
+        before = image[0].copy() if kind == "2d" else None
         finding.draw(image[start:stop], grid.slices(start, stop), anatomy, spec)
+        if before is not None and not finding.diffuse:
+            boxes.extend(drawn_boxes(finding.name, before, image[0]))
         if not finding.diffuse:
             touched.update(range(start, stop))
     pixels = scene.finish(image, grid, noise_rng).astype(np.float32)
-    return Rendered(pixels, grid, tuple(sorted(touched)) if kind == "3d" else ())
+    return Rendered(pixels, grid, tuple(sorted(touched)) if kind == "3d" else (), tuple(boxes))

@@ -1,7 +1,8 @@
 """The held-out evaluation suites, each planned in its public dataset's layout:
 CheXpert (chest X-ray, 5 classes), Crystal Clean brain tumour MRI (4 classes),
 IXI T1 volumes (normal vs glioma), COVID-CT-MD (chest CT series, 3 classes) and
-IXI T1 volumes labelled by sex, the real IXI task.
+IXI T1 volumes labelled by sex, the real IXI task, and chest X-rays with lesion
+boxes in NIH ChestX-ray14's layout (the localisation suite).
 
 All but the last are focal-finding tasks: a lesion in a few slices, where
 attention pooling should beat averaging. In the sex suite the label is a
@@ -12,7 +13,7 @@ drawn by the plan and recorded in ``SuitePlan.anatomy``, with no focal finding.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ from radclip.data.phantoms.plan import (
     STREAM_BRAIN_MRI_4CLASS,
     STREAM_CHEST_CT_3D_3CLASS,
     STREAM_CHEST_XRAY_5CLASS,
+    STREAM_CHEST_XRAY_BOXES,
     STREAM_SUITE_PLAN,
     _fake_phi,
 )
+from radclip.data.phantoms.scenes import SCENES
 from radclip.data.phantoms.writers import Job
 
 CHEXPERT_OBSERVATIONS = (
@@ -60,6 +63,26 @@ COVID_CLASSES = {
     "Normal": ("Normal Cases", "normal", ()),
 }
 
+# NIH ChestX-ray14 (Data_Entry_2017.csv, BBox_List_2017.csv): its label names for the phantom chest
+# X-ray's focal findings, the ones drawn at one place (a box can enclose them). Edema (bilateral haze)
+# and Cardiomegaly (the heart's size, drawn as anatomy) have no box here.
+CHESTXRAY14_LABELS = {
+    "Atelectasis": "Atelectasis",
+    "Consolidation": "Consolidation",
+    "Pleural Effusion": "Effusion",
+    "Pneumothorax": "Pneumothorax",
+    "Nodule": "Nodule",
+}
+CHESTXRAY14_NORMAL = "No Finding"
+CHESTXRAY14_FIRST_PATIENT = 30_001  # beyond the real release's 30,805 patients would clash; ids are ours
+# The real files' headers, bracketed names and trailing empty columns as distributed (unquoted commas
+# split "OriginalImage[Width,Height]" and "Bbox [x,y,w,h]" into several columns).
+CHESTXRAY14_ENTRY_COLUMNS = (
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+    "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+)  # fmt: skip
+CHESTXRAY14_BOX_COLUMNS = ("Image Index", "Finding Label", "Bbox [x", "y", "w", "h]", "", "", "")
+
 Table = tuple[Sequence[str], list[list[Any]]]  # (header, rows) of one CSV
 
 
@@ -73,6 +96,10 @@ class SuitePlan:
     # Job path -> whole-volume anatomy the plan chose (ANATOMY_COLUMNS): the truth of suites whose
     # label is no focal finding.
     anatomy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where the suite's lesion-box table goes (relative to the suite), filled in from what the
+    # renderer drew; None: the suite has none. ``box_names``: job path -> the image name the table uses.
+    box_table: str | None = None
+    box_names: dict[str, str] = field(default_factory=dict)
 
 
 def _shuffled_classes(classes: Sequence[Any], per_class: int, rng: Rng) -> list[Any]:
@@ -198,8 +225,41 @@ def _plan_brain_mri_3d_sex(params: Params, root: Path, rng: Rng) -> SuitePlan:
     return SuitePlan("brain_mri_3d_sex", jobs, table, counts, ("IXI-T1",), anatomy)
 
 
+def _plan_chest_xray_boxes(params: Params, root: Path, rng: Rng) -> SuitePlan:
+    """Frontal chest X-rays in NIH ChestX-ray14's layout, ``per_class`` of each focal finding and as
+    many normals, one image per patient; the boxes are written after rendering (``box_table``)."""
+    per_class = params.phantoms.suites.chest_xray_boxes
+    size = params.phantoms.image_size
+    spacing = round(SCENES["chest_xray"].fov_mm / size, 4)
+    jobs, rows, names = [], [], {}
+    for index, condition in enumerate(_shuffled_classes([*CHESTXRAY14_LABELS, None], per_class, rng)):
+        patient = CHESTXRAY14_FIRST_PATIENT + index
+        name = f"{patient:08d}_000.png"
+        path = str(root / "images" / name)
+        conditions = (condition,) if condition else ()
+        jobs.append(Job(STREAM_CHEST_XRAY_BOXES, index, "chest_xray", conditions, "2d", "png", path, "coronal"))
+        label = CHESTXRAY14_LABELS[condition] if condition else CHESTXRAY14_NORMAL
+        sex, view = "MF"[int(rng.integers(2))], "PA" if rng.uniform() < 0.6 else "AP"
+        rows.append([name, label, 0, patient, int(rng.integers(18, 91)), sex, view, size, size, spacing, spacing])
+        names[path] = name
+    table: dict[str, Table] = {"Data_Entry_2017.csv": (CHESTXRAY14_ENTRY_COLUMNS, rows)}
+    counts = {**dict.fromkeys(CHESTXRAY14_LABELS.values(), per_class), CHESTXRAY14_NORMAL: per_class}
+    return SuitePlan("chest_xray_boxes", jobs, table, counts, ("images",), box_table="BBox_List_2017.csv",
+                     box_names=names)
+
+
+def box_rows(suite: SuitePlan, boxes: Mapping[str, Sequence[tuple[str, float, float, float, float]]]) -> list[list[Any]]:
+    """BBox_List_2017.csv rows of a suite from the renderer's boxes (job path -> its LesionBoxes),
+    in the suite's image order, coordinates in pixels of the written image."""
+    rows: list[list[Any]] = []
+    for job in suite.jobs:
+        for finding, x, y, w, h in boxes[job.path]:
+            rows.append([suite.box_names[job.path], CHESTXRAY14_LABELS[finding], x, y, w, h, "", "", ""])
+    return rows
+
+
 def plan_suites(params: Params, out_dir: Path) -> list[SuitePlan]:
-    """The five held-out evaluation suites, each in its public dataset's layout."""
+    """The held-out evaluation suites, each in its public dataset's layout."""
     seed = params.phantoms.data_seed
     planners = (  # a suite's plan stream is its place here: append new suites at the end
         ("chest_xray_5class", _plan_chest_xray_5class),
@@ -207,6 +267,7 @@ def plan_suites(params: Params, out_dir: Path) -> list[SuitePlan]:
         ("brain_mri_3d_2class", _plan_brain_mri_3d_2class),
         ("chest_ct_3d_3class", _plan_chest_ct_3d_3class),
         ("brain_mri_3d_sex", _plan_brain_mri_3d_sex),
+        ("chest_xray_boxes", _plan_chest_xray_boxes),
     )
     return [
         planner(params, out_dir / "eval" / name, np.random.default_rng([seed, STREAM_SUITE_PLAN, number]))

@@ -25,7 +25,7 @@ from radclip.data.dicom_write import (
 )
 from radclip.data.phantoms.geometry import Grid
 from radclip.data.phantoms.noise import HU_RANGE
-from radclip.data.phantoms.render import Rendered, RenderSettings, synthesize
+from radclip.data.phantoms.render import LesionBox, Rendered, RenderSettings, synthesize
 from radclip.data.phantoms.scenes import SCENES, Scene
 
 MR_SCALE = 1000.0  # MR signal (about 0..1.5) -> stored integers
@@ -155,11 +155,20 @@ _WRITERS: dict[str, Callable[[Job, Scene, Rendered], None]] = {
 }
 
 
-def run_job(settings: RenderSettings, job: Job) -> tuple[str, tuple[int, ...]]:
-    """Draw one study with its own generator and write it; returns its path and, for a volume,
-    the slices (in stored order) its findings were drawn into."""
+@dataclass(frozen=True)
+class JobTruth:
+    """Where one written study's findings are: a volume's finding slices (in stored order), a 2D
+    image's lesion boxes (pixels of the written file)."""
+
+    path: str
+    finding_slices: tuple[int, ...]
+    finding_boxes: tuple[LesionBox, ...]
+
+
+def run_job(settings: RenderSettings, job: Job) -> JobTruth:
+    """Draw one study with its own generator and write it; returns where its findings were drawn."""
     rng = np.random.default_rng([settings.seed, job.stream, job.index])
     rendered = synthesize(job.scene, job.conditions, kind=job.kind, rng=rng, settings=settings, plane=job.plane,
                           traits=dict(job.traits))
     _WRITERS[job.output](job, SCENES[job.scene], rendered)
-    return job.path, rendered.finding_slices
+    return JobTruth(job.path, rendered.finding_slices, rendered.finding_boxes)
