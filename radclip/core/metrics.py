@@ -759,6 +759,63 @@ def multilabel_auroc(
     }
 
 
+# --------------------------------------------------------------------------- thresholded detection (LRCLR Table 1)
+
+DETECTION_METRICS = ("specificity", "precision", "recall", "f1", "auc")
+
+
+def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
+    """The score threshold (predict present when ``score >= t``) with the highest F1 on these
+    (validation) scores: each distinct score is a candidate; ties go to the higher threshold (fewer
+    positives called). None when there is no positive to find."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
+    if targets.shape != scores.shape or scores.ndim != 1:
+        raise ValueError(f"scores and targets must be 1D of one length, got {scores.shape} and {targets.shape}")
+    if not targets.any():
+        return None
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], np.cumsum(targets[order])
+    last = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]  # the last index of each distinct score
+    called = np.arange(1, len(scores) + 1)[last]
+    true_positive = hits[last]
+    f1 = 2 * true_positive / (called + targets.sum())
+    best = np.flatnonzero(f1 == f1.max())[0]  # the first maximum: the highest threshold
+    return float(sorted_scores[last][best])
+
+
+def detection_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    """One class's specificity, precision, recall, F1 at ``score >= threshold`` and its AUC (NaN where
+    undefined: no negatives for specificity, nothing called for precision, one class for the AUC)."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
+    called = scores >= threshold
+    tp, fp = int((called & targets).sum()), int((called & ~targets).sum())
+    fn, tn = int((~called & targets).sum()), int((~called & ~targets).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    auc = float(roc_auc_score(targets, scores)) if 0 < targets.sum() < len(targets) else float("nan")
+    return {"specificity": ratio(tn, tn + fp), "precision": precision, "recall": recall, "f1": f1, "auc": auc}
+
+
+def detection_table(scores: np.ndarray, targets: np.ndarray, thresholds: Sequence[float],
+                    class_names: Sequence[str]) -> dict[str, Any]:
+    """LRCLR's Table 1: per class :func:`detection_metrics` at its threshold and the mean of each metric
+    over the classes where it is defined."""
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    if scores.shape != targets.shape or scores.shape[1] != len(class_names) or len(thresholds) != len(class_names):
+        raise ValueError(f"scores and targets must be (N, C) with C = {len(class_names)} names and thresholds")
+    per_class = {str(name): {**detection_metrics(scores[:, c], targets[:, c], thresholds[c]),
+                             "threshold": float(thresholds[c])} for c, name in enumerate(class_names)}
+    mean = {}
+    for metric in DETECTION_METRICS:
+        values = [row[metric] for row in per_class.values() if not math.isnan(row[metric])]
+        mean[metric] = float(np.mean(values)) if values else float("nan")
+    return {"per_class": per_class, "mean": mean}
+
+
 # --------------------------------------------------------------------------- slice attention
 
 

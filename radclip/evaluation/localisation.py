@@ -13,7 +13,9 @@ chance level with a bootstrap CI, per finding):
 
 Zero-shot (the paper's Table 1 claim) uses the *global* embeddings of both arms: per finding,
 P(present) from the finding's caption against the normal caption (CheXzero's prompt pairs), AUROC
-macro over findings, and the arms' difference with a paired bootstrap CI over images.
+macro over findings, and the arms' difference with a paired bootstrap CI over images; and Table 1's
+specificity, precision, recall and F1 at each finding's threshold, chosen per arm on the training
+collections' validation split (the F1-best one there).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from radclip.config import CaptionTemplate, LrclrThresholds, Params
 from radclip.core.localisation import localise_image, summarise_localisation
-from radclip.core.metrics import bootstrap_ci, multilabel_logits
+from radclip.core.metrics import bootstrap_ci, f1_threshold, multilabel_logits
 from radclip.core.models.regions import rollout_heatmap
 from radclip.data.captions import make_caption
 from radclip.data.shards import CuratedDataset, read_boxes
@@ -170,21 +172,35 @@ class SuiteImages:
     caption: Callable[[Sequence[str]], str]
 
 
+def _images_of(data: CuratedDataset, caption: Callable[[Sequence[str]], str]) -> SuiteImages:
+    manifest = data.manifest
+    return SuiteImages(np.stack([data.array(i) for i in range(len(data))]),
+                       [tuple(c for c in str(v).split("|") if c) for v in manifest["conditions"].fillna("")], caption)
+
+
 def suite_images(params: Params, suite: str) -> SuiteImages:
     data = CuratedDataset(params.resolve(params.paths.curated), query=f"collection == '{suite}' and kind == '2d'")
     if not len(data):
         raise ValueError(f"zero-shot suite {suite!r} has no curated 2D records")
-    manifest, template = data.manifest, caption_template(params, suite)
-    region, modality = str(manifest["region"].iloc[0]), str(manifest["modality"].iloc[0])
-    return SuiteImages(np.stack([data.array(i) for i in range(len(data))]),
-                       [tuple(c for c in str(v).split("|") if c) for v in manifest["conditions"].fillna("")],
-                       lambda conditions: make_caption(template, region, modality, tuple(conditions)))
+    template = caption_template(params, suite)
+    region, modality = str(data.manifest["region"].iloc[0]), str(data.manifest["modality"].iloc[0])
+    return _images_of(data, lambda conditions: make_caption(template, region, modality, tuple(conditions)))
 
 
-def zero_shot_logits(model, suite: SuiteImages, *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def validation_images(params: Params, like: SuiteImages, region: str, modality: str) -> SuiteImages | None:
+    """The training collections' validation split of one region/modality (2D), captioned like ``like``:
+    where zero-shot thresholds are chosen (never on an evaluation suite); None if it has none."""
+    query = (f"role == 'train' and split == 'val' and kind == '2d' and region == {region!r} "
+             f"and modality == {modality!r}")
+    data = CuratedDataset(params.resolve(params.paths.curated), query=query)
+    return _images_of(data, like.caption) if len(data) else None
+
+
+def zero_shot_logits(model, suite: SuiteImages, findings: Sequence[str] | None = None, *, batch_size: int = 128
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Global-embedding zero-shot: ``(N, C)`` logits of "finding present" (its caption against the
-    normal caption), ``(N, C)`` 0/1 targets, and the C findings (sorted)."""
-    findings = sorted({c for value in suite.conditions for c in value})
+    normal caption), ``(N, C)`` 0/1 targets, and the C findings (default: the suite's, sorted)."""
+    findings = sorted({c for value in suite.conditions for c in value}) if findings is None else list(findings)
     with torch.no_grad():
         features = np.concatenate([model.encode_image(suite.images[i:i + batch_size]).float().cpu().numpy()
                                    for i in range(0, len(suite.images), batch_size)])
@@ -193,6 +209,16 @@ def zero_shot_logits(model, suite: SuiteImages, *, batch_size: int = 128) -> tup
         scale = float(model.logit_scale_exp().detach())
     targets = np.array([[int(f in value) for f in findings] for value in suite.conditions])
     return multilabel_logits(features, positive, negative, logit_scale=scale), targets, findings
+
+
+def detection_thresholds(model, validation: SuiteImages | None, findings: Sequence[str]) -> list[float]:
+    """Per finding the logit threshold with the best F1 on the validation images; 0 (P(present) = 0.5)
+    for a finding the validation split does not show (every finding, without validation images)."""
+    if validation is None:
+        return [0.0] * len(findings)
+    logits, targets, _ = zero_shot_logits(model, validation, findings)
+    chosen = [f1_threshold(logits[:, c], targets[:, c]) for c in range(len(findings))]
+    return [0.0 if value is None else value for value in chosen]
 
 
 def macro_auroc(logits: np.ndarray, targets: np.ndarray) -> float:

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from radclip.config import Params
+from radclip.core.metrics import DETECTION_METRICS, detection_table
 from radclip.core.models.radclip import RadCLIP
 from radclip.evaluation.localisation import (
     HEATMAPS,
@@ -20,12 +21,14 @@ from radclip.evaluation.localisation import (
     BoxedSuite,
     ModelMaps,
     boxed_suite,
+    detection_thresholds,
     localisation_table,
     model_maps,
     pair_heatmaps,
     paired_auroc_difference,
     patch_grid,
     suite_images,
+    validation_images,
     verdicts,
     zero_shot_logits,
 )
@@ -63,10 +66,19 @@ def run(params: Params, *, progress: bool = True) -> dict[str, Any]:
     zero_shot: dict[str, dict[str, Any]] = {}
     for name in lrclr.zero_shot_suites:
         images = suite_images(params, name)
-        first, targets, findings = zero_shot_logits(models["lrclr"], images)
-        second, _, _ = zero_shot_logits(models["control"], images)
-        zero_shot[name] = {"findings": findings, "images": len(targets),
-                           **paired_auroc_difference(first, second, targets, n_boot=n_boot, level=level, seed=seed)}
+        validation = validation_images(params, images, suite.region, suite.modality)
+        if validation is None:
+            log.warning("%s: no %s %s validation images: Table 1's thresholds are P(present) = 0.5", STAGE,
+                        suite.region, suite.modality)
+        logits, tables = {}, {}
+        for arm, model in models.items():
+            logits[arm], targets, findings = zero_shot_logits(model, images)
+            thresholds = detection_thresholds(model, validation, findings)
+            tables[arm] = detection_table(logits[arm], targets, thresholds, findings)
+        zero_shot[name] = {"findings": findings, "images": len(targets), "table1": tables,
+                           "thresholds_from": "validation" if validation is not None else "P=0.5",
+                           **paired_auroc_difference(logits["lrclr"], logits["control"], targets, n_boot=n_boot,
+                                                     level=level, seed=seed)}
     result: dict[str, Any] = {
         "suite": suite.name, "patch_grid": grid, "image_size": suite.image_size, "pairs": len(suite.pairs),
         "ci_level": level, "local_weight": lrclr.local_weight, "findings": table, "zero_shot": zero_shot,
@@ -137,6 +149,13 @@ def render_markdown(result: dict) -> str:
     for suite, values in result["zero_shot"].items():
         lines.append(f"| {suite} | {values['images']} | {values['lrclr']:.3f} | {values['control']:.3f} | "
                      f"{values['difference']:+.3f} [{values['ci_low']:+.3f}, {values['ci_high']:+.3f}] |")
+    lines += ["", "Table 1 of the paper: per arm, the mean over findings at each finding's threshold (chosen on the "
+              "training collections' validation split, the F1-best there).", "",
+              "| suite | arm | " + " | ".join(DETECTION_METRICS) + " |", "|---|---|" + "---|" * len(DETECTION_METRICS)]
+    for suite, values in result["zero_shot"].items():
+        for arm in ("control", "lrclr"):
+            mean = values["table1"][arm]["mean"]
+            lines.append(f"| {suite} | {arm} | " + " | ".join(f"{mean[m]:.3f}" for m in DETECTION_METRICS) + " |")
     v = result["verdicts"]
     a, b, c = v["a_text_regions_beat_chance"], v["b_pointing_gain"], v["c_zero_shot_auroc"]
     failing = [f for f, x in a["findings"].items() if not x["pass"]]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from radclip.evaluation import (
     bootstrap_ci,
@@ -409,3 +410,39 @@ def test_lesion_attention_of_average_pooling_is_blind() -> None:
 def test_lesion_attention_rejects_slices_outside_the_volume_naming_it() -> None:
     with pytest.raises(ValueError, match="volume 1"):
         lesion_attention([np.full(4, 0.25), np.full(4, 0.25)], [[0], [4]])
+
+
+# --------------------------------------------------------------------------- thresholded detection (LRCLR Table 1)
+
+
+def test_f1_threshold_picks_the_best_cut_and_the_higher_one_on_ties():
+    from radclip.core.metrics import f1_threshold
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    targets = np.array([1, 0, 1, 1, 0, 0])
+    # cuts (called, tp) and F1 = 2 tp / (called + 3): 0.9 (1,1) 0.5; 0.8 (2,1) 0.4; 0.7 (3,2) 0.667;
+    # 0.6 (4,3) 0.857; 0.5 (5,3) 0.75; 0.4 (6,3) 0.667
+    assert f1_threshold(scores, targets) == 0.6
+    # 0.9 (1,1): 2/3 and 0.6 (4,2): 4/6 tie: the higher threshold (fewer called) wins
+    assert f1_threshold(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 0, 1])) == 0.9
+    assert f1_threshold(np.array([0.5, 0.5, 0.1]), np.array([1, 0, 0])) == 0.5  # equal scores: one cut
+    assert f1_threshold(np.array([0.3, 0.2]), np.array([0, 0])) is None  # nothing to find
+
+
+def test_detection_metrics_count_the_confusion_at_the_threshold():
+    from radclip.core.metrics import detection_metrics, detection_table
+
+    scores = np.array([0.9, 0.8, 0.6, 0.4, 0.3, 0.1])
+    targets = np.array([1, 0, 1, 0, 1, 0])
+    got = detection_metrics(scores, targets, 0.5)  # called: 0.9, 0.8, 0.6 -> tp 2, fp 1, fn 1, tn 2
+    assert got["specificity"] == pytest.approx(2 / 3) and got["precision"] == pytest.approx(2 / 3)
+    assert got["recall"] == pytest.approx(2 / 3) and got["f1"] == pytest.approx(2 / 3)
+    assert got["auc"] == pytest.approx(roc_auc_score(targets, scores))
+    none_called = detection_metrics(scores, targets, 2.0)
+    assert np.isnan(none_called["precision"]) and none_called["recall"] == 0 and none_called["specificity"] == 1
+    table = detection_table(np.column_stack([scores, scores]), np.column_stack([targets, np.ones(6, int)]),
+                            [0.5, 0.5], ["A", "B"])
+    assert np.isnan(table["per_class"]["B"]["specificity"]) and np.isnan(table["per_class"]["B"]["auc"])
+    assert table["mean"]["specificity"] == pytest.approx(2 / 3)  # B has no negatives: left out of the mean
+    assert table["mean"]["recall"] == pytest.approx((2 / 3 + 3 / 6) / 2)
+    assert table["per_class"]["A"]["threshold"] == 0.5

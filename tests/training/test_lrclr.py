@@ -114,6 +114,11 @@ def test_localise_scores_three_heatmaps_per_finding_and_writes_its_reports(arms)
                 summary = entry[heatmap][metric]
                 assert 0 <= summary["chance"] <= 1 and summary["n"] >= 1
     assert set(result["zero_shot"]) == set(params.lrclr.zero_shot_suites)
+    for values in result["zero_shot"].values():  # the paper's Table 1 per arm, thresholds from the val split
+        assert set(values["table1"]) == {"lrclr", "control"}
+        for table in values["table1"].values():
+            assert set(table["mean"]) == {"specificity", "precision", "recall", "f1", "auc"}
+            assert set(table["per_class"]) == set(values["findings"])
     markdown = (reports / "localisation.md").read_text()
-    assert "Pre-registered verdicts" in markdown and "text → regions" in markdown
+    assert "Pre-registered verdicts" in markdown and "text → regions" in markdown and "Table 1" in markdown
     assert (reports / "localisation.png").stat().st_size > 10_000
