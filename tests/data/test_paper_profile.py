@@ -22,7 +22,8 @@ from radclip.core.records import InputError
 from radclip.data.sources import NORMAL_LABEL, scan_collection
 
 PAPERS = Path("/work/shared/papers")
-PAPER_FILES = {"000": "000_9c78cb478e4463fe.txt", "001": "001_ef6cfd1ed5c90145.txt"}
+PAPER_FILES = {"000": "000_9c78cb478e4463fe.txt", "001": "001_ef6cfd1ed5c90145.txt",
+               "002": "002_b5233e4a94ec10e5.txt"}
 
 # --------------------------------------------------------------------------- the papers' values
 
@@ -42,6 +43,9 @@ BACKBONE = "openai/clip-vit-large-patch14"  # 001 l. 110 ("clip-vit-large-patch1
 GPUS = 4  # 001 l. 123 (4 NVIDIA A6000 GPUs)
 FOLDS = 5  # 001 l. 176 (five-fold, 70/10/20)
 PROBE_EPOCHS, PROBE_LR = 100, 1e-3  # 000 l. 144 (100 epochs, Adam, 1e-3)
+LRCLR_LAMBDA = 0.5  # 002 l. 74 ("We use λ = 0.5")
+LRCLR_EPOCHS = 20  # 002 l. 41 ("fine-tune the model for 20 epochs")
+CHEXPERT_TEST_OBSERVATIONS = 14  # 002 l. 41 ("labeled for the presence of 14 different medical observations")
 FIG5_PROMPTS = [  # 001 l. 242 (Fig. 5: correct modality labels and distractors)
     "Chest X-ray Image", "Brain MRI Image", "Chest CT Image", "A Puppy", "A Cat", "A Life Vest",
 ]
@@ -64,6 +68,8 @@ CITED = [
     ("001", 176, "five-fold cross-validation"), ("001", 176, "70% training, 10% validation, and 20% testing"),
     ("000", 144, "100 epochs using Adam optimizer at a learning rate of 1e-3"),
     ("001", 242, '"A Puppy," "A Cat," "A Life Vest"'),
+    ("002", 74, "We use $\\lambda = 0.5$"), ("002", 41, "fine-tune the model for 20 epochs"),
+    ("002", 41, "14 different medical observations"), ("002", 41, "CheXpert test dataset, which consists of 500"),
 ]
 
 
@@ -91,7 +97,18 @@ def test_reference_values_are_at_the_cited_lines(paper_id, line, text):
 def test_paper_profile_validates_and_runs_the_four_evaluation_sets(paper):
     assert paper.profile == "paper" and not paper.phantoms.enabled
     eval_names = [c.name for c in paper.data.collections if c.role == "eval"]
-    assert sorted(eval_names) == sorted(SUITES) and sorted(paper.evaluate.suites) == sorted(SUITES)
+    lrclr_suites = {paper.lrclr.suite, *paper.lrclr.zero_shot_suites}
+    assert sorted(eval_names) == sorted([*SUITES, *lrclr_suites]) and sorted(paper.evaluate.suites) == sorted(SUITES)
+
+
+def test_paper_profile_runs_lrclr_on_chexperts_test_set_and_nih_boxes(paper):
+    test = _collection(paper, paper.lrclr.zero_shot_suites[0])
+    assert test.format == "chexpert" and not test.single_label
+    assert len(test.observations) == CHEXPERT_TEST_OBSERVATIONS - 1  # "No Finding" is the normal caption
+    boxes = _collection(paper, paper.lrclr.suite)
+    assert boxes.format == "chestxray14" and boxes.boxed_only and boxes.boxes == "BBox_List_2017.csv"
+    assert paper.lrclr.local_weight == LRCLR_LAMBDA and paper.lrclr.train.epochs == LRCLR_EPOCHS
+    assert paper.lrclr.train.patience >= paper.lrclr.train.epochs  # both arms train every epoch
 
 
 def test_chexpert_suite_is_the_papers_five_classes_and_5000_images(paper):
@@ -130,7 +147,7 @@ def test_training_and_probe_settings_are_the_papers(paper):
 
 def test_every_cited_line_of_the_overlay_exists(project_root):
     text = (project_root / "params" / "paper.yaml").read_text()
-    cites = re.findall(r"\b(00[01]) l\. (\d+)(?:-(\d+))?", text)
+    cites = re.findall(r"\b(00[012]) l\. (\d+)(?:-(\d+))?", text)
     assert cites
     if not PAPERS.is_dir():
         pytest.skip("the papers' text is not on this machine")
