@@ -29,7 +29,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from radclip.config import CaptionTemplate, LrclrThresholds, Params
-from radclip.core.localisation import localise_image, summarise_localisation
+from radclip.core.localisation import expected_top_k_hit, localise_image, patch_coverage, summarise_localisation
 from radclip.core.metrics import bootstrap_ci, f1_threshold, multilabel_logits
 from radclip.core.models.regions import rollout_heatmap
 from radclip.data.captions import make_caption
@@ -143,10 +143,23 @@ def pair_heatmaps(suite: BoxedSuite, control: ModelMaps, lrclr: ModelMaps) -> di
             "lrclr_text_regions": lrclr.text_regions}
 
 
+def regions_hit(selected: np.ndarray, boxes, image_size: float, grid: int) -> dict[str, float]:
+    """Whether any of an image's selected regions (patch indices, repeats allowed) touches the finding's
+    boxes, and the chance of that for as many distinct patches drawn at random: the regions LRCLR's
+    text→region attention can choose from, so its ceiling."""
+    hits = patch_coverage(boxes, image_size, grid) > 0
+    chosen = np.zeros(grid * grid)
+    chosen[np.unique(selected)] = 1.0
+    k = int(chosen.sum())
+    return {"regions_hit": expected_top_k_hit(chosen, hits, k),
+            "regions_hit_chance": expected_top_k_hit(np.zeros_like(chosen), hits, k)}
+
+
 def localisation_table(suite: BoxedSuite, heatmaps: Mapping[str, np.ndarray], grid: int, *, level: float,
-                       n_boot: int, seed: int) -> dict[str, Any]:
+                       n_boot: int, seed: int, selected: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Per finding and heatmap the summary of :func:`summarise_localisation` (pairs of that finding),
-    plus each finding's mean box area in patches (below 1: smaller than one patch)."""
+    each finding's mean box area in patches (below 1: smaller than one patch) and, per arm in
+    ``selected`` (its selected patches per image row), how often a selected region touches a box."""
     findings = sorted({finding for _, finding in suite.pairs})
     patch_area = (suite.image_size / grid) ** 2
     table: dict[str, Any] = {}
@@ -157,6 +170,10 @@ def localisation_table(suite: BoxedSuite, heatmaps: Mapping[str, np.ndarray], gr
             scores = [localise_image(maps[i], suite.boxes[suite.pairs[i]], suite.image_size, grid, top_k=TOP_K)
                       for i in indices]
             entry[name] = summarise_localisation(scores, level=level, n_boot=n_boot, seed=seed)
+        for arm, rows in (selected or {}).items():
+            scores = [regions_hit(rows[suite.pairs[i][0]], suite.boxes[suite.pairs[i]], suite.image_size, grid)
+                      for i in indices]
+            entry[f"{arm}_regions"] = summarise_localisation(scores, level=level, n_boot=n_boot, seed=seed)
         areas = [sum(w * h for _, _, w, h in suite.boxes[suite.pairs[i]]) for i in indices]
         entry["box_area_patches"] = float(np.mean(areas) / patch_area)
         table[finding] = entry

@@ -62,7 +62,8 @@ def run(params: Params, *, progress: bool = True) -> dict[str, Any]:
     grid = patch_grid(models["lrclr"])
     heatmaps = pair_heatmaps(suite, maps["control"], maps["lrclr"])
     level, n_boot, seed = lrclr.thresholds.chance_ci_level, params.evaluate.bootstrap, params.evaluate.protocol_seed
-    table = localisation_table(suite, heatmaps, grid, level=level, n_boot=n_boot, seed=seed)
+    table = localisation_table(suite, heatmaps, grid, level=level, n_boot=n_boot, seed=seed,
+                               selected={arm: arm_maps.selected for arm, arm_maps in maps.items()})
     zero_shot: dict[str, dict[str, Any]] = {}
     for name in lrclr.zero_shot_suites:
         images = suite_images(params, name)
@@ -144,6 +145,12 @@ def render_markdown(result: dict) -> str:
         for name in HEATMAPS:
             lines.append(f"| {label} | {TITLES[name]} | " + " | ".join(_cell(entry[name][m]) for m in METRICS) + " |")
             label = ""
+    lines += ["", "Selected regions (K = heads, rollout per head): how often one touches the finding's boxes, the "
+              "ceiling of the text→region heatmap (chance: as many distinct patches at random).", "",
+              "| finding | control | lrclr |", "|---|---|---|"]
+    for finding, entry in result["findings"].items():
+        lines.append(f"| {finding} | " + " | ".join(_cell(entry[f"{arm}_regions"]["regions_hit"])
+                                                    for arm in ("control", "lrclr")) + " |")
     lines += ["", "## Zero-shot (global embeddings), macro AUROC", "",
               "| suite | images | lrclr | control | lrclr − control [CI] |", "|---|---|---|---|---|"]
     for suite, values in result["zero_shot"].items():

@@ -11,7 +11,13 @@ from sklearn.metrics import roc_auc_score
 
 from radclip.config import LrclrThresholds
 from radclip.core.models.regions import CrossModalSpec
-from radclip.evaluation.localisation import macro_auroc, paired_auroc_difference, regions_to_patches, verdicts
+from radclip.evaluation.localisation import (
+    macro_auroc,
+    paired_auroc_difference,
+    regions_hit,
+    regions_to_patches,
+    verdicts,
+)
 
 
 def test_selected_regions_land_on_their_patches_repeats_summed():
@@ -22,6 +28,15 @@ def test_selected_regions_land_on_their_patches_repeats_summed():
     expected[0, [3, 0, 15]] = [0.3, 0.3, 0.4]
     expected[1, [1, 2]] = [0.75, 0.25]
     np.testing.assert_allclose(heat.numpy(), expected, atol=1e-7)
+
+
+def test_selected_regions_hit_when_one_touches_a_box_against_the_chance_of_as_many_random_patches():
+    box = [(16.0, 16.0, 16.0, 16.0)]  # exactly patch 5 of a 4 x 4 grid on 64 px
+    assert regions_hit(np.array([5, 0, 0, 15]), box, 64, 4)["regions_hit"] == 1.0
+    missed = regions_hit(np.array([0, 0, 3, 3]), box, 64, 4)
+    assert missed["regions_hit"] == 0.0
+    # 2 distinct patches drawn from 16 of which 1 hits: 1 - C(15, 2) / C(16, 2) = 1 - 105 / 120
+    assert missed["regions_hit_chance"] == pytest.approx(15 / 120)
 
 
 def _summary(mean: float, low: float, chance: float) -> dict:
