@@ -23,10 +23,13 @@ from radclip.config import Params
 from radclip.core.metrics import (
     bootstrap_ci,
     cosine_similarity,
+    detection_table,
     ensemble_class_embeddings,
+    f1_threshold,
     lesion_attention,
     linear_probe,
     multilabel_auroc,
+    multilabel_logits,
     rare_by_frequency,
     retrieval_metrics,
     top1_precision,
@@ -124,11 +127,16 @@ def _rare_split(params: Params, suite: SuiteFeatures, conditions: list[str]) -> 
     return {"rare_classes": rare}, {f"multilabel_train_fraction.{c}": n / total for c, n in train.items()}
 
 
-def multilabel_metrics(model, suite: SuiteFeatures, params: Params) -> dict[str, float]:
+def multilabel_metrics(model, suite: SuiteFeatures, params: Params,
+                       validation: SuiteFeatures | None = None) -> dict[str, float]:
     """Per-condition AUROC of "<caption with the condition>" vs the normal caption, macro over all / base / rare.
 
     ``multilabel_base_classes`` / ``multilabel_rare_classes`` count the suite's conditions of each
     kind (``evaluate.rare_by``); an average over no class with an AUROC is left out, never NaN.
+    With ``validation`` (the training collections' validation split of the suite's region and
+    modality), also LRCLR's Table 1: per condition the specificity, precision, recall and F1 at the
+    logit threshold with the best F1 on ``validation`` (0, P(present) = 0.5, for a condition it does
+    not show), and the AUC (``detection_<metric>`` means, ``detection.<condition>.<metric>``).
     """
     conditions = sorted({c for value in suite.conditions for c in value.split("|") if c})
     if not conditions:
@@ -154,11 +162,22 @@ def multilabel_metrics(model, suite: SuiteFeatures, params: Params) -> dict[str,
             out[name] = result[key]
     out.update({f"multilabel_auroc.{name}": value for name, value in result["per_class"].items()})
     out.update(documented)
+    if validation is not None and len(validation.features):
+        logits = multilabel_logits(suite.features, positive, negative, logit_scale=scale)
+        val_logits = multilabel_logits(validation.features, positive, negative, logit_scale=scale)
+        val_targets = np.array([[int(c in value.split("|")) for c in conditions] for value in validation.conditions])
+        chosen = [f1_threshold(val_logits[:, i], val_targets[:, i]) for i in range(len(conditions))]
+        table = detection_table(logits, targets, [0.0 if t is None else t for t in chosen], conditions)
+        out.update({f"detection_{metric}": value for metric, value in table["mean"].items() if not math.isnan(value)})
+        out.update({f"detection.{name}.{metric}": value for name, row in table["per_class"].items()
+                    for metric, value in row.items() if not math.isnan(value)})
     return out
 
 
-def evaluate_features(model, suite: SuiteFeatures, params: Params) -> SuiteResult:
-    """All metrics of one suite, flat (name → number) for MLflow and dvc metrics."""
+def evaluate_features(model, suite: SuiteFeatures, params: Params,
+                      validation: SuiteFeatures | None = None) -> SuiteResult:
+    """All metrics of one suite, flat (name → number) for MLflow and dvc metrics; ``validation`` adds
+    the thresholded detection metrics (see :func:`multilabel_metrics`)."""
     settings = params.evaluate
     metrics: dict[str, float] = {"records": float(len(suite.features))}
     probe = linear_probe(
@@ -193,7 +212,7 @@ def evaluate_features(model, suite: SuiteFeatures, params: Params) -> SuiteResul
     positives = [np.array([i]) for i in true_index]
     retrieval = retrieval_metrics(suite.features, text, positives)
     metrics.update({k: float(v) for k, v in retrieval.items() if "queries" not in k})
-    metrics.update(multilabel_metrics(model, suite, params))
+    metrics.update(multilabel_metrics(model, suite, params, validation))
     metrics.update(_lesion_attention(params, suite))
     return SuiteResult(suite.kind, metrics, probe.confusion, tuple(probe.class_names), suite)
 

@@ -32,9 +32,21 @@ def _region_modality(table: pd.DataFrame) -> tuple[str, str]:
     return (str(table["region"].iloc[0]), str(table["modality"].iloc[0])) if len(table) else ("", "")
 
 
-@torch.no_grad()
+VALIDATION = "validation"  # SuiteFeatures.suite of the training collections' validation split
+
+
+def validation_query(region: str, modality: str) -> str:
+    """The training collections' validation split of one region and modality (thresholds are chosen there)."""
+    return f"role == 'train' and split == 'val' and region == {region!r} and modality == {modality!r}"
+
+
 def image_features(model, curated_dir: Path, collection: str, *, batch_size: int = 128) -> SuiteFeatures:
     data = CuratedDataset(curated_dir, query=f"collection == '{collection}' and kind == '2d'")
+    return _image_features(model, data, collection, batch_size)
+
+
+@torch.no_grad()
+def _image_features(model, data: CuratedDataset, name: str, batch_size: int = 128) -> SuiteFeatures:
     model.eval()
     chunks = []
     for start in range(0, len(data), batch_size):
@@ -42,7 +54,7 @@ def image_features(model, curated_dir: Path, collection: str, *, batch_size: int
         chunks.append(model.encode_image(images).float().cpu().numpy())
     manifest = data.manifest
     return SuiteFeatures(
-        suite=collection,
+        suite=name,
         kind="2d",
         features=np.concatenate(chunks) if chunks else np.zeros((0, model.embedding_dim), np.float32),
         labels=manifest["label"].to_numpy(),
@@ -63,7 +75,6 @@ def average_pool(slices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return torch.nn.functional.normalize(pooled, dim=-1), weights
 
 
-@torch.no_grad()
 def volume_features(
     model, slice_cache_dir: Path, collection: str, *, pooling: str = "adapter", batch_size: int = 64
 ) -> SuiteFeatures:
@@ -71,12 +82,29 @@ def volume_features(
 
     The cache must have been built by this model's own 2D encoder (its fingerprint is checked): another
     encoder's embeddings would be scored silently as this model's."""
+    return _volume_features(model, slice_cache_dir, f"collection == '{collection}'", collection, pooling, batch_size)
+
+
+def validation_features(model, curated_dir: Path, slice_cache_dir: Path | None, kind: str, region: str,
+                        modality: str) -> SuiteFeatures:
+    """The training collections' validation split of one kind, region and modality, encoded like a suite
+    (3D: pooled by the adapter from the slice cache, which covers every curated volume)."""
+    query = validation_query(region, modality)
+    if kind == "2d":
+        return _image_features(model, CuratedDataset(curated_dir, query=f"{query} and kind == '2d'"), VALIDATION)
+    if slice_cache_dir is None:
+        raise ValueError("3D validation features need the model's slice cache")
+    return _volume_features(model, slice_cache_dir, query, VALIDATION, "adapter", 64)
+
+
+@torch.no_grad()
+def _volume_features(model, slice_cache_dir: Path, query: str, name: str, pooling: str, batch_size: int
+                     ) -> SuiteFeatures:
     from radclip.data.slice_cache import SliceCacheDataset, encoder_fingerprint
 
     if pooling not in ("adapter", "average"):
         raise ValueError(f"pooling must be 'adapter' or 'average', got {pooling!r}")
-    data = SliceCacheDataset(slice_cache_dir, query=f"collection == '{collection}'",
-                             expect_fingerprint=encoder_fingerprint(model))
+    data = SliceCacheDataset(slice_cache_dir, query=query, expect_fingerprint=encoder_fingerprint(model))
     model.eval()
     features, weights = [], []
     for start in range(0, len(data), batch_size):
@@ -91,7 +119,7 @@ def volume_features(
         weights.append(attention.float().cpu().numpy())
     index: pd.DataFrame = data.index
     return SuiteFeatures(
-        suite=collection,
+        suite=name,
         kind="3d",
         features=np.concatenate(features) if features else np.zeros((0, model.embedding_dim), np.float32),
         labels=index["label"].to_numpy(),

@@ -24,6 +24,7 @@ from radclip.evaluation.evaluate import (
     suite_names,
     write_figures,
 )
+from radclip.evaluation.features import SuiteFeatures, validation_features
 from radclip.io import mlflow_tracking as tracking
 from radclip.jobs import embed_slices
 from radclip.jobs.common import (
@@ -56,9 +57,13 @@ def run(
     cache = embed_slices.cache_for(params, loaded, progress=progress) if _has_volumes(params, names) else None
     results: dict[str, SuiteResult] = {}
     with tracking.start_run(params, stage=STAGE, tags={"model.dir": str(location)}):
+        validation: dict[tuple[str, str, str], SuiteFeatures] = {}  # per kind, region, modality
         for suite in names:
             features = suite_features(loaded, params, suite, cache)
-            results[suite] = evaluate_features(loaded, features, params)
+            key = (features.kind, *features.region_modality)
+            if key not in validation:
+                validation[key] = validation_features(loaded, params.resolve(params.paths.curated), cache, *key)
+            results[suite] = evaluate_features(loaded, features, params, validation[key])
             tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()})
         flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
         tracking.log_dict(flat, "evaluation.json")

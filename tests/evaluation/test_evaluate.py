@@ -161,3 +161,46 @@ def test_multilabel_prompts_use_the_suites_own_caption_template(tmp_path):
     assert seen == ["Brain MRI of a Female patient", "Brain MRI of a Male patient", "Brain MRI"]
     assert metrics["multilabel_rare_classes"] == 2 and metrics["multilabel_base_classes"] == 0
     assert np.isfinite(metrics["multilabel_auroc_rare"]) and "multilabel_auroc_base" not in metrics
+
+
+def _validation() -> SuiteFeatures:
+    """40 validation chest X-rays: Alpha in 20 (shifted towards its axis), Beta in none."""
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(40, 3))
+    features[:20, 0] += 0.8
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    conditions = np.array(["Alpha"] * 20 + [""] * 20)
+    labels = np.where(conditions == "", "Normal", conditions)
+    return SuiteFeatures(suite="validation", kind="2d", features=features, labels=labels,
+                         patients=np.arange(40).astype(str), captions=labels, conditions=conditions,
+                         source_paths=np.arange(40).astype(str), region_modality=("Chest", "X-ray"))
+
+
+def _counts_at(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
+    called = scores >= threshold
+    tp, fp = (called & truth).sum(), (called & ~truth).sum()
+    fn, tn = (~called & truth).sum(), (~called & ~truth).sum()
+    return {"specificity": tn / (tn + fp), "precision": tp / (tp + fp), "recall": tp / (tp + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn)}
+
+
+def test_detection_metrics_use_thresholds_chosen_on_the_validation_split(tmp_path):
+    """LRCLR's Table 1 beside the AUROC: each condition's threshold is the F1-best one on the validation
+    features (found here by trying every cut), 0 for a condition the validation split does not show."""
+    params = tiny_params(tmp_path, evaluate={"rare_by": "evaluation", "rare_threshold": 2})
+    suite, validation = _suite(), _validation()
+    metrics = multilabel_metrics(PromptModel(["Alpha", "Beta"]), suite, params, validation)
+    val_scores = 10 * (validation.features[:, 0] - validation.features[:, -1])
+    val_truth = validation.conditions == "Alpha"
+    best = max(sorted(set(val_scores), reverse=True), key=lambda t: _counts_at(val_scores, val_truth, t)["f1"])
+    assert metrics["detection.Alpha.threshold"] == pytest.approx(best)
+    scores = 10 * (suite.features[:, 0] - suite.features[:, -1])
+    expected = _counts_at(scores, suite.conditions == "Alpha", best)
+    for metric, value in expected.items():
+        assert metrics[f"detection.Alpha.{metric}"] == pytest.approx(value)
+    assert metrics["detection.Alpha.auc"] == pytest.approx(_reference_auroc(suite, 0, "Alpha"))
+    assert metrics["detection.Beta.threshold"] == 0.0  # no Beta in the validation split: P(present) = 0.5
+    beta = _counts_at(10 * (suite.features[:, 1] - suite.features[:, -1]), suite.conditions == "Beta", 0.0)
+    assert metrics["detection.Beta.recall"] == pytest.approx(beta["recall"])
+    assert metrics["detection_recall"] == pytest.approx((expected["recall"] + beta["recall"]) / 2)
+    assert "detection_f1" not in multilabel_metrics(PromptModel(["Alpha", "Beta"]), suite, params)  # no validation
