@@ -783,6 +783,13 @@ def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
     return float(sorted_scores[last][best])
 
 
+def validation_thresholds(logits: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Per class (column) the :func:`f1_threshold` of validation ``logits``; 0 (P(present) = 0.5) for a
+    class without a positive there."""
+    chosen = [f1_threshold(logits[:, c], targets[:, c]) for c in range(logits.shape[1])]
+    return [0.0 if value is None else value for value in chosen]
+
+
 def detection_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
     """One class's specificity, precision, recall, F1 at ``score >= threshold`` and its AUC (NaN where
     undefined: no negatives for specificity, nothing called for precision, one class for the AUC)."""

@@ -22,6 +22,12 @@ BOXES_FILE = "lesion_boxes.csv"
 BOX_COLUMNS = ("record_id", "collection", "source_path", "condition", "x", "y", "w", "h")
 
 
+def validation_query(region: str, modality: str) -> str:
+    """Manifest (and slice-cache index) query of the training collections' validation split of one region
+    and modality: where evaluation chooses thresholds, never on an evaluation suite."""
+    return f"role == 'train' and split == 'val' and region == {region!r} and modality == {modality!r}"
+
+
 def read_boxes(curated_dir: str | Path) -> pd.DataFrame:
     """The curated lesion boxes (no rows when no collection has any)."""
     path = Path(curated_dir) / BOXES_FILE

@@ -143,7 +143,6 @@ or its columns); an item without them is an error item.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import heapq
 import logging
@@ -273,6 +272,7 @@ def _item(
     patient_id: str | None = None,
     member: str | None = None,
     expect_kind: Kind | None = None,
+    boxes: Sequence[tuple[str, float, float, float, float]] = (),
 ) -> SourceItem:
     region, modality = region.strip(), modality.strip()
     errors = list(errors)
@@ -295,6 +295,7 @@ def _item(
         member=member,
         expect_kind=expect_kind,
         error="; ".join(errors) or None,
+        boxes=tuple(boxes),
     )
 
 
@@ -803,6 +804,13 @@ def _scan_chestxray14(collection: ChestXray14Collection, base: Path) -> Iterator
         box_path = base / collection.boxes
         _require_file(box_path, "box list")
         boxes = _read_chestxray14_boxes(box_path)
+        # Before any item, as for every unusable collection: one streaming pass over the index names,
+        # keeping only those the box list has.
+        listed = {row[CHESTXRAY14_IMAGE] for _, row in _rows(index, header) if row[CHESTXRAY14_IMAGE] in boxes}
+        orphans = sorted(set(boxes) - listed)
+        if orphans:
+            raise InputError(str(index), f"the box list names {len(orphans)} image(s) the index lacks, "
+                                         f"e.g. {orphans[:3]}")
     folders = [base / folder for folder in collection.images]
     for folder in folders:
         _require_dir(folder, "image folder")
@@ -815,11 +823,9 @@ def _chestxray14_items(collection: ChestXray14Collection, index: Path, header: l
     for folder in reversed(folders):
         located.update({entry.name: folder for entry in _sorted_entries(folder) if entry.is_file()})
     base = index.parent
-    listed: set[str] = set()
     skipped = 0
     for line, row in _rows(index, header):
         name = row[CHESTXRAY14_IMAGE]
-        listed.add(name)
         if collection.boxed_only and name not in boxes:
             skipped += 1
             continue
@@ -849,13 +855,9 @@ def _chestxray14_items(collection: ChestXray14Collection, index: Path, header: l
         loader, loader_error = loader_for(full, is_dir=False)
         if found is not None and loader_error:
             errors.insert(0, loader_error)
-        item = _item(collection, path=full, rel_path=rel, loader=loader, region=collection.region,
-                     modality=collection.modality, conditions=conditions, errors=errors,
-                     patient_id=row[CHESTXRAY14_PATIENT] or None, expect_kind="2d")
-        yield dataclasses.replace(item, boxes=tuple(item_boxes))
-    orphans = sorted(set(boxes) - listed)
-    if orphans:
-        raise InputError(str(index), f"the box list names {len(orphans)} image(s) the index lacks, e.g. {orphans[:3]}")
+        yield _item(collection, path=full, rel_path=rel, loader=loader, region=collection.region,
+                    modality=collection.modality, conditions=conditions, errors=errors,
+                    patient_id=row[CHESTXRAY14_PATIENT] or None, expect_kind="2d", boxes=item_boxes)
     if skipped:
         log.info("chestxray14 %s: %d images without a box skipped (boxed_only)", collection.name, skipped,
                  extra={"collection": collection.name, "skipped_unboxed": skipped})

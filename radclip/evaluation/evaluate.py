@@ -25,7 +25,6 @@ from radclip.core.metrics import (
     cosine_similarity,
     detection_table,
     ensemble_class_embeddings,
-    f1_threshold,
     lesion_attention,
     linear_probe,
     multilabel_auroc,
@@ -33,6 +32,7 @@ from radclip.core.metrics import (
     rare_by_frequency,
     retrieval_metrics,
     top1_precision,
+    validation_thresholds,
     zero_shot,
 )
 from radclip.data.captions import make_caption
@@ -166,8 +166,7 @@ def multilabel_metrics(model, suite: SuiteFeatures, params: Params,
         logits = multilabel_logits(suite.features, positive, negative, logit_scale=scale)
         val_logits = multilabel_logits(validation.features, positive, negative, logit_scale=scale)
         val_targets = np.array([[int(c in value.split("|")) for c in conditions] for value in validation.conditions])
-        chosen = [f1_threshold(val_logits[:, i], val_targets[:, i]) for i in range(len(conditions))]
-        table = detection_table(logits, targets, [0.0 if t is None else t for t in chosen], conditions)
+        table = detection_table(logits, targets, validation_thresholds(val_logits, val_targets), conditions)
         out.update({f"detection_{metric}": value for metric, value in table["mean"].items() if not math.isnan(value)})
         out.update({f"detection.{name}.{metric}": value for name, row in table["per_class"].items()
                     for metric, value in row.items() if not math.isnan(value)})

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from radclip.data.shards import CuratedDataset
+from radclip.data.shards import CuratedDataset, validation_query
 
 
 @dataclass
@@ -33,11 +33,6 @@ def _region_modality(table: pd.DataFrame) -> tuple[str, str]:
 
 
 VALIDATION = "validation"  # SuiteFeatures.suite of the training collections' validation split
-
-
-def validation_query(region: str, modality: str) -> str:
-    """The training collections' validation split of one region and modality (thresholds are chosen there)."""
-    return f"role == 'train' and split == 'val' and region == {region!r} and modality == {modality!r}"
 
 
 def image_features(model, curated_dir: Path, collection: str, *, batch_size: int = 128) -> SuiteFeatures:

@@ -30,10 +30,10 @@ from sklearn.metrics import roc_auc_score
 
 from radclip.config import CaptionTemplate, LrclrThresholds, Params
 from radclip.core.localisation import expected_top_k_hit, localise_image, patch_coverage, summarise_localisation
-from radclip.core.metrics import bootstrap_ci, f1_threshold, multilabel_logits
+from radclip.core.metrics import bootstrap_ci, multilabel_logits, validation_thresholds
 from radclip.core.models.regions import rollout_heatmap
 from radclip.data.captions import make_caption
-from radclip.data.shards import CuratedDataset, read_boxes
+from radclip.data.shards import CuratedDataset, read_boxes, validation_query
 
 HEATMAPS = ("control_rollout", "lrclr_rollout", "lrclr_text_regions")
 LRCLR_HEATMAPS = ("lrclr_rollout", "lrclr_text_regions")
@@ -54,7 +54,6 @@ class BoxedSuite:
     name: str
     images: np.ndarray  # (N, H, W) uint8, curated
     conditions: list[tuple[str, ...]]  # per image
-    source_paths: np.ndarray  # (N,)
     pairs: list[tuple[int, str]]  # (image row, finding) with at least one box
     boxes: dict[tuple[int, str], list[tuple[float, float, float, float]]]
     region: str
@@ -86,7 +85,7 @@ def boxed_suite(params: Params, suite: str) -> BoxedSuite:
     images = np.stack([data.array(i) for i in range(len(data))])
     return BoxedSuite(name=suite, images=images,
                       conditions=[tuple(c for c in str(v).split("|") if c) for v in manifest["conditions"].fillna("")],
-                      source_paths=manifest["source_path"].to_numpy(), pairs=sorted(boxes), boxes=boxes,
+                      pairs=sorted(boxes), boxes=boxes,
                       region=str(manifest["region"].iloc[0]), modality=str(manifest["modality"].iloc[0]),
                       template=caption_template(params, suite))
 
@@ -207,8 +206,7 @@ def suite_images(params: Params, suite: str) -> SuiteImages:
 def validation_images(params: Params, like: SuiteImages, region: str, modality: str) -> SuiteImages | None:
     """The training collections' validation split of one region/modality (2D), captioned like ``like``:
     where zero-shot thresholds are chosen (never on an evaluation suite); None if it has none."""
-    query = (f"role == 'train' and split == 'val' and kind == '2d' and region == {region!r} "
-             f"and modality == {modality!r}")
+    query = f"{validation_query(region, modality)} and kind == '2d'"
     data = CuratedDataset(params.resolve(params.paths.curated), query=query)
     return _images_of(data, like.caption) if len(data) else None
 
@@ -234,8 +232,7 @@ def detection_thresholds(model, validation: SuiteImages | None, findings: Sequen
     if validation is None:
         return [0.0] * len(findings)
     logits, targets, _ = zero_shot_logits(model, validation, findings)
-    chosen = [f1_threshold(logits[:, c], targets[:, c]) for c in range(len(findings))]
-    return [0.0 if value is None else value for value in chosen]
+    return validation_thresholds(logits, targets)
 
 
 def macro_auroc(logits: np.ndarray, targets: np.ndarray) -> float:

@@ -74,10 +74,10 @@ def write_metrics(params: Params, name: str, data: dict) -> Path:
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "pairs_per_second"]
 
 
-def write_history(path: Path, history: list[dict]) -> Path:
-    """A training stage's per-epoch metrics as CSV (``dvc plots``): one row per epoch."""
+def write_history(path: Path, history: list[dict], columns: Sequence[str] = HISTORY_COLUMNS) -> Path:
+    """A training stage's per-epoch metrics as CSV (``dvc plots``): one row per epoch, ``columns`` only."""
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
     return path

@@ -3,7 +3,7 @@
 Writes ``reports/localisation.json`` (per finding and heatmap: pointing game, top-2 hit, heatmap
 AUROC and IoU with bootstrap CIs and chance levels; zero-shot macro AUROC of both arms with a
 paired CI; the pre-registered verdicts), ``reports/localisation.md`` (the same as tables) and
-``reports/figures/localisation.png`` (one example per finding, the paper's Fig. 4/5 style); one
+``reports/localisation.png`` (one example per finding, the paper's Fig. 4/5 style); one
 MLflow run carries the metrics and files.
 """
 

@@ -9,7 +9,6 @@ optimises on the validation split (control: the global InfoNCE; lrclr: global + 
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict
 
@@ -24,6 +23,7 @@ from radclip.jobs.common import (
     stage_main,
     vocabulary,
     write_effective_params,
+    write_history,
     write_metrics,
 )
 from radclip.training.fit import FitResult, fit
@@ -67,7 +67,8 @@ def run(params: Params, *, progress: bool = True) -> dict[str, FitResult]:
                               for key, value in values.items() if isinstance(value, (int, float))})
         summary["mlflow_run_id"] = parent.info.run_id
     path = write_metrics(params, f"{STAGE}.json", summary)
-    _write_history(path.with_name(f"{STAGE}_history.csv"), results)
+    write_history(path.with_name(f"{STAGE}_history.csv"),
+                  [{"arm": arm, **row} for arm, result in results.items() for row in result.history], HISTORY_COLUMNS)
     return results
 
 
@@ -82,14 +83,6 @@ def _summary(params: Params, results: dict[str, FitResult]) -> dict:
         values["pairs_per_second"] = sum(h["pairs_per_second"] for h in result.history) / len(result.history)
         arms[arm] = values
     return {"local_weight": params.lrclr.local_weight, "arms": arms}
-
-
-def _write_history(path, results: dict[str, FitResult]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for arm, result in results.items():
-            writer.writerows({"arm": arm, **row} for row in result.history)
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ def test_scan_problems_become_error_items_or_fail_naming_the_file(tmp_path):
 
     _release(tmp_path / "orphan", ENTRIES, [*BOXES, "00000777_000.png,Mass,1,1,8,8,,,"])
     with pytest.raises(InputError, match=r"Data_Entry_2017.csv: the box list names 1 image\(s\) the index lacks.*00000777_000"):
-        list(scan_collection(_collection(path="orphan"), tmp_path))
+        scan_collection(_collection(path="orphan"), tmp_path)  # at the call, before any item (the module's rule)
     _release(tmp_path / "bad", ENTRIES, ["00000001_000.png,Nodule,10,12,-4,5,,,"])
     with pytest.raises(InputError, match=r"BBox_List_2017.csv: line 2: box .*w, h > 0"):
         list(scan_collection(_collection(path="bad"), tmp_path))
