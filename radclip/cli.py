@@ -360,5 +360,35 @@ def rollback() -> None:
     _registry_decision(lambda: registry.rollback(params))
 
 
+@app.command()
+def serve(
+    alias: Annotated[str, typer.Option(help="the registered model's alias to serve")] = "champion",
+    model: Annotated[
+        Optional[str], typer.Option(help="an MLflow model URI instead (models:/name/3, runs:/id/model)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to bind; other than 127.0.0.1 exposes the server")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 5001,
+    workers: Annotated[int, typer.Option(help="server worker processes (each loads the model)")] = 1,
+    path_root: Annotated[
+        Optional[Path], typer.Option(help="accept server-side paths under this folder (default: uploads only)")
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest uploaded file, MiB")] = 64.0,
+    max_rows: Annotated[int, typer.Option(help="most rows per request")] = 256,
+) -> None:
+    """Serve the registered model (by alias) over HTTP: POST /invocations with base64 images, captions or paths."""
+    from radclip.io.mlflow_registry import REGISTRY_ERRORS
+    from radclip.jobs import serve as job
+
+    params = _params()
+    refusals: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ValueError)
+    try:
+        status = job.run(params, model=model, alias=alias, host=host, port=port, workers=workers,
+                         path_root=path_root, max_upload_bytes=int(max_upload_mb * 2**20), max_rows=max_rows)
+    except refusals as error:
+        console.print(f"[red]serve error[/red] {error}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(status)
+
+
 def main() -> None:
     app(prog_name="radclip")

@@ -155,6 +155,20 @@ def _alias(client: MlflowClient, name: str, alias: str) -> int | None:
     return int(aliases[alias]) if alias in aliases else None
 
 
+def alias_version(params: Params, alias: str) -> int:
+    """The version ``alias`` names in the registered model; a RegistryError saying what exists if none."""
+    client, name = _client(params), params.registry.model_name
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        raise RegistryError(f"no registered model {name!r} in {tracking.registry_uri(params)} "
+                            "(run `dvc repro` or `radclip register` first)") from None
+    if alias not in aliases:
+        raise RegistryError(f"registered model {name!r} has no alias {alias!r} (aliases: "
+                            f"{', '.join(sorted(aliases)) or 'none'})")
+    return int(aliases[alias])
+
+
 def champion_history(params: Params) -> list[dict[str, Any]]:
     """Every change of champion, oldest first: ``{"version", "time", "action", "reason", "previous"}``."""
     model = _client(params).get_registered_model(params.registry.model_name)

@@ -1,12 +1,13 @@
-"""Serving: the MLflow pyfunc (radclip.io.mlflow_pyfunc around radclip.serving.Predictor) embeds files as the
-pipeline embeds their curated records, zero-shot scores, bad rows fail naming the row and file, and
-`mlflow models serve` answers a registered model by alias."""
+"""Serving: the MLflow pyfunc (radclip.io.mlflow_pyfunc around radclip.serving.Predictor) embeds uploaded bytes
+and server-side files as the pipeline embeds their curated records, zero-shot scores, bad rows fail naming the
+row and the problem, server-side paths are read only under the serving root, the model is logged from code
+with its package and complete requirements, and `radclip serve` answers the registered model by alias."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from helpers import tiny_params
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -33,7 +35,7 @@ from radclip.data.dicom_write import write_dicom_image, write_dicom_series
 from radclip.data.shards import CuratedDataset
 from radclip.io import mlflow_pyfunc
 from radclip.io import mlflow_tracking as tracking
-from radclip.serving import Predictor
+from radclip.serving import ENV_PATH_ROOT, Predictor, ServingPolicy
 from radclip.training.build import build_model
 
 # MLflow's own deprecated calls (SQLAlchemy loader option, a pandas comparison); not ours to fix.
@@ -106,10 +108,29 @@ def workspace(tmp_path_factory, mlflow_store):
 
 @pytest.fixture(scope="module")
 def logged(workspace):
-    """The pyfunc logged and registered (version 1), loaded back with mlflow.pyfunc.load_model."""
+    """The pyfunc logged and registered (version 1), loaded back with mlflow.pyfunc.load_model in a process
+    whose serving root is the input folder (server-side paths under it are read)."""
     with tracking.start_run(workspace["params"], stage="serving-test"):
         info = mlflow_pyfunc.log_model(workspace["model_dir"], registered_model_name=MODEL_NAME)
-    return {"info": info, "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_PATH_ROOT, str(workspace["files"]))
+        pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    return {"info": info, "pyfunc": pyfunc}
+
+
+def _with_policy(logged, policy: ServingPolicy):
+    """The loaded pyfunc as a server started with ``policy`` would serve it (the policy is read at load)."""
+    served = logged["pyfunc"].unwrap_python_model()
+    previous, served.policy = served.policy, policy
+    return served, previous
+
+
+def yaml_load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 @torch.no_grad()
@@ -219,14 +240,14 @@ def test_an_unknown_collection_raises_invalid_parameter_naming_the_row_and_file(
 
 
 def test_a_row_with_both_path_and_text_is_refused(workspace, logged):
-    with pytest.raises(MlflowException, match="row 0: both 'path' and 'text' given") as raised:
+    with pytest.raises(MlflowException, match="row 0: 'path' and 'text' given; give one of") as raised:
         logged["pyfunc"].predict(pd.DataFrame({"path": [str(workspace["files"] / "chest.png")],
                                                "text": ["Normal Chest CT"]}))
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
 def test_a_table_without_path_or_text_columns_is_refused(logged):
-    with pytest.raises(MlflowException, match="expected a 'path' and/or 'text' column") as raised:
+    with pytest.raises(MlflowException, match="expected a 'content', 'path' and/or 'text' column") as raised:
         logged["pyfunc"].predict(pd.DataFrame({"file": ["chest.png"]}))
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
 
@@ -235,7 +256,8 @@ def test_the_logged_signature_has_optional_path_text_and_source_columns_and_cand
     signature = logged["info"].signature
     assert signature.to_dict() == mlflow_pyfunc.SIGNATURE.to_dict()
     inputs = {spec.name: spec for spec in signature.inputs.inputs}
-    assert list(inputs) == [mlflow_pyfunc.PATH_COLUMN, mlflow_pyfunc.TEXT_COLUMN, "collection", "region", "modality"]
+    assert list(inputs) == [mlflow_pyfunc.PATH_COLUMN, mlflow_pyfunc.TEXT_COLUMN, mlflow_pyfunc.CONTENT_COLUMN,
+                            "collection", "region", "modality"]
     assert not any(spec.required for spec in inputs.values())
     assert [spec.name for spec in signature.outputs.inputs] == ["embedding", "scores", "probabilities", "prediction"]
     [candidates] = signature.params.params
@@ -252,7 +274,175 @@ def test_a_model_without_a_preprocessing_contract_is_neither_served_nor_logged(w
         mlflow_pyfunc.log_model(bare_dir)
 
 
-# --------------------------------------------------------------------------- mlflow models serve
+# --------------------------------------------------------------------------- uploads and server-side paths
+
+# Uploadable files (a DICOM series folder is not one file): each is embedded from its bytes as from its path.
+UPLOADS = ["chest.png", "xray.dcm", "brain.nii.gz"]
+
+
+def _extra_uploads(files: Path) -> dict[str, Path]:
+    """The same chest image as JPEG and as a 2D .npy, and the brain volume as uncompressed .nii."""
+    out = files.parent / "extra"
+    out.mkdir(exist_ok=True)
+    image = np.asarray(Image.open(files / "chest.png"))
+    Image.fromarray(image).save(out / "chest.jpg", quality=95)
+    np.save(out / "chest.npy", image.astype(np.float32))
+    nib.save(nib.load(files / "brain.nii.gz"), out / "brain.nii")
+    return {name: out / name for name in ("chest.jpg", "chest.npy", "brain.nii")}
+
+
+def test_uploaded_bytes_are_embedded_as_the_same_files_on_disk(workspace, logged):
+    files = workspace["files"]
+    paths = [files / name for name in UPLOADS]
+    expected = _curated_embeddings(workspace, UPLOADS)  # their curated records
+    regions = [INPUTS[name] for name in UPLOADS]
+    uploads = pd.DataFrame({"content": [_b64(path.read_bytes()) for path in paths],
+                            "region": [r for r, _ in regions], "modality": [m for _, m in regions]})
+    np.testing.assert_allclose(np.array(logged["pyfunc"].predict(uploads)["embedding"].tolist()), expected, atol=1e-5)
+
+    extra = _extra_uploads(files)  # not curated: the reference is the Predictor on the file's path
+    predictor = Predictor.from_directory(workspace["model_dir"])
+    reference = predictor.embed(list(extra.values()))
+    served = logged["pyfunc"].predict(pd.DataFrame({"content": [_b64(p.read_bytes()) for p in extra.values()]}))
+    np.testing.assert_allclose(np.array(served["embedding"].tolist()), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"GIF89a" + bytes(64), "unsupported content: not PNG, JPEG"),
+     ("corrupt.dcm", "truncated"),
+     ("four_d.npy", "4D array"),
+     (b"\x1f\x8b" + bytes(40), "unsupported content")],
+    ids=["gif", "corrupted-dicom", "4d-array", "not-gzip"],
+)
+def test_bad_uploads_raise_invalid_parameter_naming_the_row_and_problem(workspace, logged, content, problem):
+    data = content if isinstance(content, bytes) else (workspace["files"] / content).read_bytes()
+    with pytest.raises(MlflowException) as raised:
+        logged["pyfunc"].predict(pd.DataFrame({"content": [_b64((workspace["files"] / "chest.png").read_bytes()),
+                                                           _b64(data)]}))
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert raised.value.message.startswith("row 1: <uploaded content>: ")
+    assert problem in raised.value.message
+    assert str(workspace["files"]) not in raised.value.message and "radclip-upload-" not in raised.value.message
+
+
+def test_content_that_is_not_base64_is_refused(logged):
+    with pytest.raises(MlflowException, match="row 0: <uploaded content>: 'content' is not base64"):
+        logged["pyfunc"].predict(pd.DataFrame({"content": ["not base64!"]}))
+
+
+def test_uploads_over_the_limit_and_requests_over_the_row_limit_are_refused(workspace, logged):
+    png = _b64((workspace["files"] / "chest.png").read_bytes())
+    served, previous = _with_policy(logged, ServingPolicy(path_root=workspace["files"], max_upload_bytes=200,
+                                                          max_rows=3))
+    try:
+        with pytest.raises(MlflowException, match=r"row 0: <uploaded content>: about \d+ bytes, over this server's "
+                                                  "limit of 200 bytes per upload"):
+            logged["pyfunc"].predict(pd.DataFrame({"content": [png]}))
+        with pytest.raises(MlflowException, match="4 rows, over this server's limit of 3 per request"):
+            logged["pyfunc"].predict(pd.DataFrame({"text": ["a", "b", "c", "d"]}))
+        assert len(logged["pyfunc"].predict(pd.DataFrame({"text": ["a", "b", "c"]}))) == 3
+    finally:
+        served.policy = previous
+
+
+def test_server_side_paths_outside_the_root_are_refused_alike_whether_they_exist_or_not(workspace, logged, tmp_path):
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((workspace["files"] / "chest.png").read_bytes())
+    escape = workspace["files"] / "link.png"  # a symlink under the root to a file outside it
+    escape.symlink_to(outside)
+    try:
+        messages = {}
+        for name, path in {"existing": outside, "missing": tmp_path / "missing.png", "symlink": escape,
+                           "dotdot": workspace["files"] / ".." / "model" / "config.json"}.items():
+            with pytest.raises(MlflowException) as raised:
+                logged["pyfunc"].predict(pd.DataFrame({"path": [str(path)]}))
+            assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+            messages[name] = raised.value.message.replace(str(path), "<path>")
+        assert set(messages.values()) == {"row 0: <path>: server-side paths must lie under the serving root; "
+                                          "send the file's bytes as 'content'"}
+        # relative paths are read under the root
+        relative = logged["pyfunc"].predict(pd.DataFrame({"path": ["chest.png"]}))
+        absolute = logged["pyfunc"].predict(pd.DataFrame({"path": [str(workspace["files"] / "chest.png")]}))
+        assert relative["embedding"][0] == absolute["embedding"][0]
+    finally:
+        escape.unlink()
+
+
+def test_without_a_root_no_server_side_path_is_read(workspace, logged):
+    served, previous = _with_policy(logged, ServingPolicy(path_root=None))
+    try:
+        for path in (workspace["files"] / "chest.png", workspace["files"] / "missing.png"):
+            with pytest.raises(MlflowException, match="server-side paths are not accepted here; send the file's "
+                                                      "bytes as 'content'"):
+                logged["pyfunc"].predict(pd.DataFrame({"path": [str(path)]}))
+    finally:
+        served.policy = previous
+
+
+def test_the_policy_round_trips_through_the_environment_and_refuses_bad_values(tmp_path):
+    policy = ServingPolicy(path_root=tmp_path, max_upload_bytes=1234, max_rows=7)
+    assert ServingPolicy.from_environment(policy.environment()) == policy
+    assert ServingPolicy.from_environment({}) == ServingPolicy()
+    with pytest.raises(ValueError, match="RADCLIP_SERVE_MAX_ROWS='many' is not a whole number"):
+        ServingPolicy.from_environment({"RADCLIP_SERVE_MAX_ROWS": "many"})
+    with pytest.raises(ValueError, match="is not a directory"):
+        ServingPolicy(path_root=tmp_path / "absent")
+
+
+# --------------------------------------------------------------------------- the logged model
+
+
+def test_the_model_is_logged_from_code_with_the_package_and_pinned_requirements(logged, tmp_path):
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged["info"].model_uri, dst_path=str(tmp_path)))
+    flavor = yaml_load(local / "MLmodel")["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # a model from code, not a pickle
+    assert (local / mlflow_pyfunc.MODEL_CODE.name).read_text() == mlflow_pyfunc.MODEL_CODE.read_text()
+    assert "python_model" not in flavor and not list(local.rglob("*.pkl"))
+    code = local / flavor["code"] / "radclip"
+    assert (code / "io" / "pyfunc_model.py").is_file() and (code / "serving.py").is_file()
+    assert not list(code.rglob("__pycache__"))
+    requirements = (local / "requirements.txt").read_text().split()
+    for name in mlflow_pyfunc.REQUIREMENTS:
+        assert any(line.lower().startswith(f"{name.lower()}==") for line in requirements), name
+
+
+_IMPORTED_BY_SERVING = """
+import ast, base64, json, sys
+from importlib.metadata import packages_distributions
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+uploads = [base64.b64encode(open(path, "rb").read()).decode() for path in sys.argv[2:]]
+print(model.predict(pd.DataFrame({"content": uploads})).shape, file=sys.stderr)
+names = set()
+for module in list(sys.modules.values()):
+    if module.__name__.startswith("radclip") and getattr(module, "__file__", None):
+        for node in ast.walk(ast.parse(open(module.__file__).read())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+distributions = packages_distributions()
+print(json.dumps(sorted({d for name in names for d in distributions.get(name, [])})))
+"""
+
+
+def test_every_package_the_served_code_imports_is_a_requirement(workspace, logged):
+    """In a fresh process: load the logged model, serve an upload of each type, read the imports of every radclip
+    module that ran (its source, not a list kept by hand), and map them to their distributions."""
+    uploads = [str(workspace["files"] / name) for name in UPLOADS]
+    result = subprocess.run([sys.executable, "-c", _IMPORTED_BY_SERVING, logged["info"].model_uri, *uploads],
+                            capture_output=True, text=True, timeout=300, cwd=workspace["tmp"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = set(json.loads(result.stdout.strip().splitlines()[-1])) - {"radclip"}
+    assert {"torch", "pydicom", "nibabel", "pillow"} <= imported  # the check saw the loaders run
+    declared = {name.lower() for name in mlflow_pyfunc.REQUIREMENTS}
+    # mlflow-skinny and mlflow-tracing are what the mlflow distribution itself installs
+    missing = {d for d in imported if d.lower() not in declared and not d.lower().startswith("mlflow")}
+    assert not missing, f"imported when serving but not in REQUIREMENTS: {sorted(missing)}"
+
+
+# --------------------------------------------------------------------------- radclip serve
 
 
 def _free_port() -> int:
@@ -279,61 +469,69 @@ def _wait_for_ping(url: str, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"radclip serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with _LOCAL.open(f"{url}/ping", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:  # not listening yet
             time.sleep(0.3)
-    pytest.fail(f"mlflow models serve did not answer /ping within {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"radclip serve did not answer /ping within {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (mlflow starts uvicorn as a child), SIGKILL if it lingers."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
+def _serve_command(workspace, *args: str) -> list[str]:
+    params_file = workspace["tmp"] / "serve-params.yaml"
+    raw = workspace["params"].with_values({"registry.model_name": MODEL_NAME}).model_dump(mode="json", by_alias=True)
+    params_file.write_text(yaml.safe_dump(raw))
+    return [str(Path(sys.executable).parent / "radclip"), "--params", str(params_file), "serve", *args]
 
 
-def test_mlflow_models_serve_answers_the_champion_and_survives_bad_requests(workspace, logged):
+def test_radclip_serve_refuses_an_alias_that_names_no_version(workspace, logged):
+    result = subprocess.run(_serve_command(workspace, "--alias", "no-such-alias", "--port", str(_free_port())),
+                            capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert result.returncode == 1
+    assert f"registered model '{MODEL_NAME}' has no alias 'no-such-alias'" in result.stderr
+
+
+def test_radclip_serve_answers_the_champion_and_survives_bad_requests(workspace, logged):
     MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", logged["info"].registered_model_version)
     files, tmp = workspace["files"], workspace["tmp"]
     port = _free_port()
-    store = os.environ["MLFLOW_TRACKING_URI"]
-    venv_bin = Path(sys.executable).parent  # mlflow starts `uvicorn` by name: the venv's must come first on PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
-           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tmp / "server.log"
-    command = [str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    command = _serve_command(workspace, "--port", str(port), "--path-root", str(files), "--max-upload-mb", "1")
     with log.open("w") as output:
-        # Own session (process group): the finally block stops mlflow and its uvicorn child together.
-        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        # Own session (process group): the finally block stops radclip, mlflow and uvicorn together.
+        server = subprocess.Popen(command, env={**os.environ}, stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    good = {"dataframe_split": {"columns": ["path"], "data": [[str(files / "chest.png")]]},
-            "params": {"candidates": CAPTIONS}}
+    png = _b64((files / "chest.png").read_bytes())
+    good = {"dataframe_split": {"columns": ["content"], "data": [[png], [png]]}, "params": {"candidates": CAPTIONS}}
     try:
         _wait_for_ping(url, server, log)
         status, body = _post(f"{url}/invocations", good)
         assert status == 200, body
-        [answer] = json.loads(body)["predictions"]
-        assert len(answer["embedding"]) == 16
-        assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-        assert answer["prediction"] == CAPTIONS[int(np.argmax(answer["probabilities"]))]
+        answers = json.loads(body)["predictions"]
+        assert len(answers) == 2 and answers[0]["embedding"] == answers[1]["embedding"]
+        assert len(answers[0]["embedding"]) == 16
+        assert sum(answers[0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert answers[0]["prediction"] == CAPTIONS[int(np.argmax(answers[0]["probabilities"]))]
+        status, body = _post(f"{url}/invocations", {"dataframe_split": {"columns": ["path"], "data": [["chest.png"]]}})
+        assert status == 200, body  # a path under the root
+        np.testing.assert_allclose(json.loads(body)["predictions"][0]["embedding"], answers[0]["embedding"], atol=1e-6)
 
-        for bad in (files / "missing.png", files / "corrupt.dcm"):
-            status, body = _post(f"{url}/invocations", {"dataframe_split": {"columns": ["path"], "data": [[str(bad)]]}})
-            assert 400 <= status < 500, body
-            message = json.loads(body)["message"]
-            assert str(bad) in message and "INVALID_PARAMETER_VALUE" in body
+        corrupt = _b64((files / "corrupt.dcm").read_bytes())
+        bad = {"corrupted DICOM": (["content"], [[corrupt]], "truncated"),
+               "unsupported content": (["content"], [[_b64(b"GIF89a" + bytes(64))]], "unsupported content"),
+               "wrong shape": (["content"], [[_b64((files / "four_d.npy").read_bytes())]], "4D array"),
+               "oversized": (["content"], [[_b64(bytes(2 * 2**20))]], "over this server's limit"),
+               "outside the root": (["path"], [[str(tmp / "model" / "config.json")]], "under the serving root")}
+        for what, (columns, data, problem) in bad.items():
+            status, body = _post(f"{url}/invocations", {"dataframe_split": {"columns": columns, "data": data}})
+            assert status == 400, (what, body)
+            assert problem in json.loads(body)["message"] and "INVALID_PARAMETER_VALUE" in body, (what, body)
 
         status, body = _post(f"{url}/invocations", good)  # still serving after the bad requests
         assert status == 200, body
-        assert json.loads(body)["predictions"][0]["embedding"] == answer["embedding"]
+        assert json.loads(body)["predictions"][0]["embedding"] == answers[0]["embedding"]
     finally:
-        _stop(server)
+        mlflow_pyfunc.stop_server(server)
