@@ -11,9 +11,12 @@ the current ``champion`` (both read from version tags, so a champion is judged b
 numbers it was registered with) and promotes when there is no champion or the
 challenger's mean is at least ``min_improvement`` higher. Every decision is recorded
 on the challenger's version tags (``gate.*``). Each change of champion (gate,
-manual ``promote``, ``rollback``) is appended to the registered model's
-``champion_history`` tag, a JSON list that is never truncated; ``rollback`` replays it
-to find the champion before the current one.
+manual ``promote``, ``rollback``) is one registered-model tag of its own,
+``champion_history.<6-digit sequence number>`` holding that change as JSON: a few hundred
+characters, far below the 5,000 that a SQL tracking server's schema allows a tag value, so the
+history never has to be truncated however long it grows (one JSON list in one tag overflowed
+that width on PostgreSQL/MySQL after a few dozen changes; a store written that way is still read,
+its list first). ``rollback`` replays the history to find the champion before the current one.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from radclip.io import mlflow_tracking as tracking
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-HISTORY_TAG = "champion_history"
+HISTORY_TAG = "champion_history"  # a single JSON list in earlier versions: read, never written
+HISTORY_ENTRY_PREFIX = HISTORY_TAG + "."
 METRIC_TAG_PREFIX = "metric."
 GATE_TAG_PREFIX = "gate."
 LINEAGE_TAGS = (tracking.TAG_GIT_COMMIT, tracking.TAG_GIT_DIRTY, tracking.TAG_DATA_HASH, tracking.TAG_PARAMS_DIGEST,
@@ -169,20 +173,29 @@ def alias_version(params: Params, alias: str) -> int:
     return int(aliases[alias])
 
 
+def _history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The history in a registered model's tags: an earlier version's single list, then one tag per change in
+    sequence order."""
+    entries = list(json.loads(tags.get(HISTORY_TAG, "[]")))
+    numbered = sorted((int(key[len(HISTORY_ENTRY_PREFIX):]), value) for key, value in tags.items()
+                      if key.startswith(HISTORY_ENTRY_PREFIX) and key[len(HISTORY_ENTRY_PREFIX):].isdigit())
+    return entries + [json.loads(value) for _, value in numbered]
+
+
 def champion_history(params: Params) -> list[dict[str, Any]]:
     """Every change of champion, oldest first: ``{"version", "time", "action", "reason", "previous"}``."""
-    model = _client(params).get_registered_model(params.registry.model_name)
-    return json.loads(model.tags.get(HISTORY_TAG, "[]"))
+    return _history(_client(params).get_registered_model(params.registry.model_name).tags)
 
 
 def _crown(client: MlflowClient, decision: Decision) -> None:
-    """Point ``champion`` at the decision's version and append the change to the history."""
+    """Point ``champion`` at the decision's version and add the change to the history as a tag of its own."""
     name = decision.model_name
     client.set_registered_model_alias(name, CHAMPION, str(decision.version))
-    history = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
-    history.append({"version": decision.version, "time": decision.time, "action": decision.action,
-                    "reason": decision.reason, "previous": decision.champion_version})
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history, separators=(",", ":")))
+    sequence = len(_history(client.get_registered_model(name).tags))
+    entry = {"version": decision.version, "time": decision.time, "action": decision.action,
+             "reason": decision.reason, "previous": decision.champion_version}
+    client.set_registered_model_tag(name, f"{HISTORY_ENTRY_PREFIX}{sequence:06d}",
+                                    json.dumps(entry, separators=(",", ":")))
 
 
 def _record_gate(client: MlflowClient, decision: Decision) -> None:
@@ -302,7 +315,7 @@ def rollback(params: Params) -> Decision:
     stack = _champion_stack(history)
     if current is None or len(stack) < 2:
         raise RegistryError(f"{name}: no previous champion to roll back to "
-                            f"({len(history)} champion change(s) in the {HISTORY_TAG!r} tag)")
+                            f"({len(history)} champion change(s) in its {HISTORY_TAG!r} tags)")
     restored = stack[-2]
     decision = Decision(name, restored, "rollback", "rolled back", f"rolled back from v{current}",
                         _gate_mean(params, _version(client, name, restored)), current,

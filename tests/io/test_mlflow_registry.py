@@ -3,6 +3,8 @@ the gate metrics, decisions are recorded, and rollback restores the previous cha
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from helpers import git_commit, tiny_params
@@ -157,3 +159,46 @@ def test_a_model_without_its_preprocessing_contract_is_not_registered(project, t
     with pytest.raises(FileNotFoundError, match="preprocessing.json"):
         registry.register(params, model_dir=bare, evaluation=_evaluation(0.9, 0.9))
     assert len(MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")) == before
+
+
+def _sql_tag_value_width() -> int:
+    # The width a SQL tracking server's schema gives a registered-model tag value (VARCHAR(5000)); sqlite ignores
+    # it, PostgreSQL and MySQL enforce it. Read from MLflow's own table definition (no public getter exists).
+    from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelTag
+
+    return int(SqlRegisteredModelTag.__table__.c.value.type.length)
+
+
+def test_a_hundred_promotions_and_rollbacks_keep_every_tag_within_the_sql_width(project, decisions):
+    """200 champion changes (forced promotions between two versions, each followed by a rollback): the history
+    holds every one in order, rollback still replays it, and no registered-model tag outgrows the SQL column."""
+    params = project["params"]
+    client = MlflowClient()
+    before = len(registry.champion_history(params))
+    for round_ in range(100):
+        current = int(_aliases()["champion"])
+        target = 2 if current != 2 else 3
+        registry.promote(params, target, force=True)
+        assert _aliases()["champion"] == str(target)
+        restored = registry.rollback(params)
+        assert (restored.version, _aliases()["champion"]) == (current, str(current)), round_
+    history = registry.champion_history(params)
+    assert len(history) == before + 200
+    assert [entry["action"] for entry in history[before:]] == ["promote", "rollback"] * 100
+    width = _sql_tag_value_width()
+    assert width == 5000
+    values = client.get_registered_model(MODEL_NAME).tags.values()
+    assert max(len(value) for value in values) < width / 10  # each change is small, not a growing list
+
+
+def test_a_history_written_as_one_list_by_an_earlier_version_is_read_first(project, decisions):
+    params = project["params"]
+    client = MlflowClient()
+    current = registry.champion_history(params)
+    legacy = [{"version": 1, "time": "2026-01-01T00:00:00+00:00", "action": "gate", "reason": "no champion yet",
+               "previous": None}]
+    client.set_registered_model_tag(MODEL_NAME, registry.HISTORY_TAG, json.dumps(legacy))
+    try:
+        assert registry.champion_history(params) == legacy + current
+    finally:
+        client.delete_registered_model_tag(MODEL_NAME, registry.HISTORY_TAG)
