@@ -3,8 +3,17 @@
 A path is a single file or a folder walked recursively. Files are grouped by
 SeriesInstanceUID: several single-frame files make one volume ordered by their
 position along the slice normal, a multi-frame file is one volume, and a lone
-single-frame file is a 2D image. Values are physical (RescaleSlope/Intercept
-applied) and MONOCHROME1 is inverted so that bright means dense everywhere.
+single-frame file is a 2D image, and a multi-frame file without per-frame positions is a volume
+in frame order. The folder is scanned by headers (``stop_before_pixels``); pixels are read one
+group at a time. Values are physical (Modality LUT or RescaleSlope/Intercept applied) with the
+file's own linear window beside them, which the preprocessing contract may replace (a CT
+collection's window). Where the file says its grey scale is not a linear window — a VOI LUT
+Sequence, or ``VOILUTFunction`` SIGMOID — on an image that is not CT, pydicom's own
+``apply_voi_lut`` (preferring the LUT, as the standard's default) gives display values and the
+window is the LUT's output range. A Presentation LUT Sequence is applied with pydicom's
+``apply_presentation_lut``. MONOCHROME1, or Presentation LUT Shape INVERSE, is inverted within
+that range, so that bright means dense everywhere. ``BurnedInAnnotation: YES`` is refused:
+burned-in text is PHI in the pixels.
 
 Volumes are returned as (S, H, W) in one display orientation per plane, the
 usual radiological one (LPS patient axes, ``->`` = increasing index):
@@ -34,7 +43,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.pixels import apply_modality_lut, apply_presentation_lut, apply_voi_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 
 from radclip.core.records import InputError, LoadedImage, Plane
@@ -126,18 +135,21 @@ def _candidate_files(root: Path) -> list[Path]:
     return files
 
 
-def _read_dataset(path: Path) -> Dataset:
+def _read_dataset(path: Path, *, header_only: bool = False) -> Dataset:
+    """The file's dataset; ``header_only`` stops before the pixel data (the folder scan)."""
     try:
         if path.stat().st_size == 0:
             raise InputError(str(path), "empty file (0 bytes)")
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=header_only)
     except InputError:
         raise
     except InvalidDicomError:
         raise InputError(str(path), "not a DICOM file (no 'DICM' marker after the preamble)") from None
     except Exception as exc:  # pydicom raises many types for damaged files
         raise InputError(str(path), f"unreadable or truncated DICOM file ({_describe(exc)})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        raise InputError(str(path), "BurnedInAnnotation is YES: burned-in text (patient data) in the pixels")
+    if not header_only and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(str(path), "no pixel data (a truncated file, or not an image object such as a report)")
     return ds
 
@@ -195,15 +207,13 @@ def _functional_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
-def _modality_values(stored: np.ndarray, ds: Dataset, frame: int | None) -> tuple[np.ndarray, float]:
-    """Apply Modality LUT / rescale; also returns the sum of the output range's ends.
+def _modality_values(stored: np.ndarray, ds: Dataset, frame: int | None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Apply Modality LUT / rescale; also returns the output range's ends.
 
-    The range sum is what MONOCHROME1 inversion mirrors values (and the window
-    centre) about; it is computed from the stored value range the header declares.
+    The range is what MONOCHROME1 inversion mirrors values (and the window centre) about; it is
+    computed from the stored value range the header declares.
     """
-    source: Dataset = ds
-    if frame is not None and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
-        source = _functional_item(ds, frame, "PixelValueTransformationSequence") or ds
+    source = _rescale_source(ds, frame)
     bits = int(ds.get("BitsStored", 16))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if stored.dtype.kind == "f":  # float pixel data has no declared range: use the data's
@@ -212,7 +222,14 @@ def _modality_values(stored: np.ndarray, ds: Dataset, frame: int | None) -> tupl
         limits = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1], dtype=stored.dtype)
     values = np.asarray(apply_modality_lut(stored, source), dtype=np.float64)
     ends = np.asarray(apply_modality_lut(limits, source), dtype=np.float64)
-    return values, float(ends[0] + ends[-1])
+    return values, (float(ends[0]), float(ends[-1]))
+
+
+def _rescale_source(ds: Dataset, frame: int | None) -> Dataset:
+    """The dataset holding this frame's Modality LUT / rescale: the file's, else its functional group."""
+    if frame is not None and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+        return _functional_item(ds, frame, "PixelValueTransformationSequence") or ds
+    return ds
 
 
 def _first_number(value) -> float | None:
@@ -223,26 +240,88 @@ def _first_number(value) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
-def _window(ds: Dataset, frame: int | None) -> tuple[float, float] | None:
-    source: Dataset | None = ds
-    if "WindowCenter" not in ds and frame is not None:
-        source = _functional_item(ds, frame, "FrameVOILUTSequence")
-    if source is None:
+def _voi_module(ds: Dataset, frame: int | None) -> Dataset | None:
+    """The VOI LUT module that applies to a frame: the file's, else the frame's functional group (with the
+    image attributes and rescale that pydicom's apply_voi_lut reads copied beside it); None if neither."""
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        return ds
+    item = _functional_item(ds, frame, "FrameVOILUTSequence") if frame is not None else None
+    if item is None:
         return None
-    center, width = _first_number(source.get("WindowCenter")), _first_number(source.get("WindowWidth"))
+    module = Dataset()
+    for keyword in ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "ModalityLUTSequence"):
+        if keyword in ds:
+            module[keyword] = ds[keyword]
+    rescale = _rescale_source(ds, frame)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in rescale:
+            module[keyword] = rescale[keyword]
+    for element in item:
+        module[element.tag] = element
+    return module
+
+
+def _window(module: Dataset | None) -> tuple[float, float] | None:
+    if module is None:
+        return None
+    center, width = _first_number(module.get("WindowCenter")), _first_number(module.get("WindowWidth"))
     return (center, width) if center is not None and width is not None and width > 0 else None
+
+
+def _is_nonlinear_voi(module: Dataset | None, ds: Dataset) -> bool:
+    """A VOI LUT Sequence, or a SIGMOID window, on an image that is not CT (CT keeps Hounsfield units, so a
+    collection's CT window still applies); LINEAR_EXACT differs from LINEAR by under one unit and stays linear."""
+    if module is None or str(ds.get("Modality", "")).strip() == "CT":
+        return False
+    function = str(module.get("VOILUTFunction", "LINEAR")).strip().upper()
+    return bool(module.get("VOILUTSequence")) or (function == "SIGMOID" and _window(module) is not None)
+
+
+def _voi_output_range(module: Dataset) -> tuple[float, float]:
+    """What pydicom's apply_voi_lut(prefer_lut=True) maps onto: the first VOI LUT's entries (0 to 2^bits - 1,
+    PS3.3 C.11.2.1.1), else the SIGMOID's asymptotes (pydicom's own function at -inf and +inf)."""
+    if module.get("VOILUTSequence"):
+        bits = int(module.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    ends = np.asarray(apply_voi_lut(np.array([-np.inf, np.inf]), module, index=0, prefer_lut=True), dtype=np.float64)
+    return float(ends[0]), float(ends[1])
+
+
+def _inverted(ds: Dataset) -> bool:
+    """MONOCHROME1, or a Presentation LUT Shape INVERSE (the DX/MG way of saying the same): one inversion."""
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" or shape == "INVERSE"
 
 
 def _display_values(
     stored: np.ndarray, ds: Dataset, frame: int | None
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Physical values with MONOCHROME1 inverted, and the file's window in the same units."""
-    values, range_sum = _modality_values(stored, ds, frame)
-    window = _window(ds, frame)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        values = range_sum - values
+    """Values bright-means-dense, and the window that shows them (the file's own, or a VOI LUT's output range)."""
+    values, (low, high) = _modality_values(stored, ds, frame)
+    module = _voi_module(ds, frame)
+    if _is_nonlinear_voi(module, ds):
+        assert module is not None  # checked by _is_nonlinear_voi
+        try:
+            # A VOI LUT indexes by the (integral) modality output; a fractional rescale rounds to the nearest entry.
+            lut_input = np.rint(values).astype(np.int64) if module.get("VOILUTSequence") else values
+            values = np.asarray(apply_voi_lut(lut_input, module, index=0, prefer_lut=True), dtype=np.float64)
+            low, high = _voi_output_range(module)
+        except Exception as exc:  # a malformed LUT or window in the header
+            raise InputError(str(ds.filename or "<dataset>"), f"cannot apply the VOI LUT ({_describe(exc)})") from None
+        window: tuple[float, float] | None = ((low + high) / 2, high - low)
+    else:
+        window = _window(module)
+    if "PresentationLUTSequence" in ds:
+        # P-values over the whole LUT range; pydicom quantises its input by the image's own min and max.
+        bits = int(ds.PresentationLUTSequence[0].LUTDescriptor[2])
+        values = np.asarray(apply_presentation_lut(values, ds), dtype=np.float64)
+        low, high, window = 0.0, float(2**bits - 1), ((2**bits - 1) / 2, float(2**bits - 1))
+    elif _inverted(ds):
+        # Mirrored within the output range, not about the image's own maximum as apply_presentation_lut
+        # does for INVERSE: the window (the file's or a collection's) then shows the same grey for a value.
+        values = low + high - values
         if window is not None:
-            window = (range_sum - window[0], window[1])
+            window = (low + high - window[0], window[1])
     return values, window
 
 
@@ -333,14 +412,16 @@ def _stack(slices: list[_Slice], fallback_thickness: float | None, source: Path)
             position = f"{sorted_distances[k + 1]:.3f} mm along the slice normal"
             raise InputError(str(b.path), f"duplicate slice position {position} ({where})")
         slice_spacing = float(np.median(steps)) if len(steps) else (fallback_thickness or 1.0)
+    elif len(slices) == 1 or all(s.path == first.path for s in slices):
+        # Frames of one file without per-frame positions: the frame order (all frames share the file's
+        # InstanceNumber, so it cannot order them).
+        order = np.arange(len(slices))
+        slice_spacing = fallback_thickness or 1.0
     elif len(instances) == len(slices):
         numbers = instances
         if len(set(numbers)) != len(numbers):
             raise InputError(str(source), "slices have no positions and repeated InstanceNumbers; cannot order them")
         order = np.argsort(numbers, kind="stable")
-        slice_spacing = fallback_thickness or 1.0
-    elif len(slices) == 1 or all(s.path == first.path for s in slices):
-        order = np.arange(len(slices))  # frames of one file without positions: stored order
         slice_spacing = fallback_thickness or 1.0
     else:
         raise InputError(str(source), "slices have neither ImagePositionPatient nor InstanceNumber; cannot order them")
@@ -455,11 +536,12 @@ def load_dicom(path: str | Path) -> list[LoadedImage]:
     ``part`` = "series-0", "series-1", ... (ordered by SeriesNumber, then path).
     """
     root = Path(path)
-    datasets = [(file, _read_dataset(file)) for file in _candidate_files(root)]
+    # Headers only to group: a series' pixels are read when that series is assembled, one group at a time.
+    headers = [(file, _read_dataset(file, header_only=True)) for file in _candidate_files(root)]
 
     # Single-frame files group by series; each multi-frame file stands alone.
     groups: dict[tuple, list[tuple[Path, Dataset]]] = {}
-    for file, ds in datasets:
+    for file, ds in headers:
         multi_frame = int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         series = str(ds.get("SeriesInstanceUID", "")).strip()
         key = ("file", str(file)) if multi_frame or not series else ("series", series)
@@ -472,6 +554,7 @@ def load_dicom(path: str | Path) -> list[LoadedImage]:
 
     images = []
     for index, members in enumerate(sorted(groups.values(), key=sort_key)):
+        members = [(file, _read_dataset(file)) for file, _ in members]
         slices = [piece for file, ds in members for piece in _frames_of(file, ds)]
         if len(slices) == 1:
             image = _image_2d(slices[0])

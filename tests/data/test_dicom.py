@@ -229,3 +229,129 @@ def test_dicom_8bit_display_values_are_reported_like_an_8bit_png(tmp_path, case,
     assert (image.extra.get("bit_depth") == 8) is display_ready, case
     if display_ready:
         np.testing.assert_array_equal(image.pixels, pixels)  # MONOCHROME1 stored inverted, read back as shown
+
+
+# --------------------------------------------------------------------------- grey scale by the standard
+# References are the standard's own definitions computed here (PS3.3 C.11.2: a VOI LUT is a table
+# lookup of the modality output, SIGMOID is 1 / (1 + exp(-4 (x - c) / w)) over the output range;
+# C.11.6: INVERSE flips the output range), then scaled to [0, 1] as the preprocessing contract shows
+# an image through the window the reader reports.
+
+
+def _shown(image) -> np.ndarray:
+    """[0, 1] display of a loaded 2D image through the window the reader reports (as curation shows it)."""
+    from radclip.core.preprocessing import to_display_range
+
+    assert image.window is not None
+    return to_display_range(image.pixels.astype(np.float64), image.window, eight_bit=False)
+
+
+def _ramp(tmp_path: Path, name: str, **kwargs) -> tuple[Path, np.ndarray]:
+    values = np.tile(np.arange(0, 4096, 64, dtype=np.float64), (4, 1))  # 0 .. 4032 in 64 steps, 12-bit
+    return write_dicom_image(tmp_path / name, values, uid_seed=name, patient=PATIENT, modality="DX", **kwargs), values
+
+
+def test_a_voi_lut_sequence_is_applied_in_place_of_percentiles(tmp_path):
+    path, values = _ramp(tmp_path, "voi_lut.dcm")
+    table = (np.sqrt(np.arange(4096) / 4095.0) * 1023).round().astype(np.uint16)  # a non-linear 10-bit curve
+    ds = pydicom.dcmread(path)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 10]
+    item.add_new("LUTData", "OW", table.astype("<u2").tobytes())
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    ds.save_as(path)
+    [image] = load_dicom(path)
+    np.testing.assert_allclose(_shown(image), table[values.astype(int)] / 1023.0, atol=1e-9)
+
+
+def test_a_sigmoid_voi_lut_function_is_applied(tmp_path):
+    path, values = _ramp(tmp_path, "sigmoid.dcm", window=(2000.0, 1000.0))
+    ds = pydicom.dcmread(path)
+    ds.VOILUTFunction = "SIGMOID"
+    ds.save_as(path)
+    [image] = load_dicom(path)
+    np.testing.assert_allclose(_shown(image), 1.0 / (1.0 + np.exp(-4.0 * (values - 2000.0) / 1000.0)), atol=1e-9)
+
+
+def test_a_linear_window_stays_the_files_own_window(tmp_path):
+    path, values = _ramp(tmp_path, "linear.dcm", window=(2000.0, 1000.0))
+    [image] = load_dicom(path)
+    np.testing.assert_array_equal(image.pixels, values)  # physical values: a collection's window may replace it
+    assert image.window == (2000.0, 1000.0)
+
+
+def test_ct_keeps_hounsfield_units_even_with_a_voi_lut(tmp_path):
+    hu = np.tile(np.arange(-1000, 1000, 40, dtype=np.float64), (3, 1))
+    path = write_dicom_image(tmp_path / "ct.dcm", hu, uid_seed="ct-lut", patient=PATIENT, modality="CT",
+                             rescale=(1.0, -1024.0), window=(40, 400))
+    ds = pydicom.dcmread(path)
+    ds.VOILUTFunction = "SIGMOID"
+    ds.save_as(path)
+    [image] = load_dicom(path)
+    np.testing.assert_array_equal(image.pixels, hu)  # the CT window rule (collection window) still applies
+    assert image.window == (40.0, 400.0)
+
+
+def test_presentation_lut_shape_inverse_inverts_the_display(tmp_path):
+    path, values = _ramp(tmp_path, "inverse.dcm", window=(2000.0, 1000.0))
+    [plain] = load_dicom(path)
+    ds = pydicom.dcmread(path)
+    ds.PresentationLUTShape = "INVERSE"
+    ds.save_as(path)
+    [inverse] = load_dicom(path)
+    np.testing.assert_allclose(_shown(inverse), 1.0 - _shown(plain), atol=1e-9)
+    assert not np.allclose(_shown(plain), 0.5)  # the ramp spans the window: the check can fail
+
+
+def test_monochrome1_with_presentation_lut_shape_inverse_is_inverted_once(tmp_path):
+    display = np.tile(np.linspace(0, 4095, 32).round(), (4, 1))
+    path = write_dicom_image(tmp_path / "dx_m1.dcm", display, uid_seed="m1-inv", patient=PATIENT,
+                             photometric="MONOCHROME1", window=(2000, 1000))
+    ds = pydicom.dcmread(path)
+    ds.PresentationLUTShape = "INVERSE"  # what the DX IOD requires with MONOCHROME1: the same inversion, said twice
+    ds.save_as(path)
+    [image] = load_dicom(path)
+    np.testing.assert_array_equal(image.pixels, display)
+
+
+def test_burned_in_annotation_is_refused_naming_the_reason(tmp_path):
+    path, _ = _ramp(tmp_path, "burned.dcm")
+    ds = pydicom.dcmread(path)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(path)
+    with pytest.raises(InputError, match="BurnedInAnnotation is YES") as raised:
+        load_dicom(path)
+    assert raised.value.path == str(path)
+    ds.BurnedInAnnotation = "NO"
+    ds.save_as(path)
+    assert load_dicom(path)[0].kind == "2d"
+
+
+def test_a_multiframe_file_without_per_frame_positions_is_a_volume_in_frame_order(tmp_path):
+    volume = np.stack([np.full((6, 7), 100.0 * (k + 1)) for k in range(5)])  # frame k holds 100 (k + 1)
+    path = write_dicom_multiframe(tmp_path / "no_positions.dcm", volume, uid_seed="mf-nopos", patient=PATIENT)
+    ds = pydicom.dcmread(path)
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        del frame.PlanePositionSequence
+    ds.save_as(path)
+    [image] = load_dicom(path)
+    assert image.kind == "3d" and image.pixels.shape[0] == 5
+    np.testing.assert_array_equal(image.pixels[:, 0, 0], [100.0, 200.0, 300.0, 400.0, 500.0])
+
+
+def test_the_folder_scan_reads_headers_only_before_a_series_is_assembled(tmp_path, monkeypatch):
+    """Every file's header is read without pixels first; pixels are read once per file afterwards."""
+    first, second = ct_volume((3, 6, 6), seed=1), ct_volume((4, 5, 7), seed=2)
+    write_dicom_series(tmp_path / "a", first, uid_seed="scan-first", patient=PATIENT)
+    write_dicom_series(tmp_path / "b", second, uid_seed="scan-second", patient=PATIENT)
+    calls: list[bool] = []
+    real = pydicom.dcmread
+
+    def recording(path, *args, stop_before_pixels=False, **kwargs):
+        calls.append(stop_before_pixels)
+        return real(path, *args, stop_before_pixels=stop_before_pixels, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", recording)
+    images = load_dicom(tmp_path)
+    assert len(images) == 2 and calls.count(True) == 7 and calls.count(False) == 7
+    assert calls[:7] == [True] * 7  # no pixels read while grouping
