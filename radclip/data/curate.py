@@ -15,13 +15,17 @@ Output (``paths.curated``)::
     manifest.parquet     one row per record (columns: MANIFEST_COLUMNS)
     lesion_boxes.csv     lesion boxes of 2D records in curated pixels (BOX_COLUMNS; header only if none)
     quarantine.parquet   every input not curated, with file and reason (also .csv)
-    summary.json         counts (also written to reports/curate.json for dvc metrics)
+    summary.json         counts (also written to reports/curate.json for dvc metrics, with the timings)
     shards/2d-image-00000.npy         uint8   (n, image_size, image_size)
     shards/3d-axial-00000.npy         float16 (n, slices, size, size), z-scored per volume
 
 PHI. Patient ids (index columns or DICOM PatientID) are salted-hashed inside the
 worker; no header value, UID or date is written anywhere: records are named by
 a hash of their source path, the manifest carries only the salted patient hash.
+The salt comes from the environment (``curate.salt_env``); the committed
+``curate.salt`` is used only when every collection is the pipeline's own phantom
+data, and curation of any other collection without the variable set stops
+(:func:`phi_salt`): a salt in a committed file is no secret.
 """
 
 from __future__ import annotations
@@ -339,19 +343,50 @@ class _TableWriter:
         self.writer.close()
 
 
+TIMING_KEYS = ("seconds", "items_per_second")  # in reports/curate.json, never in the curated folder
+
+
+class SaltMissing(RuntimeError):
+    """Real collections to curate and no PHI salt in the environment."""
+
+
+def _is_phantom_collection(params: Params, collection_path: str) -> bool:
+    """A collection the phantoms stage wrote: under ``paths.raw``, which holds the generator's phantoms.json."""
+    raw = params.resolve(params.paths.raw).resolve()
+    path = params.resolve(collection_path).resolve()
+    return params.phantoms.enabled and (raw / "phantoms.json").is_file() and path.is_relative_to(raw)
+
+
+def phi_salt(params: Params) -> str:
+    """The salt patient ids are hashed with: the environment's ``curate.salt_env``; the committed ``curate.salt``
+    only when every collection is phantom data (fail closed: a real collection without the variable stops)."""
+    settings = params.curate
+    value = os.environ.get(settings.salt_env, "")
+    if value:
+        return value
+    real = [c.name for c in params.data.collections if not _is_phantom_collection(params, c.path)]
+    if real:
+        raise SaltMissing(
+            f"{settings.salt_env} is not set, and {', '.join(real)} {'is' if len(real) == 1 else 'are'} not the "
+            f"pipeline's phantom data: patient ids would be hashed with the salt committed in params, which is no "
+            f"secret. Set it to a secret of your own and keep it (the same salt keeps the same patient splits), "
+            f"e.g. export {settings.salt_env}=$(python -c 'import secrets; print(secrets.token_hex(32))')")
+    return settings.salt
+
+
 def curate(
     params: Params, *, executor: Executor = run_serial, out_dir: Path | None = None, progress: bool = True
 ) -> CurationSummary:
     """Run curation for every collection in params (chunks through ``executor``); returns the summary it also
     writes."""
     started = time.perf_counter()
+    salt = phi_salt(params)  # before anything is written
     root = project_root()
     out = out_dir or params.resolve(params.paths.curated)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "shards").mkdir(parents=True)
     settings = params.curate
-    salt = os.environ.get(settings.salt_env) or settings.salt
     collections = {c.name: c for c in params.data.collections}
     contract = preprocessing_from_params(params)
 
@@ -429,7 +464,10 @@ def curate(
     summary.by_split = dict(sorted(per_split.items()))
     summary.by_collection = dict(sorted(per_collection.items()))
     summary.quarantine_reasons = dict(reasons.most_common())
-    (staging / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    # Timings go to the stage's metrics only: the curated folder is byte-identical run to run (its DVC hash is
+    # what every later stage depends on).
+    counts = {key: value for key, value in asdict(summary).items() if key not in TIMING_KEYS}
+    (staging / "summary.json").write_text(json.dumps(counts, indent=2) + "\n")
     contract.write(staging)  # what every reader of these arrays (and every model trained on them) repeats
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

@@ -337,6 +337,13 @@ def _rows(index: Path, header: list[str]) -> Iterator[tuple[int, dict[str, str]]
             raise InputError(str(index), f"cannot read line {reader.line_num + 1}: {exc}") from None
 
 
+def _outside_rel(full: Path) -> str:
+    """The rel_path of a file outside the collection folder: its name under a digest of its folder, so that
+    folder names above the collection (often a patient's or site's) never reach the manifest."""
+    digest = hashlib.sha256(os.path.normpath(full.parent).encode()).hexdigest()[:12]
+    return f"outside-{digest}/{full.name}"
+
+
 def _index_rel(base: Path, cell: str) -> tuple[Path, str]:
     """Absolute path and POSIX rel_path of a path cell relative to ``base`` (or absolute)."""
     if os.path.isabs(cell):
@@ -344,8 +351,10 @@ def _index_rel(base: Path, cell: str) -> tuple[Path, str]:
         try:
             return full, full.relative_to(base).as_posix()
         except ValueError:
-            return full, full.as_posix()  # outside the collection folder: show it whole
+            return full, _outside_rel(full)
     rel = posixpath.normpath(cell.replace(os.sep, "/"))
+    if rel == ".." or rel.startswith("../"):
+        return base / rel, _outside_rel(Path(os.path.normpath(base / rel)))
     return base / rel, rel
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from radclip.config import Params
 from radclip.core.preprocessing import PREPROCESSING_FILE, Preprocessing
-from radclip.data.curate import curate
+from radclip.data.curate import SaltMissing, curate, phi_salt
 from radclip.data.dicom_write import PHI_TAGS, write_dicom_image, write_dicom_series
 from radclip.data.loaders import load_file
 from radclip.data.shards import CuratedDataset
@@ -428,3 +428,45 @@ def test_patient_hash_depends_on_the_salt(messy_collection, monkeypatch):
     monkeypatch.setenv(params.curate.salt_env, "a-different-secret-salt")
     curate(params, progress=False)
     assert before.isdisjoint(set(_manifest(params)["patient_hash"]))
+
+
+def test_a_real_collection_without_a_salt_in_the_environment_stops_curation(messy_collection, monkeypatch, tmp_path):
+    params, _ = messy_collection
+    out = tmp_path / "curated"
+    monkeypatch.delenv(params.curate.salt_env, raising=False)
+    with pytest.raises(SaltMissing, match=f"{params.curate.salt_env} is not set, and .* not the pipeline's phantom "
+                                          "data: patient ids would be hashed with the salt committed in params"):
+        curate(params, out_dir=out, progress=False)
+    assert not out.exists() and not out.with_name("curated.partial").exists()  # stopped before writing anything
+
+
+def test_phantom_data_alone_falls_back_to_the_committed_salt(tmp_path, monkeypatch):
+    params = tiny_params(tmp_path)
+    raw = params.resolve(params.paths.raw)
+    monkeypatch.delenv(params.curate.salt_env, raising=False)
+    with pytest.raises(SaltMissing):  # phantom paths, but no phantoms.json: not the generator's output
+        phi_salt(params)
+    raw.mkdir(parents=True)
+    (raw / "phantoms.json").write_text("{}")
+    assert phi_salt(params) == params.curate.salt
+    outside = params.with_values({"phantoms.enabled": False})
+    with pytest.raises(SaltMissing):
+        phi_salt(outside)
+    monkeypatch.setenv(params.curate.salt_env, "secret")
+    assert phi_salt(params) == phi_salt(outside) == "secret"
+
+
+def test_curating_twice_writes_byte_identical_files(messy_collection, tmp_path):
+    """Every file of the curated folder (its DVC hash is what later stages depend on) is the same run to run:
+    no timing or other run-dependent value in it."""
+    params, _ = messy_collection
+
+    def digests(folder: Path) -> dict[str, str]:
+        return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    summary = curate(params, out_dir=first, progress=False)
+    curate(params, out_dir=second, progress=False)
+    assert summary.seconds > 0 and "summary.json" in digests(first)
+    assert digests(first) == digests(second)

@@ -111,6 +111,25 @@ def test_csv_items_carry_loader_conditions_patient_and_posix_rel_path(tmp_path, 
     assert (normal.conditions, normal.label) == ((), NORMAL_LABEL)
 
 
+def test_files_outside_the_collection_folder_never_show_the_folders_above_it(tmp_path):
+    base = tmp_path / "raw" / "train"
+    elsewhere = tmp_path / "site-B" / "patient-jane-doe"
+    write_image(elsewhere / "scan.png")
+    write_image(tmp_path / "raw" / "sibling-ward" / "up.png")
+    write_csv(base / "index.csv", ["path", "findings"],
+              [[str(elsewhere / "scan.png"), ""], ["../sibling-ward/up.png", ""]])
+    items = list(scan_collection(CsvCollection(name="train", path="raw/train", region="Chest", modality="X-ray"),
+                                 tmp_path))
+    assert [item.error for item in items] == [None, None]
+    assert [Path(item.path).resolve() for item in items] == [elsewhere / "scan.png",
+                                                            tmp_path / "raw" / "sibling-ward" / "up.png"]
+    for item in items:
+        assert "site-B" not in item.rel_path and "jane" not in item.rel_path and "sibling" not in item.rel_path
+        assert item.rel_path.startswith("outside-") and "/" in item.rel_path
+    assert items[0].rel_path.endswith("/scan.png") and items[1].rel_path.endswith("/up.png")
+    assert items[0].rel_path.split("/")[0] != items[1].rel_path.split("/")[0]  # two folders, two names
+
+
 def test_scan_returns_a_lazy_iterator_and_accepts_an_absolute_collection_path(tmp_path, csv_collection_dir):
     scanned = scan_collection(csv_collection(path=str(csv_collection_dir)), Path("/nonexistent-root"))
 
