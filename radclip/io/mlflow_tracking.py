@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -35,6 +36,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from radclip.config import Params, project_root
+
+log = logging.getLogger("radclip.mlflow")
 
 UNKNOWN = "unknown"
 DB_FILE = "mlflow.db"
@@ -239,6 +242,15 @@ def lineage_tags(params: Params, stage: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- runs
 
 
+def run_address(tracking: str, experiment_id: str, run_id: str) -> str:
+    """Where a person opens a run: the tracking server's page, or for a local store the ``mlflow ui`` command
+    that serves it and the page there."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking.startswith(("http://", "https://")):
+        return f"{tracking.rstrip('/')}/{page}"
+    return f"`mlflow ui --backend-store-uri {tracking}`, then http://127.0.0.1:5000/{page}"
+
+
 def _end_through(run_id: str, status: str) -> None:
     """End the active runs down to and including ``run_id`` (runs the block left open first)."""
     while (active := mlflow.active_run()) is not None:
@@ -273,6 +285,9 @@ def start_run(
     run_tags.update({str(key): str(value) for key, value in (tags or {}).items()})
     active = mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=run_tags)
     run_id = active.info.run_id
+    # A stage's own run is announced; its child runs (trials, cells, arms) only at debug level.
+    log.log(logging.DEBUG if nested or parent_run_id else logging.INFO, "MLflow run %s (%s): %s", run_id,
+            run_name or stage, run_address(mlflow.get_tracking_uri(), active.info.experiment_id, run_id))
     try:
         mlflow.log_params(flatten_params(params))
         mlflow.log_dict(params.model_dump(mode="json", by_alias=True), PARAMS_ARTIFACT)

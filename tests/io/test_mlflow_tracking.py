@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -107,6 +108,22 @@ def test_nested_runs_name_their_parent(store, client):
         assert stored.data.tags["radclip.stage"] == "trial"
         assert stored.info.status == status
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_a_stage_run_prints_where_to_open_it_and_child_runs_stay_quiet(store, caplog):
+    params = store["params"]
+    with caplog.at_level(logging.INFO, logger="radclip.mlflow"):
+        with tracking.start_run(params, stage="evaluate", run_name="announced") as run:
+            with tracking.start_run(params, stage="trial", nested=True) as child:
+                pass
+    infos = [record.getMessage() for record in caplog.records if record.levelno == logging.INFO]
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert len(infos) == 1 and run.info.run_id in infos[0] and "announced" in infos[0]
+    assert f"mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}" in infos[0]
+    assert infos[0].endswith(f"http://127.0.0.1:5000/{page}")
+    assert child.info.run_id not in " ".join(infos)
+    assert tracking.run_address("http://mlflow.internal:5000/", "7", "abc") == (
+        "http://mlflow.internal:5000/#/experiments/7/runs/abc")
 
 
 def test_runs_left_open_inside_the_block_are_closed(store, client):
