@@ -22,12 +22,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade -c constraints.txt pip
 	# torch first and pinned: the CPU build on disk here; unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# constraints.txt (shared with the Dockerfile) fixes every other version.
+	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
 run: venv
@@ -44,7 +45,8 @@ bench: venv
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/sweep.py
-	$(BIN)/python bench/adapter_seeds.py
+	$(BIN)/python bench/lrclr.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf .tmp data/curated.partial
