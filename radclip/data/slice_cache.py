@@ -56,8 +56,8 @@ from torch.utils.data import Dataset
 from radclip.core.models.clip import vision_modules
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import DISPLAY_PERCENTILES
-from radclip.data.shards import CuratedDataset
 from radclip.data.progress import progress_bar
+from radclip.data.shards import CuratedDataset
 
 CACHE_FORMAT = "radclip-slice-cache"
 CACHE_FORMAT_VERSION = 1

@@ -89,7 +89,7 @@ class AdapterSpec:
 
 class SlicePoolingAdapter(nn.Module):
     @classmethod
-    def from_spec(cls, dim: int, spec: AdapterSpec) -> "SlicePoolingAdapter":
+    def from_spec(cls, dim: int, spec: AdapterSpec) -> SlicePoolingAdapter:
         return cls(dim, spec.heads, spec.max_slices, dropout=spec.dropout, reducer=spec.reducer)
 
     def __init__(self, dim: int, heads: int, max_slices: int, dropout: float = 0.5, reducer: Reducer = "attention"):

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
 # The PIL-backed image processor: the default one needs torchvision, which does not import beside this
 # CPU torch; both read and write the same preprocessor_config.json, and only its settings are used here.
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
@@ -105,7 +106,9 @@ def small_clip_config(
 ) -> CLIPConfig:
     """The embedded default's CLIP configuration from the tower settings (``hidden_size``, layers, ...)."""
     if image_size % vision["patch_size"]:
-        raise ValueError(f"curate.image_size {image_size} is not a multiple of model.vision.patch_size {vision['patch_size']}")
+        raise ValueError(
+            f"curate.image_size {image_size} is not a multiple of model.vision.patch_size {vision['patch_size']}"
+        )
     for tower_name, tower in (("vision", vision), ("text", text)):
         if tower["hidden_size"] % tower["num_attention_heads"]:
             raise ValueError(

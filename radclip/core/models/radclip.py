@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-
 from transformers import CLIPModel, CLIPVisionConfig, PreTrainedTokenizerBase
 
 from radclip.core.losses import MAX_LOGIT_SCALE
@@ -75,7 +74,6 @@ from radclip.core.models.tokenizer import load_tokenizer
 from radclip.core.preprocessing import (
     DISPLAY_PERCENTILES,
     PREPROCESSING_FILE,
-    RESAMPLE_MODES,
     PixelNormalisation,
     Preprocessing,
 )
@@ -199,7 +197,9 @@ class RadCLIP(nn.Module):
         pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return self.pixels.apply(pixels).to(self._vision_dtype())
 
-    def preprocess_slices(self, volumes: Tensor | np.ndarray, display_range: Tensor | np.ndarray | None = None) -> Tensor:
+    def preprocess_slices(
+        self, volumes: Tensor | np.ndarray, display_range: Tensor | np.ndarray | None = None
+    ) -> Tensor:
         """Z-scored volumes ``(B, S, H, W)`` → pixel values ``(B*S, 3, h, w)``.
 
         Each volume is mapped to [0, 1] by its display range (see :meth:`volumes_to_unit`),
@@ -399,9 +399,13 @@ class RadCLIP(nn.Module):
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         if self.preprocessing is not None:
             self.preprocessing.write(directory)
-        tensors = {f"adapter.{name}": value.detach().cpu().contiguous() for name, value in self.adapter.state_dict().items()}
+        tensors = {
+            f"adapter.{name}": value.detach().cpu().contiguous() for name, value in self.adapter.state_dict().items()
+        }
         tensors["logit_scale"] = self.logit_scale.detach().reshape(1).contiguous().cpu()
-        save_file(tensors, str(directory / ADAPTER_FILE), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+        save_file(
+            tensors, str(directory / ADAPTER_FILE), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)}
+        )
         (directory / CROSS_MODAL_FILE).unlink(missing_ok=True)
         if self.cross_modal is not None:
             cross = {name: value.detach().cpu().contiguous() for name, value in self.cross_modal.state_dict().items()}
@@ -410,7 +414,7 @@ class RadCLIP(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device | None = None) -> "RadCLIP":
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device | None = None) -> RadCLIP:
         """Load a model written by :meth:`save_pretrained` (safetensors only), in eval mode."""
         directory = Path(directory)
         config_path = directory / CONFIG_FILE

@@ -19,7 +19,8 @@ modality-type embedding, masks text padding, and returns ``v_l`` (its output at 
 ``t_l`` (at the caption's pooled token, where CLIP's text tower pools) and the attention of
 ``t_l`` over the regions in the last layer (averaged over heads), the map LRCLR colours regions
 by. :class:`TextTokenCache` keeps the token states per caption: the text tower is frozen and
-captions repeat, as for the pooled embeddings. The local loss then contrasts ``v_l`` with ``t_l`` (``radclip.core.losses.GlobalLocalLoss``).
+captions repeat, as for the pooled embeddings. The local loss then contrasts ``v_l`` with ``t_l``
+(``radclip.core.losses.GlobalLocalLoss``).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class RegionOutput:
 def encode_regions(clip: CLIPModel, pixel_values: Tensor) -> RegionOutput:
     """The vision tower once, with its attention: global embedding, rollout, K selected regions."""
     vision = clip.vision_model
-    # transformers has no public getter for the attention path in use: its config._attn_implementation is what it dispatches on
-    if vision.config._attn_implementation != EAGER:
+    # transformers has no public getter for the attention path: it dispatches on config._attn_implementation
+    if vision.config._attn_implementation != EAGER:  # noqa: SLF001
         raise ValueError("region selection needs the vision tower's attention weights: call "
                          "use_eager_vision_attention(clip) first (SDPA returns none)")
     out = vision(pixel_values=pixel_values, output_attentions=True)
@@ -183,7 +184,9 @@ class _Block(nn.Module):
         self.norm_attention = nn.LayerNorm(width)
         self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm_mlp = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
+        )
 
     def forward(self, x: Tensor, padding: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         normed = self.norm_attention(x)

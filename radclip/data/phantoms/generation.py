@@ -61,7 +61,7 @@ def _run_all(jobs: list[Job], settings: RenderSettings, workers: int) -> dict[st
 LESION_TRUTH = "lesion_slices.csv"  # under paths.raw: where each evaluation volume's finding was drawn
 
 
-def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], truths: dict[str, JobTruth]) -> None:
+def _write_lesion_truth(out_dir: Path, suites: list[SuitePlan], truths: dict[str, JobTruth]) -> None:
     """Ground truth the real datasets lack: the stored slices of each evaluation volume's finding
     (path relative to its suite, as curation records ``source_path``), for the attention plots."""
     rows = []
@@ -78,7 +78,7 @@ def _write_lesion_truth(out_dir: Path, suites: list["SuitePlan"], truths: dict[s
 ANATOMY_TRUTH = "anatomy_truth.csv"  # under paths.raw: the whole-volume anatomy behind a label (sex suite)
 
 
-def _write_anatomy_truth(out_dir: Path, suites: list["SuitePlan"]) -> None:
+def _write_anatomy_truth(out_dir: Path, suites: list[SuitePlan]) -> None:
     """Ground truth of labels that are no focal finding: per volume of such a suite, the anatomy
     parameters the plan chose (``ANATOMY_COLUMNS``; path relative to its suite)."""
     rows = []
@@ -113,7 +113,9 @@ def _summary(params: Params, train_rows: list[TrainRow], train_jobs: list[Job], 
     }
     suite_counts = {s.name: {"total": len(s.jobs), "per_class": s.counts} for s in suites}
     totals = {"train": len(train_jobs), "eval": sum(len(s.jobs) for s in suites)}
-    return {"enabled": True, "seed": params.phantoms.data_seed, "totals": totals, "train": train, "suites": suite_counts}
+    return {
+        "enabled": True, "seed": params.phantoms.data_seed, "totals": totals, "train": train, "suites": suite_counts
+    }
 
 
 README = """\

@@ -51,7 +51,7 @@ class Grid:
     slice_axis: int  # patient axis the slices are stacked along
 
     @classmethod
-    def build(cls, plane: Plane, shape: Sequence[int], spacing: Sequence[float], depth: float = 0.0) -> "Grid":
+    def build(cls, plane: Plane, shape: Sequence[int], spacing: Sequence[float], depth: float = 0.0) -> Grid:
         coords: list[np.ndarray] = [np.zeros((1, 1, 1), np.float32)] * 3
         slice_axis = 2
         for array_axis, direction in enumerate(_plane_directions(plane)):
@@ -80,7 +80,7 @@ class Grid:
         """Coordinate of each slice along the slice axis (patient mm)."""
         return np.broadcast_to(self.coords[self.slice_axis], (self.shape[0], 1, 1)).reshape(-1)
 
-    def slices(self, start: int, stop: int) -> "Grid":
+    def slices(self, start: int, stop: int) -> Grid:
         """The sub-grid of slices ``start:stop`` (for drawing a finding into its slab only)."""
         c0, c1, c2 = (c[start:stop] if c.shape[0] > 1 else c for c in self.coords)
         return replace(self, shape=(stop - start, *self.shape[1:]), coords=(c0, c1, c2))
@@ -105,7 +105,7 @@ class Waves:
     amplitudes: np.ndarray
 
     @classmethod
-    def random(cls, rng: Rng, n: int, wavelength: float, amplitude: float) -> "Waves":
+    def random(cls, rng: Rng, n: int, wavelength: float, amplitude: float) -> Waves:
         directions = rng.normal(size=(n, 3))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         lengths = wavelength * rng.uniform(0.75, 1.35, size=n)

@@ -248,7 +248,9 @@ def _plan_chest_xray_boxes(params: Params, root: Path, rng: Rng) -> SuitePlan:
                      box_names=names)
 
 
-def box_rows(suite: SuitePlan, boxes: Mapping[str, Sequence[tuple[str, float, float, float, float]]]) -> list[list[Any]]:
+def box_rows(
+    suite: SuitePlan, boxes: Mapping[str, Sequence[tuple[str, float, float, float, float]]]
+) -> list[list[Any]]:
     """BBox_List_2017.csv rows of a suite from the renderer's boxes (job path -> its LesionBoxes),
     in the suite's image order, coordinates in pixels of the written image."""
     rows: list[list[Any]] = []

@@ -24,9 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from radclip.config import Params
+from radclip.data.shards import MANIFEST_FILE
 from radclip.data.validation.checks import (
     FINITE_BOUND,
-    MANIFEST_FILE,
     PLANES,
     QUARANTINE_FILE,
     REQUIRED_COLUMNS,
@@ -105,7 +105,9 @@ def validate_curated(
     manifest, problem = _read_manifest(manifest_path)
     if manifest is None:
         # The report is still written, so `dvc metrics` and a person both see why.
-        check = CheckResult("manifest.readable", "the manifest exists and is a readable Parquet file", False, message=problem)
+        check = CheckResult(
+            "manifest.readable", "the manifest exists and is a readable Parquet file", False, message=problem
+        )
         report = _write_report(report_dir, curated_dir, params, [check], records=0, quarantine_rate=None)
         raise CuratedDataError(report, f"{problem}; see {report.report_md}")
 

@@ -20,7 +20,6 @@ import pandas as pd
 from radclip.config import CaptionTemplate, Params
 from radclip.data.captions import caption_pattern
 from radclip.data.validation.gx_runtime import SAMPLE_SIZE, _gx
-from radclip.data.shards import MANIFEST_FILE
 
 QUARANTINE_FILE = "quarantine.parquet"
 SUMMARY_FILE = "summary.json"
@@ -52,7 +51,8 @@ class ValidationFailed(Exception):
         names = ", ".join(check.name for check in report.failed)
         super().__init__(
             message
-            or f"curated data failed {len(report.failed)} of {len(report.checks)} checks: {names}; see {report.report_md}"
+            or f"curated data failed {len(report.failed)} of {len(report.checks)} checks: {names}; "
+            f"see {report.report_md}"
         )
 
 
@@ -152,7 +152,9 @@ class _Planned:
     columns: tuple[str, ...]  # columns it reads (incl. its row condition): missing ones skip the check
 
 
-def _expect(check: str, name: str, columns: Iterable[str], where: dict[str, str] | None = None, **kwargs: Any) -> _Planned:
+def _expect(
+    check: str, name: str, columns: Iterable[str], where: dict[str, str] | None = None, **kwargs: Any
+) -> _Planned:
     """An expectation tagged with its check name (``meta``) so results map back to checks.
 
     ``where`` restricts it to rows whose columns equal the given values (GE row
@@ -201,7 +203,11 @@ def _run_checks(
             continue  # nothing planned (e.g. no collection of that kind)
         if not by_check.get(name):
             missing = ", ".join(sorted(missing_by_check[name]))
-            checks.append(CheckResult(name, description, success=False, skipped=True, message=f"not run: missing column(s) {missing}"))
+            checks.append(
+                CheckResult(
+                    name, description, success=False, skipped=True, message=f"not run: missing column(s) {missing}"
+                )
+            )
             continue
         checks.append(_fold_results(name, description, by_check[name], index_columns))
     return checks
@@ -262,7 +268,9 @@ def _exception_message(result) -> str | None:
 
 def _describe_failure(etype: str, kwargs: dict, outcome: dict, error: str | None, index_columns: list[str]) -> str:
     """One readable line: which column, which rows, what was expected, a few examples."""
-    column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or [kwargs[k] for k in ("column_A", "column_B") if k in kwargs])
+    column = kwargs.get("column") or ", ".join(
+        kwargs.get("column_list") or [kwargs[k] for k in ("column_A", "column_B") if k in kwargs]
+    )
     where = f" where {kwargs['where']}" if kwargs.get("where") else ""
     subject = f"{column}{where}" if column else "table"
     if error:
@@ -361,7 +369,8 @@ def _manifest_checks(params: Params, manifest: pd.DataFrame) -> list[CheckResult
             if column not in STAT_COLUMNS  # NaN statistics are reported by statistics.finite
         ],
         E("manifest.record_id_unique", "ExpectColumnValuesToBeUnique", ("record_id",), column="record_id"),
-        E("manifest.values", "ExpectColumnValuesToBeInSet", ("collection",), column="collection", value_set=[c.name for c in collections]),
+        E("manifest.values", "ExpectColumnValuesToBeInSet", ("collection",), column="collection",
+          value_set=[c.name for c in collections]),
         E("manifest.values", "ExpectColumnValuesToBeInSet", ("kind",), column="kind", value_set=["2d", "3d"]),
         E("manifest.values", "ExpectColumnValuesToBeInSet", ("role",), column="role", value_set=list(SPLITS_OF_ROLE)),
         *[
@@ -369,11 +378,13 @@ def _manifest_checks(params: Params, manifest: pd.DataFrame) -> list[CheckResult
               value_set=list(splits), where={"role": role})
             for role, splits in SPLITS_OF_ROLE.items()
         ],  # fmt: skip
-        E("manifest.values", "ExpectColumnValuesToMatchRegex", ("patient_hash",), column="patient_hash", regex=r"^[0-9a-f]{16}$"),
+        E("manifest.values", "ExpectColumnValuesToMatchRegex", ("patient_hash",), column="patient_hash",
+          regex=r"^[0-9a-f]{16}$"),
         E("manifest.collections_present", "ExpectColumnDistinctValuesToContainSet", ("collection",),
           column="collection", value_set=[c.name for c in collections]),
         # Two records in one shard slot would silently read the same pixels.
-        E("shards.slots_unique", "ExpectCompoundColumnsToBeUnique", ("shard", "shard_index"), column_list=["shard", "shard_index"]),
+        E("shards.slots_unique", "ExpectCompoundColumnsToBeUnique", ("shard", "shard_index"),
+          column_list=["shard", "shard_index"]),
     ]  # fmt: skip
     descriptions["shards.slots_unique"] = "no two records point at the same (shard, shard_index)"
 
@@ -393,11 +404,25 @@ def _manifest_checks(params: Params, manifest: pd.DataFrame) -> list[CheckResult
     descriptions["shapes.2d"] = f"2D records are {size}x{size}, 1 slice, no plane"
     for column, value in (("height", size), ("width", size), ("slices", 1), ("plane", "")):
         planned.append(
-            E("shapes.2d", "ExpectColumnValuesToBeInSet", (column,), column=column, value_set=[value], where={"kind": "2d"})
+            E(
+                "shapes.2d",
+                "ExpectColumnValuesToBeInSet",
+                (column,),
+                column=column,
+                value_set=[value],
+                where={"kind": "2d"},
+            )
         )
     descriptions["shapes.3d"] = "3D records have a plane and (slices, size, size) as curate.volume[plane] says"
     planned.append(
-        E("shapes.3d", "ExpectColumnValuesToBeInSet", ("plane",), column="plane", value_set=list(PLANES), where={"kind": "3d"})
+        E(
+            "shapes.3d",
+            "ExpectColumnValuesToBeInSet",
+            ("plane",),
+            column="plane",
+            value_set=list(PLANES),
+            where={"kind": "3d"},
+        )
     )
     for plane, shape in curate.volume.items():
         condition = {"kind": "3d", "plane": plane}
@@ -450,7 +475,9 @@ def _class_counts(params: Params, manifest: pd.DataFrame) -> pd.DataFrame:
     rows = manifest[["collection", "label", "conditions"]].copy()
     rows["role"] = rows["collection"].map(roles).fillna(manifest.get("role", "train"))
     is_eval = rows["role"] == "eval"
-    eval_classes = pd.DataFrame({"collection": rows.loc[is_eval, "collection"], "class": rows.loc[is_eval, "label"].astype(str)})
+    eval_classes = pd.DataFrame(
+        {"collection": rows.loc[is_eval, "collection"], "class": rows.loc[is_eval, "label"].astype(str)}
+    )
     train_conditions = rows.loc[~is_eval, "conditions"].fillna("").astype(str).str.split("|")
     train_classes = pd.DataFrame(
         {"collection": rows.loc[~is_eval, "collection"], "class": train_conditions}
@@ -505,7 +532,11 @@ def _patient_split_check(manifest: pd.DataFrame) -> CheckResult:
     patients = _patient_splits(manifest)
     planned = [_expect(name, "ExpectColumnValuesToBeInSet", ("n_splits",), column="n_splits", value_set=[1])]
     (check,) = _run_checks(
-        "patient_splits", patients, planned, {name: description}, index_columns=["patient_hash", "splits", "collections"]
+        "patient_splits",
+        patients,
+        planned,
+        {name: description},
+        index_columns=["patient_hash", "splits", "collections"],
     )
     several = int((patients["n_splits"] > 1).sum())
     check.observed = {"patients": len(patients), "in_several_splits": several}
@@ -531,7 +562,9 @@ def _quarantine_check(params: Params, curated_dir: Path, records: int) -> tuple[
         try:
             quarantine = pd.read_parquet(quarantine_path)
         except Exception as exc:
-            return None, CheckResult(name, description, False, message=f"{quarantine_path}: not readable Parquet: {exc}")
+            return None, CheckResult(
+                name, description, False, message=f"{quarantine_path}: not readable Parquet: {exc}"
+            )
 
     rate: float | None = None
     if summary is not None and summary.get("quarantine_rate") is not None:
@@ -548,7 +581,9 @@ def _quarantine_check(params: Params, curated_dir: Path, records: int) -> tuple[
         return None, CheckResult(name, description, False, message=f"quarantine rate unknown: {reason}")
 
     frame = pd.DataFrame({"quarantine_rate": [rate]})
-    planned = [_expect(name, "ExpectColumnMaxToBeBetween", ("quarantine_rate",), column="quarantine_rate", max_value=maximum)]
+    planned = [
+        _expect(name, "ExpectColumnMaxToBeBetween", ("quarantine_rate",), column="quarantine_rate", max_value=maximum)
+    ]
     (check,) = _run_checks("quarantine", frame, planned, {name: description}, index_columns=[])
     check.observed = rate
     if not check.success and quarantine is not None and "reason" in quarantine.columns:
@@ -569,7 +604,8 @@ def _shard_checks(manifest: pd.DataFrame, curated_dir: Path) -> list[CheckResult
     comparing them with the manifest catches a record pointing at the wrong slot.
     """
     descriptions = {
-        "shards.files": "every listed shard exists, loads, and has the dtype/rank of its kind (2D uint8 n*H*W, 3D float16 n*S*H*W)",
+        "shards.files": "every listed shard exists, loads, and has the dtype/rank of its kind "
+        "(2D uint8 n*H*W, 3D float16 n*S*H*W)",
         "shards.shapes": "shard_index is within its shard and the shard's dimensions equal the manifest's",
         "shards.values": "stored values are finite and their mean/std/min/max match the manifest",
     }
@@ -611,7 +647,9 @@ def _shard_checks(manifest: pd.DataFrame, curated_dir: Path) -> list[CheckResult
     checks = []
     for name, description in descriptions.items():
         found = problems[name]
-        check = CheckResult(name, description, success=not found, observed={"shards": shards_seen, "problems": len(found)})
+        check = CheckResult(
+            name, description, success=not found, observed={"shards": shards_seen, "problems": len(found)}
+        )
         if found:
             check.record_ids = list(dict.fromkeys(rid for rid, _ in found))[:SAMPLE_SIZE]
             check.unexpected = [what for _, what in found[:SAMPLE_SIZE]]
@@ -631,7 +669,9 @@ def _check_shard_rows(shard: str, array: np.ndarray, rows: pd.DataFrame, kind: s
             problems["shards.shapes"].append((record_id, f"{shard}: cannot check record: {exc}"))
 
 
-def _check_shard_row(shard: str, array: np.ndarray, row, kind: str, length: int, item_shape: tuple, problems: dict) -> None:
+def _check_shard_row(
+    shard: str, array: np.ndarray, row, kind: str, length: int, item_shape: tuple, problems: dict
+) -> None:
     record_id, index = str(row.record_id), int(row.shard_index)
     if not 0 <= index < length:
         problems["shards.shapes"].append((record_id, f"{shard}: shard_index {index} outside 0..{length - 1}"))
@@ -661,4 +701,6 @@ def _check_shard_row(shard: str, array: np.ndarray, row, kind: str, length: int,
         if math.isfinite(listed[stat]) and abs(stored[stat] - listed[stat]) > tolerance
     ]
     if off:
-        problems["shards.values"].append((record_id, f"{shard}[{index}]: stored statistics differ from manifest: {', '.join(off)}"))
+        problems["shards.values"].append(
+            (record_id, f"{shard}[{index}]: stored statistics differ from manifest: {', '.join(off)}")
+        )

@@ -83,7 +83,9 @@ def _write_report(
     ]
     badge = {"pass": "pass", "fail": "**FAIL**", "skip": "skipped"}
     for check in checks:
-        lines.append(f"| `{check.name}` | {badge[check.status]} | {_md_cell(check.description)} | {_md_cell(check.message)} |")
+        lines.append(
+            f"| `{check.name}` | {badge[check.status]} | {_md_cell(check.description)} | {_md_cell(check.message)} |"
+        )
     for check in failed:
         lines += ["", f"## {check.name}", "", check.message]
         if check.record_ids:
