@@ -431,6 +431,9 @@ class SweepParams(Strict):
     warmup_epochs: int = Field(default=3, ge=0)  # epochs of a trial before it may be pruned
     epochs: int | None = Field(default=None, ge=1)  # per trial; None: the stage's own epochs
     workers: int = Field(default=1, ge=1)  # sweep processes on this machine sharing the study
+    # A trial that raises is recorded FAIL and the sweep goes on; this many failures in a row stop it (a
+    # systematic error should not burn the whole budget).
+    max_consecutive_failures: int = Field(default=3, ge=1)
     space: SearchSpace = SearchSpace()
     # The final adapter training (pretrain_adapter) trains with the best params of the adapter sweep.
     apply_best: bool = True

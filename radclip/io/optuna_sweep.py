@@ -14,8 +14,13 @@ machine is marked FAIL first. The study's name digests everything its trials dep
 radclip's own source included: a re-run after any change (``dvc repro -f`` after a code
 edit) starts a fresh study rather than reusing trials that other code trained.
 
-Every trial is an MLflow child run under one sweep run, which logs the best params,
-the optimisation history and the parameter importances. The ``sweep`` job
+Every trial is an MLflow child run under one sweep run per study, however many local
+processes fill it (``sweep.workers``: the first opens the run, the others nest their trials
+under it); the trial records its run id as the user attribute ``mlflow_run_id`` and the study
+names its objective (``set_metric_names``), so the dashboard and MLflow point at each other.
+A trial that raises is recorded FAIL and the sweep goes on, up to
+``sweep.max_consecutive_failures`` failures in a row. The sweep run logs the best params, the
+optimisation history and the parameter importances. The ``sweep`` job
 (:mod:`radclip.jobs.sweep`) writes the best params for the final training stage.
 """
 
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 import shutil
 import socket
@@ -44,11 +51,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+log = logging.getLogger("radclip.sweep")
+
 JOURNAL_FILE = "optuna.journal"
 OBJECTIVE = "val_loss"  # validation InfoNCE of the trial's best epoch (minimised); the test split is never read
 MAX_HEADS = 16
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the radclip package whose code the trials run
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
+RUN_ATTR = "mlflow_run_id"  # the trial's MLflow run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -96,7 +106,8 @@ def study_name(params: Params, data_fingerprint: str, code: str | None = None) -
     study instead of mixing incomparable trials. Without the code, ``dvc repro -f`` after an edit
     of the adapter reloaded the finished study and kept best params that the old code had found."""
     basis = {
-        "sweep": params.sweep.model_dump(mode="json", exclude={"n_trials", "workers", "storage"}),
+        "sweep": params.sweep.model_dump(mode="json", exclude={"n_trials", "workers", "storage",
+                                                                "max_consecutive_failures"}),
         "model": params.model.model_dump(mode="json"),
         "loss": params.loss.model_dump(mode="json"),
         "train": params.train_adapter.model_dump(mode="json"),
@@ -174,6 +185,7 @@ def open_study(params: Params, data_fingerprint: str) -> tuple[optuna.Study, str
         direction="minimize",
         load_if_exists=True,
     )
+    study.set_metric_names([OBJECTIVE])
     return study, location
 
 
@@ -224,10 +236,16 @@ def _objective(params: Params, parent_run_id: str, scratch: Path, data_dir: Path
             result = fit(settings, "adapter", data_dir=data_dir, vocabulary=[], model_source=model_source,
                          out_dir=out_dir, on_epoch=on_epoch, parent_run_id=parent_run_id,
                          run_name=f"trial-{trial.number}",
-                         tags={"optuna.trial": trial.number, "optuna.study": trial.study.study_name})
+                         tags={"optuna.trial": trial.number, "optuna.study": trial.study.study_name},
+                         epoch_lines=False)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
+        trial.set_user_attr(RUN_ATTR, result.mlflow_run_id)
         state = "PRUNED" if result.stopped_by_callback else "COMPLETE"
+        log.info("sweep trial %d %s after %d epochs: best val loss %.4f (%s), %.0fs", trial.number, state.lower(),
+                 len(result.history), result.best_val_loss,
+                 ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()),
+                 result.seconds)
         tracking.set_run_tags(
             result.mlflow_run_id, {"optuna.state": state, **{f"optuna.param.{k}": v for k, v in values.items()}}
         )
@@ -241,22 +259,56 @@ def _objective(params: Params, parent_run_id: str, scratch: Path, data_dir: Path
 # --------------------------------------------------------------------------- the sweep
 
 
+class StopAfterConsecutiveFailures:
+    """Stops the study once its last ``limit`` finished trials all failed (a systematic error, not a bad draw)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        ended = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()), key=lambda t: t.number)
+        last = ended[-self.limit:]
+        if len(last) == self.limit and all(t.state == TrialState.FAIL for t in last):
+            study.stop()
+
+
+def _optimize(params: Params, data_dir: Path, model_source: Path, target: int, parent_run_id: str) -> None:
+    """Fill the study up to ``target`` finished trials, each a child run of ``parent_run_id``."""
+    study, _ = open_study(params, cache_fingerprint(data_dir))
+    scratch = params.resolve(params.paths.tmp) / "sweep" / _this_worker().replace(":", "-")
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
+        return
+    study.optimize(
+        _objective(params, parent_run_id, scratch, data_dir, model_source),
+        callbacks=[optuna.study.MaxTrialsCallback(n_trials=target, states=FINISHED),
+                   StopAfterConsecutiveFailures(params.sweep.max_consecutive_failures)],
+        catch=(Exception,),  # recorded FAIL with the traceback in the log; the next trial goes on
+    )
+
+
 def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int | None = None) -> SweepResult:
     """Run (or continue) the study until it holds ``n_trials`` finished trials of adapters trained on the
-    slice cache ``data_dir`` from ``model_source``; log it to MLflow."""
+    slice cache ``data_dir`` from ``model_source``, in ``sweep.workers`` local processes under one MLflow run."""
     target = n_trials or params.sweep.n_trials
     study, location = open_study(params, cache_fingerprint(data_dir))
     interrupted = fail_interrupted_trials(study)
-    scratch = params.resolve(params.paths.tmp) / "sweep" / _this_worker().replace(":", "-")
-    tags = {"optuna.study": study.study_name, "optuna.storage": location, "optuna.failed_interrupted": len(interrupted)}
+    tags = {"optuna.study": study.study_name, "optuna.storage": location, "optuna.failed_interrupted": len(interrupted),
+            "optuna.workers": params.sweep.workers}
     with tracking.start_run(params, stage="sweep", run_name=f"sweep-{study.study_name}", tags=tags) as parent:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if done < target:
-            study.optimize(
-                _objective(params, parent.info.run_id, scratch, data_dir, model_source),
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials=target, states=FINISHED)],
-                catch=(),
-            )
+        context = multiprocessing.get_context("spawn")
+        helpers = [context.Process(target=_optimize, args=(params, data_dir, model_source, target, parent.info.run_id))
+                   for _ in range(params.sweep.workers - 1)]
+        for helper in helpers:
+            helper.start()
+        try:
+            _optimize(params, data_dir, model_source, target, parent.info.run_id)
+        finally:
+            for helper in helpers:
+                helper.join()
+        failed_helpers = [helper.exitcode for helper in helpers if helper.exitcode != 0]
+        if failed_helpers:
+            raise RuntimeError(f"study {study.study_name}: {len(failed_helpers)} sweep worker process(es) exited "
+                               f"with {failed_helpers}")
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not finished:
             raise RuntimeError(f"study {study.study_name}: no trial completed (all pruned or failed)")
@@ -266,23 +318,13 @@ def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int |
         tracking.log_metrics({"best_value": best.value, "trials_complete": counts["COMPLETE"],
                               "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"]})
         tracking.log_dict(
-            {"study": study.study_name, "best_trial": best.number, "params": best.params}, "best_params.json"
+            {"study": study.study_name, "best_trial": best.number, "params": best.params,
+             "mlflow_run_id": best.user_attrs.get(RUN_ATTR)}, "best_params.json"
         )
         for _name, path in _study_figures(study, params.resolve(params.paths.tmp) / "sweep-figures").items():
             tracking.log_artifact(path, "optuna")
         return SweepResult(study.study_name, location, float(best.value), dict(best.params), best.number,
                            counts, parent.info.run_id)
-
-
-def study_result(params: Params, data_dir: Path, mlflow_run_id: str) -> SweepResult:
-    """The study as it is now (after parallel workers finished)."""
-    study, location = open_study(params, cache_fingerprint(data_dir))
-    best = study.best_trial
-    assert best.value is not None  # the best trial is a COMPLETE single-objective trial: it has a value
-    counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
-    return SweepResult(
-        study.study_name, location, float(best.value), dict(best.params), best.number, counts, mlflow_run_id
-    )
 
 
 def _study_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:

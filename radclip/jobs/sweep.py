@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-
 import yaml
 
 from radclip.config import Params
@@ -32,22 +30,10 @@ def load_best_params(params: Params) -> Params:
     return optuna_sweep.trial_params(params, best["params"])
 
 
-def _study(params: Params, n_trials: int | None) -> SweepResult:
-    return optuna_sweep.sweep(params, data_dir=slice_cache_dir(params), model_source=model_dir(params, MODEL_2D),
-                              n_trials=n_trials)
-
-
 def run(params: Params, *, progress: bool = True, n_trials: int | None = None) -> SweepResult:
-    """Run (or continue) the study; ``sweep.workers - 1`` extra local processes share it through its storage."""
-    context = multiprocessing.get_context("spawn")
-    helpers = [context.Process(target=_study, args=(params, n_trials)) for _ in range(params.sweep.workers - 1)]
-    for helper in helpers:
-        helper.start()
-    result = _study(params, n_trials)
-    for helper in helpers:
-        helper.join()
-    if helpers:  # they may have finished trials after this process's summary
-        result = optuna_sweep.study_result(params, slice_cache_dir(params), result.mlflow_run_id)
+    """Run (or continue) the study; ``sweep.workers`` local processes share it through its storage."""
+    result = optuna_sweep.sweep(params, data_dir=slice_cache_dir(params), model_source=model_dir(params, MODEL_2D),
+                                n_trials=n_trials)
     path = best_params_path(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"study": result.study, "best_trial": result.best_trial,

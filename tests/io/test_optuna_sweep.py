@@ -180,7 +180,7 @@ def test_two_sweep_processes_share_one_study(project, tmp_path):
 
 @pytest.mark.slow
 def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
-    from radclip.io.optuna_sweep import sweep
+    from radclip.io.optuna_sweep import OBJECTIVE, sweep
     from radclip.jobs.common import MODEL_2D, model_dir, slice_cache_dir
 
     # one adapter design: the enqueued trials below differ in lr and τ only
@@ -209,6 +209,10 @@ def test_the_pruner_stops_trials_in_a_bad_region(project, tmp_path):
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == sorted(t.number for t in trials)
     states = {int(r.data.tags["optuna.trial"]): r.data.tags["optuna.state"] for r in children}
     assert states == {t.number: t.state.name for t in trials}
+    # the dashboard and MLflow point at each other: the study names its objective, each trial its run
+    assert _study(params).metric_names == [OBJECTIVE]
+    runs = {int(r.data.tags["optuna.trial"]): r.info.run_id for r in children}
+    assert {t.number: t.user_attrs["mlflow_run_id"] for t in trials} == runs
     assert {"optimization_history.png", "param_importances.png"} <= {
         Path(a.path).name for a in client.list_artifacts(result.mlflow_run_id, "optuna")}
 
@@ -234,6 +238,59 @@ def test_best_params_reach_the_final_adapter_training(project, tmp_path):
     assert final.model.adapter.heads == result.best_params["heads"]
     assert final.train_adapter.lr == pytest.approx(result.best_params["lr"])
     assert final.loss.temperature == pytest.approx(result.best_params["temperature"])
+
+
+@pytest.mark.slow
+def test_sweep_workers_fill_one_study_under_one_mlflow_run(project, tmp_path):
+    from radclip.jobs import sweep
+
+    params, _ = _with_sweep(project[1], tmp_path, study="one-run", n_trials=6, pruner="none", workers=2,
+                            epochs=40)  # trials long enough that the spawned process joins before the study is full
+    result = sweep.run(params, progress=False)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    parents = client.search_runs([experiment], f"tags.`radclip.stage` = 'sweep' and "
+                                               f"tags.`optuna.study` = '{result.study}'")
+    assert [run.info.run_id for run in parents] == [result.mlflow_run_id]  # one run, not one per process
+    trials = [t for t in _study(params).get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'")
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(project, tmp_path, monkeypatch):
+    from radclip.io import optuna_sweep
+    from radclip.jobs.common import MODEL_2D, model_dir, slice_cache_dir
+
+    params, _ = _with_sweep(project[1], tmp_path, study="one-fails", n_trials=3, pruner="none", epochs=2)
+    real_fit = optuna_sweep.fit
+
+    def fit_failing_trial_1(*args, run_name, **kwargs):
+        if run_name == "trial-1":
+            raise RuntimeError("out of memory in trial 1")
+        return real_fit(*args, run_name=run_name, **kwargs)
+
+    monkeypatch.setattr(optuna_sweep, "fit", fit_failing_trial_1)
+    result = optuna_sweep.sweep(params, data_dir=slice_cache_dir(params), model_source=model_dir(params, MODEL_2D))
+    states = {t.number: t.state for t in _study(params).get_trials()}
+    assert states[1] == TrialState.FAIL
+    assert sum(state == TrialState.COMPLETE for state in states.values()) == 3  # the budget was still filled
+    assert result.trials["FAIL"] == 1
+
+
+def test_consecutive_failures_stop_the_sweep_before_it_burns_the_budget(project, tmp_path, monkeypatch):
+    from radclip.io import optuna_sweep
+    from radclip.jobs.common import MODEL_2D, model_dir, slice_cache_dir
+
+    params, _ = _with_sweep(project[1], tmp_path, study="all-fail", n_trials=10, max_consecutive_failures=3)
+
+    def broken_fit(*args, **kwargs):
+        raise ValueError("a systematic bug")
+
+    monkeypatch.setattr(optuna_sweep, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="no trial completed"):
+        optuna_sweep.sweep(params, data_dir=slice_cache_dir(params), model_source=model_dir(params, MODEL_2D))
+    assert [t.state for t in _study(params).get_trials()] == [TrialState.FAIL] * 3
 
 
 def _free_port() -> int:
