@@ -6,8 +6,8 @@ as a user starts it. Each client thread posts requests of ``--batch`` base64-upl
 X-ray images of the embedded default's evaluation suite, or random PNGs without them) with zero-shot
 candidates, back to back until the time is up. Printed: requests answered and failed, requests/s
 and images/s, p50/p99 latency, and the server's resident memory (server process tree) after the
-warm-up, at half time and at the end: memory that grows with the number of requests served shows
-as a rise between half time and the end.
+warm-up, at each quarter of the run and at the end: memory that grows with the number of requests
+served shows as a steady rise over the quarters.
 
     python bench/serve_load.py [--clients 8] [--seconds 60] [--batch 4] [--workers 1]
 """
@@ -148,8 +148,9 @@ def main() -> None:
             started = time.monotonic()
             for thread in threads:
                 thread.start()
-            time.sleep(args.seconds / 2)
-            rss["half time"] = _rss_mib(server.pid)
+            for quarter in (1, 2, 3):  # memory a quarter, half and three quarters of the way through
+                time.sleep(max(0.0, started + quarter * args.seconds / 4 - time.monotonic()))
+                rss[f"{quarter}/4"] = _rss_mib(server.pid)
             for thread in threads:
                 thread.join()
             elapsed = time.monotonic() - started
@@ -159,7 +160,7 @@ def main() -> None:
 
     latencies = sorted(seconds for status, seconds in results if status == 200)
     failed = sum(status != 200 for status, _ in results)
-    print(f"radclip serve on loopback: {args.clients} clients x {args.seconds:.0f} s, {args.batch} uploaded PNGs "
+    print(f"radclip serve on loopback: {args.clients} clients x {args.seconds:.0f} s, {args.batch} uploaded images "
           f"per request with {len(CANDIDATES)} zero-shot candidates, {args.workers} worker(s), {os.cpu_count()} CPUs")
     print(f"requests answered {len(latencies)}, failed {failed}")
     if latencies:
@@ -167,7 +168,7 @@ def main() -> None:
         print(f"throughput {len(latencies) / elapsed:.1f} requests/s, {len(latencies) * args.batch / elapsed:.1f} "
               f"images/s; latency p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     print("server memory (RSS of its process tree): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items())
-          + f"; half time to end {rss['end'] - rss['half time']:+.1f} MiB")
+          + f"; half time to end {rss['end'] - rss['2/4']:+.1f} MiB")
     if failed:
         sys.exit(1)
 

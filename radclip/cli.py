@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -87,7 +88,7 @@ def show_params(
 
 
 def _progress() -> bool:
-    return not _state.get("quiet")
+    return not _state.get("quiet") and sys.stderr.isatty()  # bars only where a person watches
 
 
 @app.command()

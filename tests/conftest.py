@@ -49,10 +49,13 @@ def _install_network_guard() -> None:
 
 
 _install_network_guard()
+from radclip.config import CurateParams  # noqa: E402  (after the guard)
+
 # Curation refuses a collection that is not the pipeline's phantom data without a PHI salt in the
-# environment (fail closed); the tests curate many such tmp collections, so the session has a salt of
-# its own. Tests of the refusal and of the phantom fallback remove it (tests/data/test_curate.py).
-os.environ.setdefault("RADCLIP_PHI_SALT", "radclip-test-session-salt")
+# environment (fail closed); the tests curate many such tmp collections, so the session sets one: the
+# phantom fallback's own value, so phantom data splits exactly as without the variable. Tests of the
+# refusal and of the fallback remove it (tests/data/test_curate.py).
+os.environ.setdefault(CurateParams().salt_env, CurateParams().salt)
 from helpers import CuratedPhantoms, curate_phantoms  # noqa: E402  (imports radclip: after the guard)
 
 import radclip  # noqa: E402,F401  (applies the offline switches for this process and its children)

@@ -165,7 +165,8 @@ def _relative_to_collection(path: str, root: str) -> str:
 def _check_kind(image: LoadedImage, item: SourceItem) -> None:
     if item.expect_kind and image.kind != item.expect_kind:
         raise InputError(
-            item.path, f"{image.kind.upper()} data where {item.expect_kind.upper()} expected (shape {image.pixels.shape})"
+            item.path,
+            f"{image.kind.upper()} data where {item.expect_kind.upper()} expected (shape {image.pixels.shape})",
         )
 
 
@@ -235,7 +236,9 @@ def _curate_image(image: LoadedImage, item: SourceItem, task: ChunkTask) -> tupl
         "role": task.roles[item.collection],
         "kind": image.kind,
         "split": "",  # assigned by the driver
-        "source_path": item.rel_path + (f"#{item.member}" if item.member else "") + (f"#{image.part}" if image.part else ""),
+        "source_path": item.rel_path
+        + (f"#{item.member}" if item.member else "")
+        + (f"#{image.part}" if image.part else ""),
         "region": item.region,
         "modality": item.modality,
         "conditions": "|".join(item.conditions),
@@ -302,7 +305,8 @@ def _scan_all(params: Params, root: Path, on_scan_error: Callable[[dict], None])
         for item in scan_collection(collection, root):
             if item.error:
                 on_scan_error(
-                    {"collection": item.collection, "source_path": item.rel_path + (f"#{item.member}" if item.member else ""),
+                    {"collection": item.collection,
+                     "source_path": item.rel_path + (f"#{item.member}" if item.member else ""),
                      "reason": item.error, "stage": "scan"}
                 )
             else:
@@ -425,7 +429,9 @@ def curate(
     seen_content: dict[str, str] = {}  # content hash -> record id (16+16 bytes per record)
     bar = progress_bar(progress)
     with bar:
-        task_bar = bar.add_task("curate", total=None)
+        # The bar's total: a second scan of paths and labels only (no pixels), made only when a bar is shown.
+        total = sum(1 for _ in _scan_all(params, root, lambda row: None)) if progress else None
+        task_bar = bar.add_task("curate", total=total)
         for result in executor(curate_chunk, tasks):
             summary.items += result.items
             for row in result.quarantine:

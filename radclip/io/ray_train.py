@@ -6,6 +6,7 @@ sweep trials, tests) never pays Ray's import time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +25,33 @@ class RayWorker:
     checkpoint_dir: str | None  # the checkpoint to resume from
 
 
+class _QuietRayFileLoggers(logging.Filter):
+    """Drops INFO and below from Ray loggers named by a source file's path: Ray Train V2 logs each report
+    ("Reporting training result ...") through ``logging.getLogger(__file__)``, a name its own LoggingConfig
+    level filter (which matches ``ray.train*`` names) never sees. The driver prints one line per epoch."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_ray_file = record.name.endswith(".py") and "/ray/" in record.name
+        return not from_ray_file or record.levelno > logging.INFO
+
+
 def current_worker() -> RayWorker | None:
-    """This Ray Train worker's rank, world size and resume checkpoint; None outside Ray Train."""
+    """This Ray Train worker's rank, world size and resume checkpoint; None outside Ray Train. Inside one, Ray's
+    per-report INFO lines are kept off the console from here on (they stay in Ray Train's log files)."""
     try:
         import ray.train
 
         context = ray.train.get_context()
         checkpoint = ray.train.get_checkpoint()
-        return RayWorker(context.get_world_rank(), context.get_world_size(),
-                         checkpoint.to_directory() if checkpoint else None)
+        worker = RayWorker(context.get_world_rank(), context.get_world_size(),
+                           checkpoint.to_directory() if checkpoint else None)
     except Exception:  # not inside a Ray Train worker (get_context raises outside one)
         return None
+    for handler in logging.getLogger().handlers:  # the console ones: Ray's log files keep every line
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, _QuietRayFileLoggers) for f in handler.filters):
+            handler.addFilter(_QuietRayFileLoggers())
+    return worker
 
 
 def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -56,7 +73,7 @@ def run_trainer(
     params: Params, train: TrainParams, worker: Callable[[dict], Any], config: dict, *, name: str, storage: Path
 ) -> Path:
     """``worker(config)`` on ``train.num_workers`` Ray Train workers; returns the last checkpoint's directory."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     with ray_session(params, num_cpus=None):
@@ -65,11 +82,16 @@ def run_trainer(
             train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
             torch_config=TorchConfig(backend=train.backend),
-            run_config=RunConfig(
+            # (ignored for mypy: it resolves ray.train.RunConfig to the V1 class, ray.air.config; the Train V2
+            # class that runs takes logging_config.)
+            run_config=RunConfig(  # type: ignore[call-arg]
                 name=name,  # unique: reusing a name would resume that run's checkpoints
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=train.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                # Ray Train's own per-report INFO lines stay in its log files; the driver prints one line per
+                # epoch (radclip.training.fit.epoch_line) and Ray's warnings still reach the console.
+                logging_config=LoggingConfig(log_level="WARNING"),
             ),
         )
         result = trainer.fit()

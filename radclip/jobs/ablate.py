@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections import Counter
 
 from radclip.config import Params
@@ -75,7 +76,8 @@ def _train_adapter(params: Params, cell: Cell, seed: int, parent_run_id: str) ->
     out = params.resolve(params.paths.tmp) / "ablation" / f"{cell.name}-seed{seed}"
     fit(trained, "adapter", data_dir=slice_cache_dir(params, cell.encoder), vocabulary=[],
         model_source=model_dir(params, ENCODER_MODELS[cell.encoder]), out_dir=out, parent_run_id=parent_run_id,
-        run_name=f"{cell.name}-seed{seed}", tags={"encoder": cell.encoder, "ablation.seed": seed}, log_model=False)
+        run_name=f"{cell.name}-seed{seed}", tags={"encoder": cell.encoder, "ablation.seed": seed}, log_model=False,
+        epoch_lines=False)
     model = RadCLIP.from_pretrained(out).eval()
     shutil.rmtree(out, ignore_errors=True)
     return model
@@ -97,6 +99,7 @@ def run(params: Params, *, progress: bool = True) -> dict:
         encoder_only: dict[tuple[str, str, int], dict] = {}  # 2D suites: the pooling plays no part
         table: dict[str, dict[str, dict]] = {}  # cell -> suite -> seed aggregate
         for cell in cells:
+            cell_started = time.perf_counter()
             tags = {"ablation.encoder": cell.encoder, "ablation.pooling": cell.pooling}
             with tracking.start_run(params, stage=STAGE, run_name=cell.name, nested=True, tags=tags) as cell_run:
                 for seed in seeds:
@@ -124,6 +127,8 @@ def run(params: Params, *, progress: bool = True) -> dict:
                                                       and r["suite"] == suite]) for suite in suites}
                 tracking.log_metrics({f"{suite}.{k}": v for suite, row in table[cell.name].items()
                                       for k, v in row.items()})
+            log.info("ablate cell %s: %d seed(s) x %d suite(s) in %.0fs", cell.name, len(seeds), len(suites),
+                     time.perf_counter() - cell_started)
         volume_suites = [s for s in suites if kinds.get(s) == "3d"]
         means = mean_over_suites(table, volume_suites)
         for cell in cells:

@@ -116,7 +116,7 @@ def stage_main(run: Callable[..., Any], *, encoder_option: bool = False, argv: S
     parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: ./params.yaml)")
     parser.add_argument("--profile", default=None, help="overlay params/<profile>.yaml")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (also when stderr is not a terminal)")
     if encoder_option:
         parser.add_argument("--encoder", default=CACHE_FINETUNED, choices=sorted(ENCODER_MODELS))
     args = parser.parse_args(argv)
@@ -125,7 +125,8 @@ def stage_main(run: Callable[..., Any], *, encoder_option: bool = False, argv: S
         params = load_params(args.params, profile=args.profile)
     except ParamsError as error:
         sys.exit(f"params error\n{error}")
-    options = {"progress": not args.quiet}
+    # Bars only where a person watches (`dvc repro` in a terminal); logs and CI get the per-stage lines.
+    options = {"progress": not args.quiet and sys.stderr.isatty()}
     if encoder_option:
         options["encoder"] = args.encoder
     run(params, **options)

@@ -11,6 +11,7 @@ logs it as an artifact. A crash ends the run FAILED.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -36,6 +37,7 @@ from radclip.training.loop import (
     train_worker,
 )
 
+log = logging.getLogger("radclip.training")
 STOP_FILE = "stop-requested"  # in the run's scratch dir: workers stop after the epoch that finds it
 
 
@@ -70,13 +72,16 @@ def fit(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     log_model: bool = True,
+    epoch_lines: bool = True,
 ) -> FitResult:
     """Train one stage and save the best model to ``out_dir``; ``tags`` go on its MLflow run.
 
     ``on_epoch(metrics)`` is called on this (the driver's) side after every epoch; returning
     True stops training after that epoch (the sweep's pruner). ``parent_run_id`` nests the
     run (a sweep trial under its sweep). ``log_model=False`` keeps the model and its loss curves out of
-    the run's artifacts (the ablation's seed replicates, evaluated and discarded).
+    the run's artifacts (the ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
+    line per epoch (epoch, losses, pairs/s, time left at most); the sweep and the ablation, which fit many
+    short runs, log one line per run instead.
     """
     from radclip.core.models import RadCLIP
     from radclip.training.build import build_model
@@ -91,10 +96,19 @@ def fit(
     stop_file.unlink(missing_ok=True)
     stopped = threading.Event()
 
+    first_epoch_at: list[float] = []  # when the first epoch ended: later epochs' pace excludes start-up
+
     def epoch_done(metrics: dict) -> None:
+        if epoch_lines:
+            now = time.perf_counter()
+            first_epoch_at[:] = first_epoch_at or [now]
+            log.info("%s", epoch_line(f"pretrain_{stage}" + (f" {run_name}" if run_name else ""), metrics,
+                                      train.epochs, now - started, now - first_epoch_at[0]))
         if on_epoch is not None and not stopped.is_set() and on_epoch(metrics):
             stopped.set()
             stop_file.touch()
+
+    hook = epoch_done if (on_epoch is not None or epoch_lines) else None
 
     with tracking.start_run(
         params, stage=f"pretrain_{stage}", run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
@@ -112,12 +126,12 @@ def fit(
             stop_file=str(stop_file),
         )
         if train.engine == "ray":
-            with _EpochPoller(run.info.run_id, epoch_done if on_epoch else None):
+            with _EpochPoller(run.info.run_id, hook):
                 checkpoint_dir = ray_train.run_trainer(params, train, train_worker, asdict(config), name=name,
                                                        storage=_ray_storage(params))
             history = _history_from_run(run.info.run_id)
         else:
-            reports = train_worker(asdict(config), on_epoch=epoch_done)
+            reports = train_worker(asdict(config), on_epoch=hook)
             history = [metrics for metrics, _ in reports]
             checkpoint_dir = Path(reports[-1][1])
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())["state"]
@@ -155,6 +169,20 @@ def fit(
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(_ray_storage(params) / name, ignore_errors=True)
     return result
+
+
+def epoch_line(name: str, metrics: Mapping[str, float], max_epochs: int, elapsed: float,
+               since_first: float = 0.0) -> str:
+    """``pretrain_2d epoch 3/30: train 2.4100, val 2.3300, 212 pairs/s, ≤ 4m10s left`` (early stopping may end
+    it sooner: the time left is for every remaining epoch). The pace is that of the epochs after the first
+    (``since_first`` seconds since it ended), which excludes start-up; after the first, ``elapsed`` is all there is."""
+    done = int(metrics["epoch"]) + 1
+    pace = since_first / (done - 1) if done > 1 and since_first > 0 else elapsed / done
+    left = pace * max(0, max_epochs - done)
+    minutes, seconds = divmod(int(round(left)), 60)
+    extra = f", local {metrics['val_local_loss']:.4f}" if "val_local_loss" in metrics else ""
+    return (f"{name} epoch {done}/{max_epochs}: train {metrics['train_loss']:.4f}, val {metrics['val_loss']:.4f}"
+            f"{extra}, {metrics['pairs_per_second']:.0f} pairs/s, ≤ {minutes}m{seconds:02d}s left")
 
 
 class _EpochPoller:

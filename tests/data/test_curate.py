@@ -470,3 +470,25 @@ def test_curating_twice_writes_byte_identical_files(messy_collection, tmp_path):
     curate(params, out_dir=second, progress=False)
     assert summary.seconds > 0 and "summary.json" in digests(first)
     assert digests(first) == digests(second)
+
+
+def test_the_curation_bar_has_a_total_and_reaches_it(messy_collection, tmp_path, monkeypatch):
+    from rich.progress import Progress
+
+    import radclip.data.curate as curation
+
+    params, _ = messy_collection
+    bars: list[Progress] = []
+
+    def recording_bar(enabled: bool) -> Progress:
+        bars.append(Progress(disable=True))
+        return bars[-1]
+
+    monkeypatch.setattr(curation, "progress_bar", recording_bar)
+    summary = curate(params, out_dir=tmp_path / "curated", progress=True)
+    [task] = bars[0].tasks
+    quarantine = pd.read_parquet(tmp_path / "curated" / "quarantine.parquet")
+    scan_rejects = int((quarantine["stage"] == "scan").sum())  # rejected while scanning: never loaded
+    assert task.total is not None and task.total > 0
+    assert task.total == summary.items - scan_rejects  # the items that are loaded, counted before loading
+    assert task.completed == task.total

@@ -1,6 +1,6 @@
 """The data stages under DVC: repro, no-op second repro, param-scoped reruns, push/pull into a fresh clone.
 
-Each stage runs its job (``python pipelines/<stage>.py --quiet`` calls ``radclip.jobs.<stage>.main``) and writes
+Each stage runs its job (``python pipelines/<stage>.py`` calls ``radclip.jobs.<stage>.main``) and writes
 the params it ran with to ``<reports>/params/<stage>.yaml``. Only the data stages (up to ``validate``) run here;
 training stages have their own tests.
 """
@@ -66,7 +66,7 @@ def test_repro_writes_every_stage_output(dvc_project):
     assert (dvc_project / "data/curated/preprocessing.json").exists()  # the contract every model will carry
     lock = yaml.safe_load((dvc_project / "dvc.lock").read_text())
     for stage in STAGE_NAMES:
-        assert lock["stages"][stage]["cmd"] == f"python pipelines/{stage}.py --quiet"
+        assert lock["stages"][stage]["cmd"] == f"python pipelines/{stage}.py"
         effective = yaml.safe_load((dvc_project / f"data/reports/params/{stage}.yaml").read_text())
         assert effective["stage"] == stage and effective["profile"] == "default"
 

@@ -4,6 +4,7 @@ stage writes (sweep best params applied) and `radclip params --stage`, and the s
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_every_stage_outputs_its_effective_params(stage):
 def test_every_stage_runs_its_job_through_its_pipeline_script(stage):
     raw = _stages()[stage]
     definition = _definition(raw)
-    expected = f"python pipelines/{stage}.py --quiet" + (" --encoder ${key}" if "foreach" in raw else "")
+    expected = f"python pipelines/{stage}.py" + (" --encoder ${key}" if "foreach" in raw else "")
     assert definition["cmd"] == expected
     script = PROJECT_ROOT / "pipelines" / f"{stage}.py"
     assert f"from radclip.jobs.{stage} import main" in script.read_text()
@@ -207,3 +208,25 @@ def test_schema_defaults_equal_params_yaml():
                  if difference[0] not in DATA_NOT_DEFAULTS]
     assert not differing, "schema default != params.yaml:\n" + "\n".join(
         f"  {key}: {_short(default)} != {_short(value)}" for key, default, value in differing)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@pytest.mark.parametrize(("terminal", "argv", "bars"),
+                         [(True, [], True), (True, ["--quiet"], False), (False, [], False)],
+                         ids=["terminal", "terminal-quiet", "not-a-terminal"])
+def test_stage_progress_bars_show_only_on_a_terminal_unless_quiet(monkeypatch, tmp_path, terminal, argv, bars):
+    import io
+
+    from radclip.jobs.common import stage_main
+
+    class Stderr(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    seen = {}
+    stage_main(lambda params, progress: seen.update(progress=progress),
+               argv=["--params", str(PROJECT_ROOT / "params.yaml"), *argv])
+    assert seen == {"progress": bars}

@@ -425,3 +425,31 @@ def test_ablation_reports_seed_means_stds_and_the_verdicts(ablation):
     volumes = per_seed[per_seed["pooling"] == "average"].dropna(subset=["attention_lesion_mass"])
     assert len(volumes) and np.allclose(volumes["attention_lesion_mass"], volumes["attention_lesion_mass_uniform"])
     assert np.allclose(volumes["attention_lesion_auroc"], 0.5)
+
+
+def test_the_epoch_line_says_losses_throughput_and_time_left_at_the_pace_after_start_up():
+    from radclip.training.fit import epoch_line
+
+    metrics = {"epoch": 2, "train_loss": 2.41, "val_loss": 2.33, "pairs_per_second": 212.4}
+    # 3 epochs done in 100 s, the last two in 40 s: 27 epochs left at 20 s each = 9 min (start-up excluded)
+    assert epoch_line("pretrain_2d", metrics, 30, 100.0, 40.0) == (
+        "pretrain_2d epoch 3/30: train 2.4100, val 2.3300, 212 pairs/s, ≤ 9m00s left")
+    first = epoch_line("pretrain_2d", {**metrics, "epoch": 0}, 30, 12.0)
+    assert first.startswith("pretrain_2d epoch 1/30:") and first.endswith("≤ 5m48s left")  # 29 × 12 s
+    lrclr = epoch_line("pretrain_lrclr", {**metrics, "val_local_loss": 1.5}, 4, 30.0, 20.0)
+    assert "val 2.3300, local 1.5000" in lrclr and lrclr.endswith("≤ 0m10s left")
+
+
+def test_ray_report_lines_are_dropped_from_the_console_and_nothing_else():
+    import logging
+
+    from radclip.io.ray_train import _QuietRayFileLoggers
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "Reporting training result 1", None, None)
+
+    quiet = _QuietRayFileLoggers()
+    ray_file = "/venv/site-packages/ray/train/v2/_internal/execution/context.py"  # Ray names it by __file__
+    assert not quiet.filter(record(ray_file, logging.INFO))
+    assert quiet.filter(record(ray_file, logging.WARNING))  # its warnings still show
+    assert quiet.filter(record("ray.train", logging.INFO)) and quiet.filter(record("radclip.training", logging.INFO))
