@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from helpers import PATIENT, ct_volume
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from radclip.core.records import InputError
 from radclip.data.dicom import load_dicom
@@ -183,14 +183,76 @@ def _with_encapsulated_junk(path: Path, syntax) -> Path:
     return path
 
 
-def test_dicom_syntax_without_installed_decoder_names_syntax_and_packages(tmp_path):
+def test_dicom_syntax_without_installed_decoder_names_syntax_and_packages(tmp_path, monkeypatch):
+    """The declared decoders cover every syntax pydicom knows; an environment without them is simulated."""
+    import radclip.data.dicom as dicom
+
+    class Missing:
+        is_available = False
+        missing_dependencies = ["pyjpegls>=1.2", "pylibjpeg-libjpeg>=2.1"]
+
+    monkeypatch.setattr(dicom, "get_decoder", lambda syntax: Missing())
     path = write_dicom_image(tmp_path / "jls.dcm", np.zeros((8, 8)), uid_seed="jls", patient=PATIENT)
     _with_encapsulated_junk(path, JPEGLSLossless)
     with pytest.raises(InputError) as caught:
         load_dicom(path)
     assert caught.value.path == str(path)
     assert "JPEG-LS" in caught.value.reason
-    assert "pylibjpeg" in caught.value.reason or "gdcm" in caught.value.reason
+    assert "install one of: pyjpegls>=1.2; pylibjpeg-libjpeg>=2.1" in caught.value.reason
+
+
+def _grey_ramp(height: int = 64, width: int = 64, bits: int = 12) -> np.ndarray:  # J2K: >= 2^5 px a side
+    rows, cols = np.mgrid[0:height, 0:width]
+    return ((rows * width + cols) * (2**bits - 1) // (height * width - 1)).astype(np.float64)
+
+
+@pytest.mark.parametrize("syntax", [JPEGLSLossless, JPEG2000Lossless, RLELossless], ids=lambda s: s.name)
+def test_lossless_compressed_syntaxes_decode_exactly(tmp_path, syntax):
+    """Encoded with the declared packages' own encoders (pyjpegls, pylibjpeg-openjpeg; RLE: pydicom)."""
+    values = _grey_ramp()
+    path = write_dicom_image(tmp_path / "lossless.dcm", values, uid_seed=f"ll-{syntax}", patient=PATIENT)
+    ds = pydicom.dcmread(path)
+    ds.compress(syntax, generate_instance_uid=False)
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    [image] = load_dicom(path)
+    np.testing.assert_array_equal(image.pixels, values)
+
+
+def test_lossy_jpeg_2000_decodes_close_to_the_original(tmp_path):
+    values = _grey_ramp()
+    path = write_dicom_image(tmp_path / "j2k.dcm", values, uid_seed="j2k-lossy", patient=PATIENT)
+    ds = pydicom.dcmread(path)
+    ds.compress(JPEG2000, j2k_psnr=[60.0], generate_instance_uid=False)  # lossy, ~1/1000 of the range
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEG2000
+    [image] = load_dicom(path)
+    assert np.abs(image.pixels - values).max() < 0.01 * 4095
+
+
+def test_jpeg_baseline_decodes_what_pillow_encoded(tmp_path):
+    """8-bit JPEG baseline, the most common compressed syntax of secondary captures: the reference is Pillow's
+    own decoding of the same JPEG bytes (lossy, so not the original pixels)."""
+    import io
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    values = (_grey_ramp(bits=8)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="JPEG", quality=95)
+    path = write_dicom_image(tmp_path / "jpeg.dcm", values.astype(np.float64), uid_seed="jpeg", patient=PATIENT,
+                             bits_stored=8)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path)
+    [image] = load_dicom(path)
+    reference = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), dtype=np.float64)
+    np.testing.assert_allclose(image.pixels, reference, atol=2.0)  # libjpeg and Pillow round slightly apart
+    assert np.abs(image.pixels - values).max() < 16
 
 
 def test_dicom_undecodable_compressed_pixel_data_is_a_clear_error(tmp_path):
