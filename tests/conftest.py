@@ -44,8 +44,21 @@ def _install_network_guard() -> None:
     sys.path.insert(0, str(NETGUARD_DIR))
     import sitecustomize  # noqa: F401  (the guard module; installs the audit hook when imported with the log set)
 
-    if getattr(sitecustomize, "_guard", None) is None:
-        raise RuntimeError(f"network guard not loaded from {NETGUARD_DIR}")
+    guard = sitecustomize
+    if getattr(guard, "_guard", None) is None:
+        # This interpreter imported a sitecustomize of its own at start-up (Debian's python3 ships one), so the
+        # name is taken in this process: load the guard from its file. Child processes get ours first on
+        # PYTHONPATH, ahead of the interpreter's.
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("radclip_netguard", NETGUARD_DIR / "sitecustomize.py")
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"network guard not loadable from {NETGUARD_DIR}")
+        guard = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(guard)
+        if getattr(guard, "_guard", None) is None:
+            raise RuntimeError(f"network guard not loaded from {NETGUARD_DIR}")
+    sys.modules["radclip_netguard"] = guard  # the guard module under one name, whichever way it was loaded
 
 
 _install_network_guard()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import sitecustomize as netguard
+import radclip_netguard as netguard  # registered by conftest.py, whichever way it loaded the guard
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", socket.gethostname(), None])
