@@ -102,10 +102,6 @@ def load_upload(content: bytes, name: str = UPLOAD) -> LoadedImage:
             raise InputError(name, f"truncated or corrupted {suffix} content ({type(error).__name__})") from None
 
 
-class PathRefused(InputError):
-    """A server-side path this server does not read (no root, or outside it): never says whether it exists."""
-
-
 @dataclass(frozen=True)
 class ServingPolicy:
     """What a serving process accepts: server-side paths only under ``path_root`` (none: uploads only),
@@ -146,12 +142,12 @@ class ServingPolicy:
         """The path a request names, if this server reads it: under the root after resolving ``..`` and
         symlinks. Refusals are worded the same for files that exist and files that do not."""
         if self.path_root is None:
-            raise PathRefused(text, "server-side paths are not accepted here; send the file's bytes as 'content'")
-        root = Path(self.path_root).resolve()
+            raise InputError(text, "server-side paths are not accepted here; send the file's bytes as 'content'")
+        root = self.path_root.resolve()
         path = (root / text).resolve()  # an absolute `text` replaces root here; the check below decides
         if not path.is_relative_to(root):
-            raise PathRefused(text, "server-side paths must lie under the serving root; send the file's bytes "
-                                    "as 'content'")
+            raise InputError(text, "server-side paths must lie under the serving root; send the file's bytes "
+                                   "as 'content'")
         return path
 
 
@@ -194,15 +190,14 @@ class Predictor:
             name, image = "<array>", array_input(source)
         else:
             name, image = str(source), load_file(source)
-        try:
-            return self.preprocessing.prepare(image, name, collection=origin.collection, region=origin.region,
-                                              modality=origin.modality)
-        except ContractError as error:
-            raise InputError(name, str(error)) from None
+        return self._by_contract(image, name, origin)
 
     def prepare_upload(self, content: bytes, origin: Source = Source(), name: str = UPLOAD) -> Prepared:
         """Prepare an uploaded file's bytes (type read from the content) exactly as the file on disk."""
-        image = load_upload(content, name)
+        return self._by_contract(load_upload(content, name), name, origin)
+
+    def _by_contract(self, image: LoadedImage, name: str, origin: Source) -> Prepared:
+        """A loaded input checked and normalised by the model's preprocessing contract, as curation does."""
         try:
             return self.preprocessing.prepare(image, name, collection=origin.collection, region=origin.region,
                                               modality=origin.modality)

@@ -154,8 +154,12 @@ def _version(client: MlflowClient, name: str, version: int | str) -> ModelVersio
     return client.get_model_version(name, str(version))
 
 
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return dict(client.get_registered_model(name).aliases)
+
+
 def _alias(client: MlflowClient, name: str, alias: str) -> int | None:
-    aliases = client.get_registered_model(name).aliases
+    aliases = _aliases(client, name)
     return int(aliases[alias]) if alias in aliases else None
 
 
@@ -163,7 +167,7 @@ def alias_version(params: Params, alias: str) -> int:
     """The version ``alias`` names in the registered model; a RegistryError saying what exists if none."""
     client, name = _client(params), params.registry.model_name
     try:
-        aliases = client.get_registered_model(name).aliases
+        aliases = _aliases(client, name)
     except MlflowException:
         raise RegistryError(f"no registered model {name!r} in {tracking.registry_uri(params)} "
                             "(run `dvc repro` or `radclip register` first)") from None

@@ -96,14 +96,15 @@ def fit(
     stop_file.unlink(missing_ok=True)
     stopped = threading.Event()
 
-    first_epoch_at: list[float] = []  # when the first epoch ended: later epochs' pace excludes start-up
+    first_epoch_at: float | None = None  # when the first epoch ended: later epochs' pace excludes start-up
 
     def epoch_done(metrics: dict) -> None:
+        nonlocal first_epoch_at
         if epoch_lines:
             now = time.perf_counter()
-            first_epoch_at[:] = first_epoch_at or [now]
+            first_epoch_at = now if first_epoch_at is None else first_epoch_at
             log.info("%s", epoch_line(f"pretrain_{stage}" + (f" {run_name}" if run_name else ""), metrics,
-                                      train.epochs, now - started, now - first_epoch_at[0]))
+                                      train.epochs, now - started, now - first_epoch_at))
         if on_epoch is not None and not stopped.is_set() and on_epoch(metrics):
             stopped.set()
             stop_file.touch()

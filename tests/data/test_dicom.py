@@ -161,16 +161,21 @@ def test_dicom_duplicate_slice_positions_are_an_error(tmp_path):
         load_dicom(tmp_path)
 
 
+def _compressed(path: Path, syntax, **options) -> Path:
+    """The file re-encoded in ``syntax`` by pydicom's encoders (the plugins' own), checked to carry it."""
+    ds = pydicom.dcmread(path)
+    ds.compress(syntax, generate_instance_uid=False, **options)
+    ds.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    return path
+
+
 def test_dicom_rle_lossless_decodes_with_pydicom_alone(tmp_path):
     hu = ct_volume((1, 12, 12))[0]
     path = write_dicom_image(
         tmp_path / "rle.dcm", hu, uid_seed="rle", patient=PATIENT, modality="CT", rescale=(1.0, -1024.0)
     )
-    ds = pydicom.dcmread(path)
-    ds.compress(RLELossless, generate_instance_uid=False)
-    ds.save_as(path)
-    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == RLELossless
-    [image] = load_dicom(path)
+    [image] = load_dicom(_compressed(path, RLELossless))
     np.testing.assert_array_equal(image.pixels, hu)
 
 
@@ -211,22 +216,14 @@ def test_lossless_compressed_syntaxes_decode_exactly(tmp_path, syntax):
     """Encoded with the declared packages' own encoders (pyjpegls, pylibjpeg-openjpeg; RLE: pydicom)."""
     values = _grey_ramp()
     path = write_dicom_image(tmp_path / "lossless.dcm", values, uid_seed=f"ll-{syntax}", patient=PATIENT)
-    ds = pydicom.dcmread(path)
-    ds.compress(syntax, generate_instance_uid=False)
-    ds.save_as(path)
-    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
-    [image] = load_dicom(path)
+    [image] = load_dicom(_compressed(path, syntax))
     np.testing.assert_array_equal(image.pixels, values)
 
 
 def test_lossy_jpeg_2000_decodes_close_to_the_original(tmp_path):
     values = _grey_ramp()
     path = write_dicom_image(tmp_path / "j2k.dcm", values, uid_seed="j2k-lossy", patient=PATIENT)
-    ds = pydicom.dcmread(path)
-    ds.compress(JPEG2000, j2k_psnr=[60.0], generate_instance_uid=False)  # lossy, ~1/1000 of the range
-    ds.save_as(path)
-    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEG2000
-    [image] = load_dicom(path)
+    [image] = load_dicom(_compressed(path, JPEG2000, j2k_psnr=[60.0]))  # lossy, ~1/1000 of the range
     assert np.abs(image.pixels - values).max() < 0.01 * 4095
 
 
