@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["postgres_server"]  # tests/postgres_server.py: a throwaway PostgreSQL server (fixtures)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
 _NETGUARD_LOG = PROJECT_ROOT / ".tmp" / f"netguard-{os.getpid()}.log"

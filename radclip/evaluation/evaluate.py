@@ -40,6 +40,7 @@ from radclip.data.shards import MANIFEST_FILE
 from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
 
 FIGURES_DIR = "figures"  # under paths.reports
+CONFUSION_DIR = "confusion"  # under paths.reports: the confusion matrices as tables, for `dvc plots`
 
 
 class LeakageError(RuntimeError):
@@ -283,6 +284,26 @@ def _attention_examples(params: Params, suite: SuiteFeatures):
         (suite.attention[k, : int(suite.slice_counts[k])], slices, str(suite.captions[k]))
         for k, slices in volumes
     ]
+
+
+def write_confusion_tables(results: dict[str, SuiteResult], out_dir: Path) -> list[Path]:
+    """Per suite, ``<suite>.csv`` with one ``actual,predicted`` row per test-fold prediction of the linear probe:
+    what DVC's ``confusion`` plot template counts (``dvc plots diff`` compares them across commits). The rows
+    come from the probe's confusion counts, so the table and the PNG show the same matrix."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.csv"):  # a suite no longer evaluated leaves no table behind
+        stale.unlink()
+    written = []
+    for name, result in results.items():
+        counts = np.asarray(result.confusion, dtype=np.int64)
+        actual, predicted = np.nonzero(counts)
+        repeats = counts[actual, predicted]
+        table = pd.DataFrame({"actual": np.repeat(np.asarray(result.classes, dtype=object)[actual], repeats),
+                              "predicted": np.repeat(np.asarray(result.classes, dtype=object)[predicted], repeats)})
+        path = out_dir / f"{name}.csv"
+        table.to_csv(path, index=False)
+        written.append(path)
+    return written
 
 
 def write_figures(params: Params, results: dict[str, SuiteResult], model, out_dir: Path) -> list[Path]:

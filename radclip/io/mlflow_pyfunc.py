@@ -192,9 +192,15 @@ def _package_copy(scratch: Path) -> Path:
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 
-def log_model(model_dir: Path, *, name: str = "model", registered_model_name: str | None = None) -> ModelInfo:
+def log_model(model_dir: Path, *, name: str = "model", registered_model_name: str | None = None,
+              tags: dict[str, Any] | None = None) -> ModelInfo:
     """Log the RadCLIP in ``model_dir`` (with its preprocessing contract) as a pyfunc from code into the active
-    run (and register it when named)."""
+    run: a LoggedModel tagged with the directory's digest (how evaluation and registration find it again,
+    :func:`radclip.io.mlflow_tracking.find_logged_model`) and ``tags``; registered when named."""
+    # Here, not at the top: the served model imports this module, and the tracking module's params schema
+    # (pydantic, PyYAML) is no part of serving.
+    from radclip.io import mlflow_tracking as tracking
+
     model_dir = Path(model_dir)
     for required, what in ((CONFIG_FILE, "not a RadCLIP model saved with save_pretrained"),
                            (PREPROCESSING_FILE, "no preprocessing contract: serving could not prepare inputs")):
@@ -210,6 +216,7 @@ def log_model(model_dir: Path, *, name: str = "model", registered_model_name: st
             input_example=INPUT_EXAMPLE,
             pip_requirements=pip_requirements(),
             registered_model_name=registered_model_name,
+            tags={**(tags or {}), tracking.TAG_MODEL_DIGEST: tracking.model_digest(model_dir)},
         )
 
 

@@ -1,9 +1,10 @@
 """Model registry and promotion: one registered model, versions moved between aliases (no stages).
 
-``register`` logs the final model as a pyfunc (:func:`radclip.io.mlflow_pyfunc.log_model`) in a
-``register`` run, registers it as a new version of ``params.registry.model_name``, tags
-the version with its lineage (git commit, curated-data hash, params digest), the
-caller's extra tags (the Optuna study and best trial) and every gate metric value
+``register`` registers the LoggedModel that the training run logged the final model as (the pyfunc of
+:func:`radclip.io.mlflow_pyfunc.log_model`) as a new version of ``params.registry.model_name``, in a
+``register`` run that records the decision; it tags the version with the training run, the evaluation
+run and the model id, the lineage the training run recorded (git commit, curated-data hash, params
+digest), the caller's extra tags (the Optuna study and best trial) and every gate metric value
 (``metric.<dotted key>``), points the ``challenger`` alias at it and runs the gate.
 
 The gate compares the mean of ``params.registry.gate_metrics`` of the challenger and
@@ -22,6 +23,7 @@ its list first). ``rollback`` replays the history to find the champion before th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -29,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -37,12 +40,17 @@ from radclip.config import Params
 from radclip.io import mlflow_pyfunc
 from radclip.io import mlflow_tracking as tracking
 
+log = logging.getLogger("radclip.registry")
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"  # a single JSON list in earlier versions: read, never written
 HISTORY_ENTRY_PREFIX = HISTORY_TAG + "."
 METRIC_TAG_PREFIX = "metric."
 GATE_TAG_PREFIX = "gate."
+TRAINING_RUN_TAG = "training.run_id"
+EVALUATION_RUN_TAG = "evaluation.run_id"
+MODEL_ID_TAG = "model.id"
 LINEAGE_TAGS = (tracking.TAG_GIT_COMMIT, tracking.TAG_GIT_DIRTY, tracking.TAG_DATA_HASH, tracking.TAG_PARAMS_DIGEST,
                 tracking.TAG_PROFILE)
 
@@ -258,15 +266,31 @@ def gate(params: Params, version: int) -> Decision:
 def register(
     params: Params, *, model_dir: Path, evaluation: Mapping[str, Any], extra_tags: Mapping[str, Any] | None = None
 ) -> Decision:
-    """Log and register the model in ``model_dir`` as a new version, tag it, make it the challenger, gate it."""
+    """Register the model in ``model_dir`` as a new version, tag it, make it the challenger, gate it.
+
+    The version is the LoggedModel the training run logged these weights as (found by their digest), so its
+    source is that run; it is tagged with the training run, the evaluation run that tagged the model and the
+    lineage the training run recorded. Weights this store never logged (trained against another store) are
+    logged here, in the ``register`` run, with a warning that the lineage to their training is lost.
+    """
     metrics = gate_metric_values(params, evaluation)  # before anything is logged: a bad metric logs nothing
     name = params.registry.model_name
     client = _client(params)
+    logged = tracking.find_logged_model(params, model_dir)
     with tracking.start_run(params, stage="register", run_name=f"register-{name}") as run:
-        info = mlflow_pyfunc.log_model(Path(model_dir), registered_model_name=name)
-        version = str(info.registered_model_version)
-        run_tags = client.get_run(run.info.run_id).data.tags  # the lineage start_run recorded
-        tags: dict[str, Any] = {key: run_tags[key] for key in LINEAGE_TAGS if key in run_tags}
+        if logged is None:
+            log.warning("%s: no LoggedModel of these weights in %s; logging them in this register run (the "
+                        "version's lineage stops here, not at the run that trained it)", model_dir,
+                        tracking.tracking_uri(params))
+            model_id = mlflow_pyfunc.log_model(Path(model_dir), tags={tracking.TAG_STAGE: "register"}).model_id
+            logged = client.get_logged_model(model_id)
+        source_run = logged.source_run_id or run.info.run_id
+        # models:/<model id>: the version's source is the LoggedModel and its run the one that logged it.
+        version = str(mlflow.register_model(f"models:/{logged.model_id}", name).version)
+        lineage = client.get_run(source_run).data.tags  # what the training run recorded (git, data, params)
+        tags: dict[str, Any] = {key: lineage[key] for key in LINEAGE_TAGS if key in lineage}
+        tags.update({TRAINING_RUN_TAG: source_run, MODEL_ID_TAG: logged.model_id,
+                     EVALUATION_RUN_TAG: logged.tags.get(tracking.TAG_EVALUATION_RUN, "none")})
         tags.update({str(key): value for key, value in (extra_tags or {}).items()})
         tags.update({METRIC_TAG_PREFIX + key: value for key, value in metrics.items()})
         for key, value in tags.items():
@@ -274,7 +298,8 @@ def register(
         client.set_registered_model_alias(name, CHALLENGER, version)
         tracking.log_metrics({f"gate.{key}": value for key, value in metrics.items()})
         decision = gate(params, int(version))
-        tracking.set_tags({"registry.version": version, "registry.decision": decision.decision})
+        tracking.set_tags({"registry.version": version, "registry.decision": decision.decision,
+                           MODEL_ID_TAG: logged.model_id})
     return decision
 
 

@@ -19,19 +19,21 @@ Other modules use the thin wrappers here instead of importing mlflow.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import mlflow
 import yaml
-from mlflow.entities import RunStatus
+from mlflow.entities import LoggedModel, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -58,6 +60,10 @@ TAG_GIT_DIRTY = "git.dirty"
 TAG_DATA_HASH = "data.curated_hash"
 TAG_PARAMS_DIGEST = "params.digest"
 TAG_PROFILE = "params.profile"
+# On a LoggedModel: what its weights hash to (how a model directory finds the LoggedModel it was logged as),
+# the stage that trained it, and the pipeline evaluation whose metrics `register` gates it on.
+TAG_MODEL_DIGEST = "radclip.model_digest"
+TAG_EVALUATION_RUN = "radclip.evaluation_run_id"
 
 
 # --------------------------------------------------------------------------- where runs go
@@ -209,22 +215,36 @@ def git_state(root: Path | None = None) -> tuple[str, str]:
     return commit, dirty
 
 
-def curated_data_hash(params: Params) -> str:
-    """The md5 DVC recorded for the curate stage's curated output in ``dvc.lock``, or "unknown"."""
-    lock_file = project_root() / DVC_LOCK
+def _dvc_lock_outputs(params: Params) -> dict[str, list[Mapping[str, Any]]]:
+    """Each stage's outputs as ``dvc.lock`` records them (``{stage: [{"path", "md5", ...}]}``); empty without one."""
     try:
         # libyaml when present: dvc.lock lists every output and parses ~10x faster in C.
-        lock = yaml.load(lock_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-        outs = lock["stages"][CURATE_STAGE]["outs"]
+        lock = yaml.load((project_root() / DVC_LOCK).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        stages = lock["stages"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return UNKNOWN
-    curated = params.resolve(params.paths.curated).resolve()
-    for out in outs if isinstance(outs, list) else []:
-        if not isinstance(out, Mapping) or "path" not in out:
+        return {}
+    if not isinstance(stages, Mapping):
+        return {}
+    return {str(name): [out for out in stage.get("outs") or [] if isinstance(out, Mapping) and "path" in out]
+            for name, stage in stages.items() if isinstance(stage, Mapping)}
+
+
+def dvc_output_hash(params: Params, path: str | Path, stage: str | None = None) -> str:
+    """The md5 DVC recorded for the output at ``path`` (of ``stage``, or of any stage) in ``dvc.lock``, or
+    "unknown" (no lock, or nothing there wrote that path)."""
+    wanted = params.resolve(str(path)).resolve()
+    for name, outs in _dvc_lock_outputs(params).items():
+        if stage is not None and name != stage:
             continue
-        if params.resolve(str(out["path"])).resolve() == curated:
-            return str(out.get("md5") or UNKNOWN)
+        for out in outs:
+            if params.resolve(str(out["path"])).resolve() == wanted:
+                return str(out.get("md5") or UNKNOWN)
     return UNKNOWN
+
+
+def curated_data_hash(params: Params) -> str:
+    """The md5 DVC recorded for the curate stage's curated output in ``dvc.lock``, or "unknown"."""
+    return dvc_output_hash(params, params.paths.curated, CURATE_STAGE)
 
 
 def lineage_tags(params: Params, stage: str) -> dict[str, str]:
@@ -306,12 +326,14 @@ def active_run_id() -> str | None:
     return run.info.run_id if run else None
 
 
-def log_metrics(metrics: Mapping[str, float], step: int | None = None, *, run_id: str | None = None) -> None:
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, *, run_id: str | None = None,
+                model_id: str | None = None) -> None:
     """Log numbers (floats, ints, 0-d tensors) to the active run, or to ``run_id`` from another
-    process (Ray Train's rank 0 logging into the driver's run; the tracking URI is inherited)."""
+    process (Ray Train's rank 0 logging into the driver's run; the tracking URI is inherited).
+    ``model_id`` links them to that LoggedModel as well (its metrics in MLflow's Logged Models view)."""
     values = {key: float(value) for key, value in metrics.items()}
     if run_id is None:
-        mlflow.log_metrics(values, step=step)
+        mlflow.log_metrics(values, step=step, model_id=model_id)
         return
     from mlflow.entities import Metric
 
@@ -349,6 +371,54 @@ def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
     client = MlflowClient()
     for key, value in tags.items():
         client.set_tag(run_id, str(key), str(value))
+
+
+# --------------------------------------------------------------------------- datasets and LoggedModels
+
+
+def log_dataset_input(params: Params, data_dir: str | Path, *, context: str, model_id: str | None = None) -> None:
+    """Record ``data_dir`` (the curated dataset, a slice cache) as an input of the active run, its digest the md5
+    DVC recorded for it (``unknown`` outside a DVC pipeline); ``model_id`` links it to that LoggedModel too."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import LoggedModelInput
+
+    path = params.resolve(str(data_dir)).resolve()
+    with warnings.catch_warnings():
+        # MLflow registers its local-artifact source class twice and warns that the path is ambiguous between them.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(str(path))
+    # MetaDataset is MLflow's documented dataset-by-reference; its base class declares `profile` abstract for
+    # type checkers only (it instantiates fine).
+    dataset = MetaDataset(source=source, name=path.name, digest=dvc_output_hash(params, path))  # type: ignore[abstract]
+    mlflow.log_input(dataset, context=context, model=LoggedModelInput(model_id) if model_id else None)
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """SHA-256 over a saved model directory's files (names and bytes): the same weights, config and
+    preprocessing contract give the same digest wherever the directory is copied."""
+    root = Path(model_dir)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def find_logged_model(params: Params, model_dir: str | Path) -> LoggedModel | None:
+    """The newest LoggedModel of the experiment whose weights are those in ``model_dir`` (by
+    :func:`model_digest`), or None: then the directory was never logged in this store."""
+    experiment_id = configure(params)
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{TAG_MODEL_DIGEST}` = '{model_digest(model_dir)}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1, output_format="list")
+    return found[0] if found else None
+
+
+def set_logged_model_tags(model_id: str, tags: Mapping[str, Any]) -> None:
+    mlflow.set_logged_model_tags(model_id, {str(key): str(value) for key, value in tags.items()})
 
 
 # --------------------------------------------------------------------------- models by URI

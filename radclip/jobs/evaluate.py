@@ -3,7 +3,9 @@
 ``run(params)`` is the pipeline's stage (its final model, all suites, figures and
 ``reports/evaluate.json``); ``run(params, model=X, suites=[...])`` scores any saved
 model, 3D suites through slices encoded by X's own 2D encoder (see
-:func:`radclip.jobs.embed_slices.cache_for`), and writes no pipeline report.
+:func:`radclip.jobs.embed_slices.cache_for`), and writes no pipeline report. Either way the metrics are
+linked to the LoggedModel the weights were logged as (found by their digest), and the curated dataset is
+the run's input; the pipeline's evaluation also tags that model with its run id (what ``register`` reads).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
 from radclip.data.shards import MANIFEST_FILE
 from radclip.evaluation.evaluate import (
+    CONFUSION_DIR,
     FIGURES_DIR,
     SuiteResult,
     check_no_leakage,
     evaluate_features,
     suite_features,
     suite_names,
+    write_confusion_tables,
     write_figures,
 )
 from radclip.evaluation.features import SuiteFeatures, validation_features
@@ -56,7 +60,15 @@ def run(
     names = suites or suite_names(params)
     cache = embed_slices.cache_for(params, loaded, progress=progress) if _has_volumes(params, names) else None
     results: dict[str, SuiteResult] = {}
-    with tracking.start_run(params, stage=STAGE, tags={"model.dir": str(location)}):
+    # The LoggedModel these weights were logged as by the run that trained them: the metrics are linked to it.
+    logged = tracking.find_logged_model(params, location)
+    model_id = logged.model_id if logged else None
+    if logged is None:
+        log.warning("%s: logged as no LoggedModel in this MLflow store; the evaluation run holds the metrics, "
+                    "no model links them", location)
+    run_tags = {"model.dir": str(location), **({"model.id": model_id} if model_id else {})}
+    with tracking.start_run(params, stage=STAGE, tags=run_tags) as run:
+        tracking.log_dataset_input(params, params.paths.curated, context="evaluation", model_id=model_id)
         validation: dict[tuple[str, str, str], SuiteFeatures] = {}  # per kind, region, modality
         for suite in names:
             features = suite_features(loaded, params, suite, cache)
@@ -64,14 +76,19 @@ def run(
             if key not in validation:
                 validation[key] = validation_features(loaded, params.resolve(params.paths.curated), cache, *key)
             results[suite] = evaluate_features(loaded, features, params, validation[key])
-            tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()})
+            tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()}, model_id=model_id)
         flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
         tracking.log_dict(flat, "evaluation.json")
         if pipeline:
-            for path in write_figures(params, results, loaded, params.resolve(params.paths.reports) / FIGURES_DIR):
+            reports = params.resolve(params.paths.reports)
+            for path in write_figures(params, results, loaded, reports / FIGURES_DIR):
                 tracking.log_artifact(path, "figures")
+            for path in write_confusion_tables(results, reports / CONFUSION_DIR):
+                tracking.log_artifact(path, CONFUSION_DIR)
             write_metrics(params, "evaluate.json", {suite: headline(metrics) for suite, metrics in flat.items()})
             tracking.log_artifact(write_effective_params(params, STAGE, PARAMS), "params")
+            if model_id:  # what `register` gates this model on: the pipeline's evaluation, not a partial one
+                tracking.set_logged_model_tags(model_id, {tracking.TAG_EVALUATION_RUN: run.info.run_id})
     for name, metrics in flat.items():
         log.info("%s (%s): probe acc %.3f ± %.3f, F1 %.3f ± %.3f; matching P@1 %.3f; zero-shot top-1 %.3f", name,
                  metrics["kind"], metrics["probe_accuracy_mean"], metrics["probe_accuracy_std"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from radclip.config import Params
-from radclip.data.validation import ValidationReport, validate_curated
+from radclip.data.validation import DATA_DOCS_DIR, ValidationReport, validate_curated
 from radclip.jobs.common import log, stage_main, write_effective_params
 
 STAGE = "validate"
@@ -14,8 +14,9 @@ def run(params: Params, *, progress: bool = True) -> ValidationReport:
     """Raises :class:`~radclip.data.validation.ValidationFailed` (the report is written first)."""
     report = validate_curated(params)
     write_effective_params(params, STAGE, PARAMS)
-    log.info("validation passed: %d checks; report in %s", len(report.checks),
-             params.resolve(params.paths.reports) / "validation")
+    folder = params.resolve(params.paths.reports) / "validation"
+    log.info("validation passed: %d checks; report in %s, Great Expectations' Data Docs in %s", len(report.checks),
+             folder, folder / DATA_DOCS_DIR / "index.html")
     return report
 
 

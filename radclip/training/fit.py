@@ -5,7 +5,8 @@ workers (``TorchTrainer`` with ``ScalingConfig``/``TorchConfig``/``FailureConfig
 from params, on the local loopback Ray or ``ray.address``), lets rank 0 log the
 per-epoch metrics into that run, then rebuilds the model from the last checkpoint
 with the best-validation weights, saves it (HF-style directory, safetensors) and
-logs it as an artifact. A crash ends the run FAILED.
+logs it as a LoggedModel of that run (the served pyfunc, :mod:`radclip.io.mlflow_pyfunc`), with the
+training data as the run's input. A crash ends the run FAILED.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from safetensors.torch import load_file
 
 from radclip.config import Params
 from radclip.evaluation.plots import loss_curves_figure
+from radclip.io import mlflow_pyfunc, ray_train
 from radclip.io import mlflow_tracking as tracking
-from radclip.io import ray_train
 from radclip.training.loop import (
     BEST_FILE,
     STATE_FILE,
@@ -52,6 +53,7 @@ class FitResult:
     mlflow_run_id: str
     workers: int
     stopped_by_callback: bool = False  # on_epoch asked to stop (a pruned sweep trial)
+    mlflow_model_id: str | None = None  # the LoggedModel it was logged as (none with log_model=False)
 
 
 def _ray_storage(params: Params) -> Path:
@@ -78,12 +80,13 @@ def fit(
 
     ``on_epoch(metrics)`` is called on this (the driver's) side after every epoch; returning
     True stops training after that epoch (the sweep's pruner). ``parent_run_id`` nests the
-    run (a sweep trial under its sweep). ``log_model=False`` keeps the model and its loss curves out of
-    the run's artifacts (the ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
+    run (a sweep trial under its sweep). ``log_model=False`` logs no LoggedModel and no loss curves (the
+    ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
     line per epoch (epoch, losses, pairs/s, time left at most); the sweep and the ablation, which fit many
     short runs, log one line per run instead.
     """
     from radclip.core.models import RadCLIP
+    from radclip.core.preprocessing import PREPROCESSING_FILE, Preprocessing
     from radclip.training.build import build_model
 
     train = train_params_for(params, stage)
@@ -137,7 +140,11 @@ def fit(
             checkpoint_dir = Path(reports[-1][1])
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())["state"]
 
-        model = RadCLIP.from_pretrained(model_source) if model_source else build_model(params, vocabulary)
+        if model_source:
+            model = RadCLIP.from_pretrained(model_source)
+        else:  # a fresh model carries the contract curation wrote beside its data, as init_model's does
+            contract_file = Path(data_dir) / PREPROCESSING_FILE
+            model = build_model(params, vocabulary, Preprocessing.read(data_dir) if contract_file.is_file() else None)
         if stage == "adapter":
             fresh_adapter(model, params, train.loop_seed)
         if stage == "lrclr":
@@ -146,11 +153,21 @@ def fit(
         shutil.rmtree(out_dir, ignore_errors=True)
         model.save_pretrained(out_dir)
         seconds = time.perf_counter() - started
+        model_id = None
+        if log_model and not (out_dir / PREPROCESSING_FILE).is_file():
+            log.warning("%s: no preprocessing contract, so no LoggedModel (serving could not prepare its inputs); "
+                        "the weights are saved there all the same", out_dir)
+        elif log_model:
+            # Logged once, here, in the run that trained it: evaluation links its metrics to this LoggedModel
+            # and `register` registers it, so the registered version's source is this run.
+            model_id = mlflow_pyfunc.log_model(out_dir, name=f"radclip-{stage}",
+                                               tags={tracking.TAG_STAGE: f"pretrain_{stage}"}).model_id
         tracking.log_metrics(
-            {"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds}
+            {"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds},
+            model_id=model_id,
         )
+        tracking.log_dataset_input(params, data_dir, context="training", model_id=model_id)
         if log_model:
-            tracking.log_artifacts(out_dir, "model")
             curves = loss_curves_figure(history, run_dir / f"loss_{stage}.png",
                                         title=f"pretrain_{stage}: loss per epoch")
             tracking.log_artifact(curves, "plots")
@@ -164,6 +181,7 @@ def fit(
             mlflow_run_id=run.info.run_id,
             workers=workers,
             stopped_by_callback=stopped.is_set(),
+            mlflow_model_id=model_id,
         )
     # The run finished: its scratch and Ray Train checkpoints are no longer needed (names are unique,
     # so nothing would ever resume from them).

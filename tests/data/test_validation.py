@@ -13,6 +13,7 @@ import pytest
 from radclip.config import Params
 from radclip.data.captions import make_caption
 from radclip.data.validation import (
+    DATA_DOCS_DIR,
     CuratedDataError,
     ValidationFailed,
     validate_curated,
@@ -135,9 +136,10 @@ def rewrite_manifest(directory: Path, manifest: pd.DataFrame) -> None:
     manifest.to_parquet(directory / "manifest.parquet", index=False)
 
 
-def validate(params: Params, directory: Path, tmp_path: Path):
-    """The report, failed or not (the raising path has tests of its own)."""
-    return validate_curated(params, curated_dir=directory, report_dir=tmp_path / "report", fail_on_violation=False)
+def validate(params: Params, directory: Path, tmp_path: Path, *, data_docs: bool = False):
+    """The report, failed or not (the raising path has tests of its own); Data Docs only where a test reads them."""
+    return validate_curated(params, curated_dir=directory, report_dir=tmp_path / "report", fail_on_violation=False,
+                            data_docs=data_docs)
 
 
 def only_failures(report) -> set[str]:
@@ -166,6 +168,34 @@ def test_clean_dataset_passes_and_writes_json_markdown_and_metrics(params, curat
     assert metrics == {"success": True, "n_checks": len(report.checks), "n_failed": 0,
                        "records": len(manifest), "quarantine_rate": pytest.approx(2 / (len(manifest) + 2))}  # fmt: skip
     assert "PASSED" in report.report_md.read_text()
+
+
+def test_the_suites_run_through_checkpoints_that_write_data_docs_beside_the_report(params, curated, tmp_path):
+    """GE's own Data Docs (HTML) of the run: an index, each suite, each frame's validation result with its
+    verdict; a later run into the same folder replaces them (only that run's results are shown)."""
+    directory, manifest = curated
+    report = validate(params, directory, tmp_path / "clean", data_docs=True)
+    index = report.report_md.parent / DATA_DOCS_DIR / "index.html"
+    assert index.is_file() and report.success
+    docs = index.parent
+    frames = {"manifest", "class_counts", "patient_splits", "quarantine"}
+    assert {p.stem for p in (docs / "expectations" / "radclip").glob("*.html")} == frames
+    pages = {page.parent.parent.parent.name: page for page in (docs / "validations" / "radclip").rglob("*.html")}
+    assert set(pages) == frames
+    assert all("Succeeded" in page.read_text() for page in pages.values())
+    every_page = "".join(page.read_text() for page in docs.rglob("*.html"))
+    assert "logo-long.png?d=" not in every_page and "static/images/logo-long.png" in every_page  # no view counter
+    assert (docs / ".gitignore").read_text().splitlines()[-1] == "*"  # re-rendered each run: kept out of git
+
+    bad = manifest.index[manifest["collection"] == "ct_suite"][0]
+    manifest.loc[bad, "caption"] = "Chest CT with COVID-19"
+    rewrite_manifest(directory, manifest)
+    failed = validate(params, directory, tmp_path / "clean", data_docs=True)  # the same report folder
+    assert not failed.success
+    pages = {page.parent.parent.parent.name: page for page in (docs / "validations" / "radclip").rglob("*.html")}
+    assert set(pages) == frames  # the clean run's pages are gone: one result per frame
+    manifest_page = pages["manifest"].read_text()
+    assert "Failed" in manifest_page and "Chest CT with COVID-19" in manifest_page  # the offending value
 
 
 def test_report_defaults_to_reports_validation_under_the_project_root(params, curated, tmp_path, monkeypatch):

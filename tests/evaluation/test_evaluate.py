@@ -204,3 +204,23 @@ def test_detection_metrics_use_thresholds_chosen_on_the_validation_split(tmp_pat
     assert metrics["detection.Beta.recall"] == pytest.approx(beta["recall"])
     assert metrics["detection_recall"] == pytest.approx((expected["recall"] + beta["recall"]) / 2)
     assert "detection_f1" not in multilabel_metrics(PromptModel(["Alpha", "Beta"]), suite, params)  # no validation
+
+
+def test_confusion_tables_hold_one_row_per_prediction_and_recount_to_the_matrix(tmp_path):
+    """What DVC's confusion template counts from the table equals the probe's matrix (rows = truth), classes that
+    were never predicted or never true included; a suite no longer evaluated leaves no table behind."""
+    from radclip.evaluation.evaluate import SuiteResult, write_confusion_tables
+
+    matrix = np.array([[5, 1, 0], [0, 0, 0], [2, 3, 4]])  # class "b" never occurs and is never predicted
+    classes = ("a", "b", "c")
+    out = tmp_path / "confusion"
+    out.mkdir()
+    (out / "old_suite.csv").write_text("actual,predicted\na,a\n")
+    result = SuiteResult("2d", {}, matrix, classes, features=None)  # type: ignore[arg-type]  # unused here
+    [path] = write_confusion_tables({"suite.x": result}, out)
+    assert path == out / "suite.x.csv" and sorted(p.name for p in out.iterdir()) == ["suite.x.csv"]
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["actual", "predicted"] and len(table) == matrix.sum()
+    recount = pd.crosstab(pd.Categorical(table["actual"], categories=classes),
+                          pd.Categorical(table["predicted"], categories=classes), dropna=False)
+    assert np.array_equal(recount.to_numpy(), matrix)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import pytest
 import yaml
 from helpers import git_commit, tiny_params
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from radclip.data.curate import preprocessing_from_params
@@ -169,15 +171,15 @@ def _sql_tag_value_width() -> int:
     return int(SqlRegisteredModelTag.__table__.c.value.type.length)
 
 
-def test_a_hundred_promotions_and_rollbacks_keep_every_tag_within_the_sql_width(project, decisions):
+def _promote_and_roll_back_a_hundred_times(params, versions: tuple[int, int]) -> None:
     """200 champion changes (forced promotions between two versions, each followed by a rollback): the history
     holds every one in order, rollback still replays it, and no registered-model tag outgrows the SQL column."""
-    params = project["params"]
+    first, second = versions
     client = MlflowClient()
     before = len(registry.champion_history(params))
     for round_ in range(100):
         current = int(_aliases()["champion"])
-        target = 2 if current != 2 else 3
+        target = first if current != first else second
         registry.promote(params, target, force=True)
         assert _aliases()["champion"] == str(target)
         restored = registry.rollback(params)
@@ -189,6 +191,68 @@ def test_a_hundred_promotions_and_rollbacks_keep_every_tag_within_the_sql_width(
     assert width == 5000
     values = client.get_registered_model(MODEL_NAME).tags.values()
     assert max(len(value) for value in values) < width / 10  # each change is small, not a growing list
+
+
+def test_a_hundred_promotions_and_rollbacks_keep_every_tag_within_the_sql_width(project, decisions):
+    """On the module's SQLite store, after the tests above (versions 2 and 3 take turns)."""
+    _promote_and_roll_back_a_hundred_times(project["params"], versions=(2, 3))
+
+
+@pytest.fixture
+def postgres_params(project, postgres_database_uri, tmp_path):
+    """The project's params on a fresh PostgreSQL store (tests/postgres_server.py) for one test.
+
+    The URI goes into MLFLOW_TRACKING_URI as well as params: the module's SQLite store is exported there, and the
+    variable wins over params. Artifacts go to tmp as a file:// URI, not a path: for a store that is not local
+    radclip leaves an experiment's artifact location to MLflow, whose default is ./mlruns in the working
+    directory (the project's own mlruns/). Afterwards MLflow's process-wide URIs are forgotten, so the next
+    tests find the module's SQLite store again."""
+    params = project["params"]
+    mlflow_section = params.mlflow.model_copy(update={"tracking_uri": postgres_database_uri,
+                                                      "artifact_root": (tmp_path / "artifacts").as_uri()})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", postgres_database_uri)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        try:
+            yield params.model_copy(update={"mlflow": mlflow_section})
+        finally:
+            mlflow.set_tracking_uri(None)  # before the patch restores the SQLite URI (this clears the variables)
+            mlflow.set_registry_uri(None)
+
+
+def test_a_hundred_promotions_and_rollbacks_fit_the_sql_width_on_postgresql(project, postgres_params):
+    """The same 200 changes where the width is enforced: PostgreSQL, which refuses a longer value (next test)."""
+    model_dir = project["model_dir"]
+    first = registry.register(postgres_params, model_dir=model_dir, evaluation=_evaluation(0.60, 0.70))
+    second = registry.register(postgres_params, model_dir=model_dir, evaluation=_evaluation(0.65, 0.70))
+    assert [(d.version, d.decision) for d in (first, second)] == [(1, "promoted"), (2, "promoted")]
+    _promote_and_roll_back_a_hundred_times(postgres_params, versions=(1, 2))
+    # The history written as one list, as an earlier version kept it, would not have fitted: PostgreSQL would
+    # have refused the write long before the 200th change.
+    history = registry.champion_history(postgres_params)
+    assert len(json.dumps(history)) > _sql_tag_value_width()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_postgresql_refuses_a_registered_model_tag_wider_than_the_sql_column_and_sqlite_does_not(
+        store, request, tmp_path):
+    """What makes the PostgreSQL test above meaningful: the server enforces VARCHAR(5000), SQLite does not."""
+    if store == "postgresql":
+        uri = request.getfixturevalue("postgres_database_uri")
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    width = _sql_tag_value_width()
+    client.create_registered_model("width-test")
+    client.set_registered_model_tag("width-test", "fits", "x" * width)  # at the width: both stores keep it
+    if store == "postgresql":
+        with pytest.raises(MlflowException, match=rf"value too long for type character varying\({width}\)"):
+            client.set_registered_model_tag("width-test", "too_wide", "x" * (width + 1))
+    else:
+        client.set_registered_model_tag("width-test", "too_wide", "x" * (width + 1))
+    tags = client.get_registered_model("width-test").tags
+    assert len(tags["fits"]) == width
+    assert len(tags.get("too_wide", "")) == (0 if store == "postgresql" else width + 1)
 
 
 def test_a_history_written_as_one_list_by_an_earlier_version_is_read_first(project, decisions):

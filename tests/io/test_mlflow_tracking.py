@@ -179,6 +179,51 @@ def test_curated_hash_matches_the_curated_path_or_is_unknown(store, monkeypatch,
     assert tracking.curated_data_hash(absolute) == CURATED_MD5
 
 
+def test_any_stages_output_hash_is_found_by_its_path(store, monkeypatch, tmp_path):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    lock = {"schema": "2.0", "stages": {
+        "curate": {"outs": [{"path": "data/curated", "md5": CURATED_MD5}]},
+        "embed_slices@finetuned": {"outs": [{"path": "data/slices/finetuned", "md5": "ab" * 16 + ".dir"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    params = Params()
+    assert tracking.dvc_output_hash(params, "data/slices/finetuned") == "ab" * 16 + ".dir"  # a foreach stage's
+    assert tracking.dvc_output_hash(params, tmp_path / "data" / "curated") == CURATED_MD5  # absolute or relative
+    assert tracking.dvc_output_hash(params, "data/curated", stage="embed_slices@finetuned") == "unknown"
+    assert tracking.dvc_output_hash(params, "data/slices/vanilla") == "unknown"
+
+
+def test_model_digest_follows_the_bytes_not_the_folder(tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+    digest = tracking.model_digest(model)
+    copy = Path(shutil.copytree(model, tmp_path / "elsewhere" / "copy"))
+    assert tracking.model_digest(copy) == digest  # where it lies does not matter
+    (copy / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4095 + bytes(255) + b"\x01")
+    assert tracking.model_digest(copy) != digest  # one changed byte does
+    (copy / "sub" / "weights.bin").rename(copy / "weights.bin")
+    (copy / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+    assert tracking.model_digest(copy) != digest  # the same bytes under another name: another model
+
+
+def test_a_dataset_input_carries_the_dvc_hash_and_links_to_a_model(store, client):
+    params = store["params"]
+    curated = store["project"] / "data" / "curated"
+    curated.mkdir(parents=True, exist_ok=True)
+    with tracking.start_run(params, stage="test") as run:
+        model = mlflow.initialize_logged_model(name="m", source_run_id=run.info.run_id)
+        tracking.log_dataset_input(params, "data/curated", context="training", model_id=model.model_id)
+    inputs = client.get_run(run.info.run_id).inputs
+    [dataset_input] = inputs.dataset_inputs
+    assert dataset_input.dataset.name == "curated" and dataset_input.dataset.digest == CURATED_MD5
+    assert json.loads(dataset_input.dataset.source)["uri"] == str(curated.resolve())
+    assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert [m.model_id for m in inputs.model_inputs] == [model.model_id]
+
+
 def test_git_state_outside_git_and_when_dirty(store, tmp_path):
     assert tracking.git_state(tmp_path) == ("unknown", "unknown")
     project = store["project"]

@@ -230,3 +230,42 @@ def test_stage_progress_bars_show_only_on_a_terminal_unless_quiet(monkeypatch, t
     stage_main(lambda params, progress: seen.update(progress=progress),
                argv=["--params", str(PROJECT_ROOT / "params.yaml"), *argv])
     assert seen == {"progress": bars}
+
+
+def _top_level_plots() -> list[tuple[str, dict, list[str]]]:
+    """dvc.yaml's top-level plots as (id, properties, the files or folders they read)."""
+    plots = []
+    for entry in yaml.safe_load(DVC_YAML.read_text())["plots"]:
+        plot_id, props = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+        props = props or {}
+        sources = list(props["y"]) if isinstance(props.get("y"), dict) else [plot_id]
+        plots.append((plot_id, props, sources))
+    return plots
+
+
+def test_every_plot_is_defined_once_on_a_stage_output_and_every_figure_is_an_image_plot():
+    definitions = {name: _definition(stage) for name, stage in _stages().items()}
+    assert not [name for name, d in definitions.items() if "plots" in d], "plots defined in a stage and at top level"
+    outs = {path for d in definitions.values() for path in _out_paths(d)}
+    sources = [source for _, _, files in _top_level_plots() for source in files]
+    assert len(sources) == len(set(sources)), f"a file in two plot definitions: {sources}"
+    for source in sources:  # each a stage's output, or a file inside an output folder
+        assert any(source == out or source.startswith(out + "/") for out in outs), source
+    figures = {out for out in outs if out.endswith(".png")} | {"${paths.reports}/figures"}
+    assert figures <= set(sources), f"figures without an image plot: {sorted(figures - set(sources))}"
+
+
+def test_plotted_columns_exist_in_the_committed_tables():
+    from radclip.evaluation.evaluate import CONFUSION_DIR
+
+    reports = PROJECT_ROOT / "reports"
+    for plot_id, props, files in _top_level_plots():
+        if props.get("template") == "confusion":
+            assert plot_id == f"${{paths.reports}}/{CONFUSION_DIR}" and (props["x"], props["y"]) == ("predicted", "actual")
+            continue
+        if "y" not in props:
+            continue  # an image
+        for source, columns in props["y"].items():
+            header = (reports / source.removeprefix("${paths.reports}/")).read_text().splitlines()[0].split(",")
+            wanted = [props["x"], *([columns] if isinstance(columns, str) else columns)]
+            assert set(wanted) <= set(header), (plot_id, sorted(set(wanted) - set(header)))

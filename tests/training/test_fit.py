@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from helpers import tiny_params
@@ -86,8 +87,10 @@ def test_run_carries_lineage_and_per_epoch_metrics(ray_run):
     steps = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")]
     assert steps == [0, 1, 2]
     assert {"lr", "temperature", "pairs_per_second", "train_loss"} <= set(run.data.metrics)
-    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "model")}
-    assert {"model/config.json", "model/preprocessing.json"} <= artifacts  # the curated data's contract travels
+    # the model is the run's LoggedModel, and the curated data's preprocessing contract travels with it
+    saved = f"artifacts/{Path(ray_run.model_dir).name}"  # the saved directory, under the pyfunc's artifacts
+    artifacts = {Path(a.path).name for a in MlflowClient().list_logged_model_artifacts(ray_run.mlflow_model_id, saved)}
+    assert {"config.json", "preprocessing.json"} <= artifacts
     effective = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "params")}
     assert "params/pretrain_2d.yaml" in effective
 
@@ -189,18 +192,24 @@ def _experiment_runs(params: Params, filter_string: str) -> list:
     return client.search_runs([client.get_experiment_by_name(params.mlflow.experiment).experiment_id], filter_string)
 
 
-def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
-    import json
-
-    from radclip.evaluation.evaluate import FIGURES_DIR
+@pytest.fixture(scope="module")
+def evaluation(curated, adapter_run):
+    """The pipeline's evaluate stage on the pipeline's final model (the adapter run's)."""
     from radclip.jobs import evaluate
     from radclip.jobs.common import MODEL_FINAL, model_dir
 
     params = _params(curated)
     assert Path(adapter_run.model_dir) == model_dir(params, MODEL_FINAL)  # the pipeline's model is evaluated
-    from radclip.evaluation.evaluate import suite_names
+    return evaluate.run(params, progress=False)
 
-    results = evaluate.run(params, progress=False)
+
+def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run, evaluation):
+    import json
+
+    from radclip.evaluation.evaluate import FIGURES_DIR, suite_names
+
+    params = _params(curated)
+    results = evaluation
     suites = set(suite_names(params))  # evaluate.suites: the evaluation collections but the localisation suite
     assert suites == {c.name for c in params.data.collections if c.role == "eval"} - {params.lrclr.suite}
     assert set(results) == suites
@@ -240,6 +249,63 @@ def test_evaluate_scores_every_suite_and_logs_a_run(curated, adapter_run):
     assert expected <= {p.name for p in figures.iterdir()}
     logged = {Path(a.path).name for a in MlflowClient().list_artifacts(run.info.run_id, "figures")}
     assert expected <= logged
+
+
+@pytest.mark.filterwarnings("ignore:Operation with range is deprecated")  # MLflow's own pandas comparison
+def test_the_trained_model_is_logged_once_evaluated_and_registered_as_that_logged_model(
+        curated, ray_run, adapter_run, evaluation, tmp_path):
+    """MLflow 3 lineage: the training run logs the model as a LoggedModel with its data as input, the pipeline's
+    evaluation links its metrics to that model, and `register` registers that very model (no second copy)."""
+    import json
+
+    from radclip.core.models import RadCLIP
+    from radclip.io import mlflow_registry as registry
+    from radclip.io import mlflow_tracking as tracking
+
+    params = _params(curated).with_values({"registry.model_name": "radclip-lineage-test"})
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    for result, data in ((ray_run, "curated"), (adapter_run, "finetuned")):  # the 2D stage, then the adapter's
+        logged = client.get_logged_model(result.mlflow_model_id)
+        assert logged.source_run_id == result.mlflow_run_id
+        # the digest names the weights MLflow holds (later tests of this module retrain into the same folder)
+        held = tracking.download_model(params, f"models:/{result.mlflow_model_id}", tmp_path / data)
+        assert logged.tags[tracking.TAG_MODEL_DIGEST] == tracking.model_digest(held)
+        assert {m.key: m.value for m in logged.metrics}["best_val_loss"] == pytest.approx(result.best_val_loss)
+        inputs = client.get_run(result.mlflow_run_id).inputs
+        assert [d.dataset.name for d in inputs.dataset_inputs] == [data]  # the curated data / the slice cache
+        assert [m.model_id for m in inputs.model_inputs] == [result.mlflow_model_id]
+        assert not client.list_artifacts(result.mlflow_run_id, "model")  # no second copy as run artifacts
+    assert tracking.find_logged_model(params, adapter_run.model_dir).model_id == adapter_run.mlflow_model_id
+
+    evaluation_run = _experiment_runs(params, "tags.`radclip.stage` = 'evaluate'")[0]
+    assert evaluation_run.data.tags["model.id"] == adapter_run.mlflow_model_id
+    model = client.get_logged_model(adapter_run.mlflow_model_id)
+    assert model.tags[tracking.TAG_EVALUATION_RUN] == evaluation_run.info.run_id
+    linked = {m.key: (m.value, m.run_id) for m in model.metrics if m.run_id == evaluation_run.info.run_id}
+    for suite, metrics in evaluation.items():
+        assert linked[f"{suite}.probe_accuracy_mean"] == (pytest.approx(metrics["probe_accuracy_mean"]),
+                                                          evaluation_run.info.run_id)
+    assert [d.dataset.name for d in evaluation_run.inputs.dataset_inputs] == ["curated"]
+
+    models_before = len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list"))
+    report = json.loads((params.resolve(params.paths.reports) / "evaluate.json").read_text())
+    gated = params.with_values({"registry.gate_metrics": [f"{next(iter(report))}.probe_accuracy_mean"]})
+    decision = registry.register(gated, model_dir=Path(adapter_run.model_dir), evaluation=report)
+    version = client.get_model_version("radclip-lineage-test", str(decision.version))
+    assert version.source == f"models:/{adapter_run.mlflow_model_id}"
+    assert version.run_id == adapter_run.mlflow_run_id  # the run that trained it, not the register run
+    assert version.tags["training.run_id"] == adapter_run.mlflow_run_id
+    assert version.tags["evaluation.run_id"] == evaluation_run.info.run_id
+    assert version.tags["model.id"] == adapter_run.mlflow_model_id
+    training_tags = client.get_run(adapter_run.mlflow_run_id).data.tags
+    assert all(version.tags[key] == training_tags[key] for key in registry.LINEAGE_TAGS)
+    assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == models_before
+    served = RadCLIP.from_pretrained(tracking.download_model(params, "models:/radclip-lineage-test@champion",
+                                                             tmp_path))
+    for (name, a), (_, b) in zip(RadCLIP.from_pretrained(adapter_run.model_dir).state_dict().items(),
+                                 served.state_dict().items()):
+        assert np.array_equal(a.numpy(), b.numpy()), name
 
 
 def _reference_metrics(params: Params, model_dir: Path, suite: str) -> dict[str, float]:

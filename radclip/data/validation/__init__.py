@@ -10,7 +10,12 @@ Every run writes, success or not, to the report folder:
 - ``report.json``: overall success and, per check, what was expected, what was
   observed and a few offending values / record ids (machine-readable);
 - ``report.md``: the same as a table a person reads first;
-- ``metrics.json``: a handful of numbers for ``dvc metrics``.
+- ``metrics.json``: a handful of numbers for ``dvc metrics``;
+- ``data_docs/index.html``: Great Expectations' own Data Docs of the same run (every suite, every
+  validation result with its offending values), rendered by the Checkpoints' UpdateDataDocsAction.
+  The Markdown is what ``dvc diff`` and review read; the HTML is what a person browses. It is no DVC
+  output: GE stamps every render with fresh ids and times, so the same data would change ``dvc.lock`` on
+  every run and a pushed cache would never match a committed lock. The folder ignores itself in git.
 
 :func:`validate_curated` returns a :class:`ValidationReport`; when checks fail and
 ``validate.fail_on_violation`` is set it raises :class:`ValidationFailed` instead
@@ -21,6 +26,8 @@ whatever that setting says: nothing can be checked.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 
 from radclip.config import Params
@@ -48,6 +55,7 @@ from radclip.data.validation.checks import (
     _shard_checks,
 )
 from radclip.data.validation.gx_runtime import SAMPLE_SIZE
+from radclip.data.validation.gx_runtime import data_docs as render_data_docs
 from radclip.data.validation.report import (
     METRICS_JSON,
     REPORT_JSON,
@@ -56,7 +64,10 @@ from radclip.data.validation.report import (
     _write_report,
 )
 
+DATA_DOCS_DIR = "data_docs"  # under the report folder
+
 __all__ = [
+    "DATA_DOCS_DIR",
     "FINITE_BOUND",
     "MANIFEST_FILE",
     "METRICS_JSON",
@@ -90,11 +101,13 @@ def validate_curated(
     report_dir: Path | None = None,
     *,
     fail_on_violation: bool | None = None,
+    data_docs: bool = True,
 ) -> ValidationReport:
     """Run every check on the curated dataset and write report.json / report.md / metrics.json.
 
     Raises :class:`ValidationFailed` if a check fails and ``fail_on_violation``
-    (default: ``validate.fail_on_violation``) is true.
+    (default: ``validate.fail_on_violation``) is true. ``data_docs=False`` runs the same Checkpoints
+    without rendering Data Docs (seconds per run: tests of single checks skip it).
     """
     curated_dir = Path(curated_dir) if curated_dir is not None else params.resolve(params.paths.curated)
     report_dir = Path(report_dir) if report_dir is not None else params.resolve(params.paths.reports) / "validation"
@@ -111,14 +124,19 @@ def validate_curated(
         report = _write_report(report_dir, curated_dir, params, [check], records=0, quarantine_rate=None)
         raise CuratedDataError(report, f"{problem}; see {report.report_md}")
 
-    rate, rate_check = _quarantine_check(params, curated_dir, records=len(manifest))
-    checks = [
-        *_manifest_checks(params, manifest),
-        _class_count_check(params, manifest),
-        _patient_split_check(manifest),
-        rate_check,
-        *_shard_checks(manifest, curated_dir),
-    ]
+    docs_dir = report_dir / DATA_DOCS_DIR
+    shutil.rmtree(docs_dir, ignore_errors=True)  # this run's results only, not every earlier run's
+    with render_data_docs(docs_dir) if data_docs else contextlib.nullcontext():
+        rate, rate_check = _quarantine_check(params, curated_dir, records=len(manifest))
+        checks = [
+            *_manifest_checks(params, manifest),
+            _class_count_check(params, manifest),
+            _patient_split_check(manifest),
+            rate_check,
+            *_shard_checks(manifest, curated_dir),
+        ]
+    if data_docs:
+        (docs_dir / ".gitignore").write_text("# Great Expectations' Data Docs: rendered by every validate run\n*\n")
     report = _write_report(report_dir, curated_dir, params, checks, records=len(manifest), quarantine_rate=rate)
     if fail_on_violation:
         report.raise_for_failures()
