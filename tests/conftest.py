@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["postgres_server"]  # tests/postgres_server.py: a throwaway PostgreSQL server (fixtures)
+# tests/postgres_server.py: a throwaway PostgreSQL server; tests/tracking_server.py: an S3-compatible endpoint and
+# an MLflow tracking server on them (fixtures)
+pytest_plugins = ["postgres_server", "tracking_server"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
 _NETGUARD_LOG = PROJECT_ROOT / ".tmp" / f"netguard-{os.getpid()}.log"

@@ -127,7 +127,8 @@ def experiment_artifact_location(params: Params) -> str:
     return f"{artifact_location(params).rstrip('/')}/{folder}"
 
 
-def _is_local_store(uri: str) -> bool:
+def is_local_store(uri: str) -> bool:
+    """A store only processes of this machine can write (SQLite, a file path), not a tracking server."""
     return uri.startswith("sqlite:") or uri.startswith("file:") or not _has_scheme(uri)
 
 
@@ -149,7 +150,7 @@ def configure(params: Params) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location: str | None = experiment_artifact_location(params)
-        if not (_is_local_store(uri) or _has_scheme(params.mlflow.artifact_root)):
+        if not (is_local_store(uri) or _has_scheme(params.mlflow.artifact_root)):
             location = None
         try:
             experiment_id = client.create_experiment(name, artifact_location=location)

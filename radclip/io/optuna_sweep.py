@@ -7,10 +7,12 @@ workers stop after that epoch.
 
 Storage: a journal file under ``paths.sweeps`` by default (crash-safe, shared by
 several processes on one machine), an RDB URL from ``sweep.storage`` for workers on
-several machines (with heartbeats, so a dead machine's trial ends FAIL). A re-run
-loads the study (``load_if_exists``) and runs only the trials still missing, so no
-finished trial is lost or repeated; a trial left RUNNING by a killed process on this
-machine is marked FAIL first. The study's name digests everything its trials depend on,
+several machines (PostgreSQL, MySQL). A re-run loads the study (``load_if_exists``) and
+runs only the trials still missing, so no finished trial is lost or repeated. A trial
+whose process died ends FAIL and is retried with its params (Optuna's
+``RetryHeartbeatStaleTrialCallback``, up to ``sweep.max_retries``): on RDB storage when its
+heartbeat stops (any worker's next trial fails it), on either storage when a re-run finds
+it RUNNING with its process on this machine gone. The study's name digests everything its trials depend on,
 radclip's own source included: a re-run after any change (``dvc repro -f`` after a code
 edit) starts a fresh study rather than reusing trials that other code trained.
 
@@ -18,8 +20,9 @@ Every trial is an MLflow child run under one sweep run per study, however many l
 processes fill it (``sweep.workers``: the first opens the run, the others nest their trials
 under it); the trial records its run id as the user attribute ``mlflow_run_id`` and the study
 names its objective (``set_metric_names``), so the dashboard and MLflow point at each other.
-A trial that raises is recorded FAIL and the sweep goes on, up to
-``sweep.max_consecutive_failures`` failures in a row. The sweep run logs the best params, the
+A trial logs no model (its weights are discarded; the best params retrain). A trial that
+raises is recorded FAIL and the sweep goes on, up to ``sweep.max_consecutive_failures``
+failures in a row. The sweep run logs the best params, the
 optimisation history and the parameter importances. The ``sweep`` job
 (:mod:`radclip.jobs.sweep`) writes the best params for the final training stage.
 """
@@ -107,7 +110,8 @@ def study_name(params: Params, data_fingerprint: str, code: str | None = None) -
     of the adapter reloaded the finished study and kept best params that the old code had found."""
     basis = {
         "sweep": params.sweep.model_dump(mode="json", exclude={"n_trials", "workers", "storage",
-                                                                "max_consecutive_failures"}),
+                                                                "max_consecutive_failures", "max_retries",
+                                                                "heartbeat_seconds", "grace_seconds"}),
         "model": params.model.model_dump(mode="json"),
         "loss": params.loss.model_dump(mode="json"),
         "train": params.train_adapter.model_dump(mode="json"),
@@ -121,13 +125,22 @@ def study_name(params: Params, data_fingerprint: str, code: str | None = None) -
 def storage_for(params: Params) -> tuple[optuna.storages.BaseStorage, str]:
     """(storage, its location for `optuna-dashboard`)."""
     if params.sweep.storage:
-        # Heartbeats: a trial whose process died stops beating and is failed by the next trial.
-        storage = optuna.storages.RDBStorage(params.sweep.storage, heartbeat_interval=30, grace_period=120)
+        # Heartbeats: a trial whose process died stops beating; the next trial started fails and retries it.
+        storage = optuna.storages.RDBStorage(
+            params.sweep.storage, heartbeat_interval=params.sweep.heartbeat_seconds,
+            grace_period=params.sweep.grace_seconds, heartbeat_stale_trial_callback=retry_callback(params))
         return storage, params.sweep.storage
     path = params.resolve(params.paths.sweeps) / JOURNAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend), str(path)
+
+
+def retry_callback(params: Params) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Enqueues a failed trial's params once more (at most ``sweep.max_retries`` times over its retries)."""
+    with warnings.catch_warnings():  # Optuna's public API for it, marked experimental since v2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=params.sweep.max_retries)
 
 
 def _sampler(params: Params) -> optuna.samplers.BaseSampler:
@@ -164,14 +177,24 @@ def _alive_here(worker: str) -> bool | None:
     return True
 
 
-def fail_interrupted_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process on this machine is gone (a killed sweep)."""
+def fail_interrupted_trials(study: optuna.Study, params: Params) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process on this machine is gone (a killed sweep) and retry their
+    params, as the heartbeat does for RDB storage (which may already have done it: then nothing is done twice)."""
     failed = []
+    retry = retry_callback(params)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive_here(str(trial.user_attrs.get(WORKER_ATTR, ""))) is False:
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            frozen = study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            if frozen.state == TrialState.FAIL and trial.number not in retried_trials(study):
+                retry(study, frozen)
             failed.append(trial.number)
     return failed
+
+
+def retried_trials(study: optuna.Study) -> set[int]:
+    """Numbers of the failed trials whose params were enqueued again (Optuna's retry history)."""
+    return {number for trial in study.get_trials(deepcopy=False)
+            for number in trial.system_attrs.get("retry_history", [])}
 
 
 def open_study(params: Params, data_fingerprint: str) -> tuple[optuna.Study, str]:
@@ -237,7 +260,7 @@ def _objective(params: Params, parent_run_id: str, scratch: Path, data_dir: Path
                          out_dir=out_dir, on_epoch=on_epoch, parent_run_id=parent_run_id,
                          run_name=f"trial-{trial.number}",
                          tags={"optuna.trial": trial.number, "optuna.study": trial.study.study_name},
-                         epoch_lines=False)
+                         epoch_lines=False, log_model=False)  # a trial's weights are discarded: the best params retrain
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         trial.set_user_attr(RUN_ATTR, result.mlflow_run_id)
@@ -291,7 +314,7 @@ def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int |
     slice cache ``data_dir`` from ``model_source``, in ``sweep.workers`` local processes under one MLflow run."""
     target = n_trials or params.sweep.n_trials
     study, location = open_study(params, cache_fingerprint(data_dir))
-    interrupted = fail_interrupted_trials(study)
+    interrupted = fail_interrupted_trials(study, params)
     tags = {"optuna.study": study.study_name, "optuna.storage": location, "optuna.failed_interrupted": len(interrupted),
             "optuna.workers": params.sweep.workers}
     with tracking.start_run(params, stage="sweep", run_name=f"sweep-{study.study_name}", tags=tags) as parent:

@@ -69,6 +69,23 @@ def worker_device() -> torch.device:
     return ray.train.torch.get_device()
 
 
+class ClusterConfigError(RuntimeError):
+    """The configuration cannot work on the cluster Ray joined."""
+
+
+def refuse_local_store_on_a_cluster(tracking_uri: str, nodes: int, address: str) -> None:
+    """Raise :class:`ClusterConfigError` when workers on several ``nodes`` would log to a store on this machine
+    (SQLite, a file path): rank 0 may run on any node and could not record the run's epochs."""
+    from radclip.io.mlflow_tracking import is_local_store
+
+    if nodes > 1 and is_local_store(tracking_uri):
+        raise ClusterConfigError(
+            f"ray.address {address!r} joined a cluster of {nodes} nodes, but MLflow tracks to {tracking_uri}, a store "
+            "on this machine that the workers on the other nodes cannot write. Point mlflow.tracking_uri (or "
+            "MLFLOW_TRACKING_URI) at a tracking server, e.g. `mlflow server --backend-store-uri "
+            "postgresql://... --artifacts-destination s3://...` (README, Scaling out).")
+
+
 def run_trainer(
     params: Params, train: TrainParams, worker: Callable[[dict], Any], config: dict, *, name: str, storage: Path
 ) -> Path:
@@ -77,6 +94,13 @@ def run_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     with ray_session(params, num_cpus=None):
+        if params.ray.address:
+            import ray
+
+            from radclip.io.mlflow_tracking import tracking_uri
+
+            refuse_local_store_on_a_cluster(tracking_uri(params), sum(bool(node["Alive"]) for node in ray.nodes()),
+                                            params.ray.address)
         trainer = TorchTrainer(
             worker,
             train_loop_config=config,

@@ -80,8 +80,8 @@ def fit(
 
     ``on_epoch(metrics)`` is called on this (the driver's) side after every epoch; returning
     True stops training after that epoch (the sweep's pruner). ``parent_run_id`` nests the
-    run (a sweep trial under its sweep). ``log_model=False`` logs no LoggedModel and no loss curves (the
-    ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
+    run (a sweep trial under its sweep). ``log_model=False`` logs no LoggedModel and no loss curves (sweep
+    trials and the ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
     line per epoch (epoch, losses, pairs/s, time left at most); the sweep and the ablation, which fit many
     short runs, log one line per run instead.
     """

@@ -1,7 +1,8 @@
 """The Optuna sweep of the adapter (radclip.io.optuna_sweep, run by the job radclip.jobs.sweep): resumes after a
-kill without losing or repeating trials (a RUNNING trial of a dead process ends FAIL), several processes share one
-study, prunes a bad region, nests one MLflow run per trial under the sweep run, writes the best params that the
-final adapter training uses, and the dashboard serves the study on 127.0.0.1."""
+kill without losing or repeating trials (a RUNNING trial of a dead process ends FAIL and its params run again, on
+the journal and, by heartbeat, on PostgreSQL), several processes share one study, prunes a bad region, nests one
+MLflow run per trial under the sweep run, writes the best params that the final adapter training uses, and the
+dashboard serves the study on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -122,13 +123,41 @@ def test_fail_interrupted_trials_fails_running_trials_of_dead_processes_only():
     complete.set_user_attr(WORKER_ATTR, workers["dead"])
     study.tell(complete, 1.0)
 
-    assert fail_interrupted_trials(study) == [trials["dead"]]
+    params = Params()
+    assert fail_interrupted_trials(study, params) == [trials["dead"]]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[trials["dead"]] == TrialState.FAIL
     assert states[trials["alive"]] == TrialState.RUNNING  # this process is alive
     assert states[trials["elsewhere"]] == TrialState.RUNNING  # another machine's: its heartbeat decides
     assert states[complete.number] == TrialState.COMPLETE  # finished trials are never touched
-    assert fail_interrupted_trials(study) == []  # idempotent
+    [retry] = study.get_trials(states=(TrialState.WAITING,))  # the dead one's params, enqueued once
+    assert retry.system_attrs["failed_trial"] == trials["dead"]
+    assert fail_interrupted_trials(study, params) == []  # idempotent
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_a_failed_trial_is_retried_at_most_max_retries_times():
+    from radclip.io.optuna_sweep import WORKER_ATTR, fail_interrupted_trials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    params = Params().with_values({"sweep.max_retries": 2})
+    # the trial dies, its retry runs and dies, and so on
+    study = optuna.create_study(direction="minimize")
+    running = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    lr = running.params["lr"]
+    failed = []
+    while True:
+        running.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead.pid}")
+        failed += fail_interrupted_trials(study, params)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        if not waiting:
+            break
+        running = study.ask()
+        assert running.number == waiting[0].number and running.params == {"lr": lr}  # the same params again
+    assert len(failed) == 3  # the original trial and its two retries
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
+    assert study.get_trials()[-1].system_attrs["retry_history"] == failed[:2]
 
 
 @pytest.mark.slow
@@ -162,6 +191,55 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(project, tmp_
     after = {t.number: (t.params, t.value) for t in trials if t.number in before}
     assert after == before  # nothing completed was lost, redone or changed
     assert result.trials["COMPLETE"] + result.trials["PRUNED"] == params.sweep.n_trials
+    [killed] = [t for t in trials if t.state == TrialState.FAIL]
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]  # its params, once more
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_on_postgresql_a_dead_workers_trial_fails_by_its_heartbeat_and_is_retried(project, tmp_path,
+                                                                                 postgres_database_uri):
+    """Two sweep processes fill one study on PostgreSQL; one is killed mid-trial. Its trial stops beating, the
+    other process's next trial fails it (Optuna's stale-trial check) and runs its params again: nothing lost,
+    nothing run twice, and no trial left RUNNING."""
+    params, params_file = _with_sweep(project[1], tmp_path, study="heartbeat", n_trials=5, pruner="none", epochs=40,
+                                      storage=postgres_database_uri, heartbeat_seconds=1, grace_seconds=3)
+    workers = [subprocess.Popen(_sweep_command(params_file, job=False), cwd=PROJECT_ROOT, env=os.environ.copy(),
+                                start_new_session=True) for _ in range(2)]
+    victim, survivor = workers
+    def victims_running_trial() -> int | None:
+        trials = _study(params).get_trials(deepcopy=False)
+        mine = [t.number for t in trials if t.state == TrialState.RUNNING
+                and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        return mine[0] if mine and any(t.state == TrialState.COMPLETE for t in trials) else None
+
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and victim.poll() is None:  # kill it mid-trial
+            if victims_running_trial() is not None:
+                os.killpg(victim.pid, signal.SIGSTOP)  # frozen: its trial cannot finish between look and kill
+                if victims_running_trial() is not None:
+                    break
+                os.killpg(victim.pid, signal.SIGCONT)  # it finished in between: wait for its next one
+            time.sleep(0.2)
+        assert victim.poll() is None, "the worker ended before it could be killed mid-trial"
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert survivor.wait(timeout=300) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+    trials = _study(params).get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    [killed] = [t for t in trials if t.state == TrialState.FAIL]
+    assert killed.user_attrs["worker"].endswith(f":{victim.pid}")
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["worker"].endswith(f":{survivor.pid}")
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert params.sweep.n_trials <= len(finished) <= params.sweep.n_trials + 1  # both may start the last one
+    assert len({t.number for t in trials}) == len(trials)
 
 
 @pytest.mark.slow

@@ -24,8 +24,9 @@ DATA_STAGES = "validate"  # repro target: phantoms -> curate -> validate
 STAGE_NAMES = ("phantoms", "curate", "validate")
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+def _run(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+               **(extra_env or {}))
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -105,3 +106,27 @@ def test_push_then_pull_restores_curated_data_in_a_fresh_clone(dvc_project, tmp_
         assert _digest(restored) == _digest(path), f"{restored} differs after dvc pull"
     status = _run(["dvc", "status", "--with-deps", DATA_STAGES], clone)
     assert "up to date" in status, status  # nothing to re-run: curation is not repeated
+
+
+def test_push_to_an_s3_remote_then_pull_into_a_fresh_clone(dvc_project, tmp_path, s3_endpoint):
+    """The same round trip through an S3-compatible endpoint (moto's server on 127.0.0.1; dvc-s3)."""
+    from tracking_server import S3_ENV
+
+    url = f"s3://{s3_endpoint.bucket}/dvc-{tmp_path.name}"
+    remote = ["dvc", "remote", "add", "--local", "-f", "s3", url]
+    endpoint = ["dvc", "remote", "modify", "--local", "s3", "endpointurl", s3_endpoint.url]
+    _run(remote, dvc_project)  # --local: this checkout's config only, nothing committed
+    _run(endpoint, dvc_project)
+    _run(["dvc", "push", "-r", "s3"], dvc_project, S3_ENV)
+    assert any(key.startswith(f"dvc-{tmp_path.name}/files/md5/") for key in s3_endpoint.keys(f"dvc-{tmp_path.name}"))
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(dvc_project), str(clone)], tmp_path)
+    _run([*remote[:4], "-d", *remote[4:]], clone)
+    _run(endpoint, clone)
+    _run(["dvc", "pull", "--with-deps", DATA_STAGES], clone, S3_ENV)
+    original = dvc_project / "data/curated"
+    for path in sorted(p for p in original.rglob("*") if p.is_file()):
+        restored = clone / "data/curated" / path.relative_to(original)
+        assert _digest(restored) == _digest(path), f"{restored} differs after dvc pull from S3"
+    assert "up to date" in _run(["dvc", "status", "--with-deps", DATA_STAGES], clone)
