@@ -81,6 +81,11 @@ class PostgresServer:
         self.execute(f"CREATE DATABASE {name}")
         return name
 
+    def drop_database(self, name: str) -> None:
+        """FORCE ends the connections MLflow keeps pooled (its engines are cached per URI for the process; a
+        dropped database's URI is never used again)."""
+        self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
 
 def _run_as(account: pwd.struct_passwd | None) -> dict:
     """subprocess arguments that run a command as ``account`` (None: as ourselves), with a minimal environment."""
@@ -193,10 +198,7 @@ def postgres_uri(postgres_server) -> str:
 
 @pytest.fixture
 def postgres_database_uri(postgres_server) -> Iterator[str]:
-    """An SQLAlchemy URI for a fresh, empty database, so tests share no state; dropped after the test.
-
-    FORCE ends the connections MLflow keeps pooled (its engines are cached per URI for the process; a
-    dropped database's URI is never used again)."""
+    """An SQLAlchemy URI for a fresh, empty database, so tests share no state; dropped after the test."""
     name = postgres_server.create_database()
     yield postgres_server.uri(name)
-    postgres_server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    postgres_server.drop_database(name)

@@ -131,4 +131,4 @@ def mlflow_server(postgres_server, s3_endpoint, tmp_path_factory) -> Iterator[Ml
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
-        postgres_server.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        postgres_server.drop_database(database)

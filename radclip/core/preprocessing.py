@@ -377,3 +377,8 @@ class Preprocessing:
         except json.JSONDecodeError as error:
             raise ContractError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(data, str(path))
+
+    @classmethod
+    def read_if_saved(cls, directory: str | Path) -> Preprocessing | None:
+        """The contract saved in ``directory``, or None when none was saved there."""
+        return cls.read(directory) if (Path(directory) / PREPROCESSING_FILE).is_file() else None

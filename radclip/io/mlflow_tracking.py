@@ -395,17 +395,24 @@ def log_dataset_input(params: Params, data_dir: str | Path, *, context: str, mod
     mlflow.log_input(dataset, context=context, model=LoggedModelInput(model_id) if model_id else None)
 
 
-def model_digest(model_dir: str | Path) -> str:
-    """SHA-256 over a saved model directory's files (names and bytes): the same weights, config and
-    preprocessing contract give the same digest wherever the directory is copied."""
-    root = Path(model_dir)
+def tree_digest(root: str | Path, pattern: str = "*") -> str:
+    """SHA-256 over the files under ``root`` that match ``pattern``: each relative path and its bytes, in
+    sorted order, so a copy of the tree anywhere gives the same digest (files are read in blocks)."""
+    root = Path(root)
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob(pattern) if p.is_file()):
         digest.update(file.relative_to(root).as_posix().encode() + b"\0")
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+        digest.update(b"\0")
     return digest.hexdigest()
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """The :func:`tree_digest` of a saved model directory: the same weights, config and preprocessing
+    contract give the same digest wherever the directory is copied."""
+    return tree_digest(model_dir)
 
 
 def find_logged_model(params: Params, model_dir: str | Path) -> LoggedModel | None:

@@ -97,10 +97,7 @@ def cache_fingerprint(cache_dir: Path) -> str:
 
 def code_fingerprint(root: Path = PACKAGE_ROOT) -> str:
     """Digest of the Python source under ``root`` (relative paths and bytes, in sorted order)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return tracking.tree_digest(root, "*.py")[:16]
 
 
 def study_name(params: Params, data_fingerprint: str, code: str | None = None) -> str:

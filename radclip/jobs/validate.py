@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from radclip.config import Params
-from radclip.data.validation import DATA_DOCS_DIR, ValidationReport, validate_curated
+from radclip.data.validation import DATA_DOCS_DIR, DATA_DOCS_INDEX, ValidationReport, validate_curated
 from radclip.jobs.common import log, stage_main, write_effective_params
 
 STAGE = "validate"
@@ -16,7 +16,7 @@ def run(params: Params, *, progress: bool = True) -> ValidationReport:
     write_effective_params(params, STAGE, PARAMS)
     folder = params.resolve(params.paths.reports) / "validation"
     log.info("validation passed: %d checks; report in %s, Great Expectations' Data Docs in %s", len(report.checks),
-             folder, folder / DATA_DOCS_DIR / "index.html")
+             folder, folder / DATA_DOCS_DIR / DATA_DOCS_INDEX)
     return report
 
 

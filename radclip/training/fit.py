@@ -86,7 +86,7 @@ def fit(
     short runs, log one line per run instead.
     """
     from radclip.core.models import RadCLIP
-    from radclip.core.preprocessing import PREPROCESSING_FILE, Preprocessing
+    from radclip.core.preprocessing import Preprocessing
     from radclip.training.build import build_model
 
     train = train_params_for(params, stage)
@@ -143,8 +143,7 @@ def fit(
         if model_source:
             model = RadCLIP.from_pretrained(model_source)
         else:  # a fresh model carries the contract curation wrote beside its data, as init_model's does
-            contract_file = Path(data_dir) / PREPROCESSING_FILE
-            model = build_model(params, vocabulary, Preprocessing.read(data_dir) if contract_file.is_file() else None)
+            model = build_model(params, vocabulary, Preprocessing.read_if_saved(data_dir))
         if stage == "adapter":
             fresh_adapter(model, params, train.loop_seed)
         if stage == "lrclr":
@@ -154,7 +153,7 @@ def fit(
         model.save_pretrained(out_dir)
         seconds = time.perf_counter() - started
         model_id = None
-        if log_model and not (out_dir / PREPROCESSING_FILE).is_file():
+        if log_model and model.preprocessing is None:
             log.warning("%s: no preprocessing contract, so no LoggedModel (serving could not prepare its inputs); "
                         "the weights are saved there all the same", out_dir)
         elif log_model:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from helpers import tiny_params
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from tracking_server import free_port
 
 from radclip.core.models import RadCLIP
 from radclip.core.preprocessing import ContractError, Preprocessing
@@ -445,12 +445,6 @@ def test_every_package_the_served_code_imports_is_a_requirement(workspace, logge
 # --------------------------------------------------------------------------- radclip serve
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # No proxy handler: a proxy from the environment must never see loopback requests.
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -487,7 +481,7 @@ def _serve_command(workspace, *args: str) -> list[str]:
 
 
 def test_radclip_serve_refuses_an_alias_that_names_no_version(workspace, logged):
-    result = subprocess.run(_serve_command(workspace, "--alias", "no-such-alias", "--port", str(_free_port())),
+    result = subprocess.run(_serve_command(workspace, "--alias", "no-such-alias", "--port", str(free_port())),
                             capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 1
     assert f"registered model '{MODEL_NAME}' has no alias 'no-such-alias'" in result.stderr
@@ -496,7 +490,7 @@ def test_radclip_serve_refuses_an_alias_that_names_no_version(workspace, logged)
 def test_radclip_serve_answers_the_champion_and_survives_bad_requests(workspace, logged):
     MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", logged["info"].registered_model_version)
     files, tmp = workspace["files"], workspace["tmp"]
-    port = _free_port()
+    port = free_port()
     log = tmp / "server.log"
     command = _serve_command(workspace, "--port", str(port), "--path-root", str(files), "--max-upload-mb", "1")
     with log.open("w") as output:

@@ -21,6 +21,7 @@ import yaml
 from helpers import PROJECT_ROOT, tiny_params_dict
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from tracking_server import free_port
 
 from radclip.config import Params, load_params
 
@@ -371,12 +372,6 @@ def test_consecutive_failures_stop_the_sweep_before_it_burns_the_budget(project,
     assert [t.state for t in _study(params).get_trials()] == [TrialState.FAIL] * 3
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback(tmp_path):
     from optuna.distributions import FloatDistribution
@@ -391,7 +386,7 @@ def test_dashboard_serves_the_study_on_loopback(tmp_path):
                                               value=1.5))
     journal = Path(location)
     assert journal.name == JOURNAL_FILE and journal.exists()
-    port = _free_port()
+    port = free_port()
     dashboard = Path(sys.executable).with_name("optuna-dashboard")
     server = subprocess.Popen([str(dashboard), str(journal), "--host", "127.0.0.1", "--port", str(port),
                                "--server", "wsgiref"], env={**os.environ, "HOME": str(tmp_path)},

@@ -73,7 +73,6 @@ from radclip.core.models.text_cache import TextEmbeddingCache
 from radclip.core.models.tokenizer import load_tokenizer
 from radclip.core.preprocessing import (
     DISPLAY_PERCENTILES,
-    PREPROCESSING_FILE,
     PixelNormalisation,
     Preprocessing,
 )
@@ -427,7 +426,7 @@ class RadCLIP(nn.Module):
         clip = CLIPModel.from_pretrained(str(directory / CLIP_DIR), local_files_only=True)
         tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
         pixels = load_pixel_normalisation(directory / CLIP_DIR)
-        contract = Preprocessing.read(directory) if (directory / PREPROCESSING_FILE).is_file() else None
+        contract = Preprocessing.read_if_saved(directory)
         model = cls(
             clip,
             tokenizer,

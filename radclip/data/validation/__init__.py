@@ -54,7 +54,7 @@ from radclip.data.validation.checks import (
     _read_manifest,
     _shard_checks,
 )
-from radclip.data.validation.gx_runtime import SAMPLE_SIZE
+from radclip.data.validation.gx_runtime import DATA_DOCS_INDEX, SAMPLE_SIZE
 from radclip.data.validation.gx_runtime import data_docs as render_data_docs
 from radclip.data.validation.report import (
     METRICS_JSON,
@@ -68,6 +68,7 @@ DATA_DOCS_DIR = "data_docs"  # under the report folder
 
 __all__ = [
     "DATA_DOCS_DIR",
+    "DATA_DOCS_INDEX",
     "FINITE_BOUND",
     "MANIFEST_FILE",
     "METRICS_JSON",

@@ -105,11 +105,12 @@ def _gx() -> _GxRuntime:
 
 
 @contextlib.contextmanager
-def data_docs(directory: Path) -> Iterator[Path]:
-    """Within the block, every validation also renders into GE's Data Docs in ``directory``; yields the index page."""
+def data_docs(directory: Path) -> Iterator[None]:
+    """Within the block, every validation also renders into GE's Data Docs in ``directory`` (its
+    :data:`DATA_DOCS_INDEX` the start page)."""
     token = _docs_site.set(_gx().docs_site(directory))
     try:
-        yield directory / DATA_DOCS_INDEX
+        yield
     finally:
         _docs_site.reset(token)
     _local_logo(directory)
