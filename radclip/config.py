@@ -54,6 +54,13 @@ class Paths(Strict):
 class RayParams(Strict):
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": join a cluster
     num_cpus: int | None = Field(default=None, ge=1)  # local Ray only; None: all cores
+    # This machine's address as the cluster knows it, for machines with several interfaces; None: Ray's guess.
+    node_ip_address: str | None = None
+    # Ray Train's checkpoints and resume: a folder every node mounts or an object-store URI (s3://bucket/prefix);
+    # None: paths.tmp/ray-results, refused on a cluster of several nodes (the other nodes could not write it).
+    storage_path: str | None = None
+    # Where Ray Train places its workers: PACK fills a node first; SPREAD / STRICT_SPREAD one node each.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 # --------------------------------------------------------------------------- captions
@@ -552,10 +559,22 @@ class RegistryParams(Strict):
 # --------------------------------------------------------------------------- root
 
 
+class EmbedParams(Strict):
+    """embed_slices: the frozen 2D encoder over every slice of every curated volume (the cache is the same
+    whichever engine builds it)."""
+
+    engine: Literal["local", "ray"] = "local"  # ray: Ray Data actors (a cluster's nodes and GPUs)
+    concurrency: int = Field(default=2, ge=1)  # ray: encoder actors
+    num_cpus: float = Field(default=1.0, gt=0)  # ray: CPUs per actor (and its torch threads)
+    num_gpus: float = Field(default=0.0, ge=0)  # ray: GPUs per actor; > 0 encodes on CUDA
+    batch_volumes: int = Field(default=8, ge=1)  # volumes per encoder batch
+
+
 class Params(Strict):
     profile: str = "default"
     paths: Paths = Paths()
     ray: RayParams = RayParams()
+    embed: EmbedParams = EmbedParams()
     phantoms: PhantomParams = PhantomParams()
     data: DataParams = DataParams()
     curate: CurateParams = CurateParams()

@@ -31,7 +31,7 @@ import pytest
 
 # tests/postgres_server.py: a throwaway PostgreSQL server; tests/tracking_server.py: an S3-compatible endpoint and
 # an MLflow tracking server on them (fixtures)
-pytest_plugins = ["postgres_server", "tracking_server"]
+pytest_plugins = ["postgres_server", "tracking_server", "ray_cluster"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
 _NETGUARD_LOG = PROJECT_ROOT / ".tmp" / f"netguard-{os.getpid()}.log"

@@ -142,3 +142,20 @@ PATIENT = {  # fake identifying values written into DICOM headers
 def ct_volume(shape=(6, 10, 12), seed=0) -> np.ndarray:
     """Integer HU values (exactly representable with slope 1, intercept -1024)."""
     return np.random.default_rng(seed).integers(-1000, 2000, shape).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- slice caches
+
+
+def assert_same_cache(built: Path, reference: Path) -> None:
+    """Same index rows, same shard files byte for byte, same cache.json."""
+    import pyarrow.parquet as pq
+
+    from radclip.data.slice_cache import INDEX_FILE, INFO_FILE
+
+    assert (built / INFO_FILE).read_text() == (reference / INFO_FILE).read_text()
+    assert pq.read_table(built / INDEX_FILE).equals(pq.read_table(reference / INDEX_FILE))
+    shards = sorted(path.name for path in reference.glob("embeddings-*.npy"))
+    assert shards and shards == sorted(path.name for path in built.glob("embeddings-*.npy"))
+    for name in shards:
+        assert np.array_equal(np.load(built / name), np.load(reference / name)), name

@@ -27,6 +27,7 @@ its tables are created by MLflow's alembic migrations on first use: about a seco
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -126,8 +127,16 @@ def _check_no_tcp(data: Path) -> None:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory) -> Iterator[PostgresServer]:
     """PostgreSQL 16 from the pgserver wheel, on a unix socket in a tmp folder, for the whole session."""
+    with running_postgres(tmp_path_factory.mktemp("postgres").resolve(),
+                          tmp_path_factory.getbasetemp().resolve()) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_postgres(base: Path, traverse_from: Path) -> Iterator[PostgresServer]:
+    """PostgreSQL in ``base`` (empty) until the block ends; as root, the account it runs as may traverse the
+    folders from ``traverse_from`` down to ``base`` (the fixture's pytest tmp; a benchmark's temp folder)."""
     bin_dir = _bin_dir()
-    base = tmp_path_factory.mktemp("postgres").resolve()
     data = base / "data"
     socket_path = data / ".s.PGSQL.5432"
     if len(str(socket_path)) > _SOCKET_PATH_MAX:
@@ -143,7 +152,7 @@ def postgres_server(tmp_path_factory) -> Iterator[PostgresServer]:
                                f"{UNPRIVILEGED_ACCOUNT!r} on this machine") from None
     if account is not None:
         os.chown(data, account.pw_uid, account.pw_gid)
-        _let_account_traverse(base, tmp_path_factory.getbasetemp().resolve())
+        _let_account_traverse(base, traverse_from)
     run = _run_as(account)
     output = base / "pg_ctl.out"  # pg_ctl's own messages; the server logs to data/server.log
     log = data / "server.log"

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -72,6 +73,13 @@ class S3Endpoint:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[S3Endpoint]:
+    with running_s3() as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def running_s3() -> Iterator[S3Endpoint]:
+    """moto's S3 server on 127.0.0.1 with the test bucket, until the block ends."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -98,9 +106,24 @@ def mlflow_server(postgres_server, s3_endpoint, tmp_path_factory) -> Iterator[Ml
     import mlflow
 
     database = postgres_server.create_database("mlflow_server")
-    database_uri = postgres_server.uri(database)
+    try:
+        with running_mlflow_server(postgres_server.uri(database), s3_endpoint,
+                                   tmp_path_factory.mktemp("mlflow-server")) as server:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("MLFLOW_TRACKING_URI", server.url)
+                patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+                yield server
+                mlflow.set_tracking_uri(None)
+                mlflow.set_registry_uri(None)
+    finally:
+        postgres_server.drop_database(database)
+
+
+@contextlib.contextmanager
+def running_mlflow_server(database_uri: str, s3_endpoint: S3Endpoint, root: Path) -> Iterator[MlflowServer]:
+    """``mlflow server`` on 127.0.0.1 with its backend store at ``database_uri`` and its artifacts in the
+    endpoint's bucket (under ``root``'s name), until the block ends; ``root`` holds its log."""
     port = free_port()
-    root = tmp_path_factory.mktemp("mlflow-server")
     log = root / "server.log"
     artifacts = f"s3://{s3_endpoint.bucket}/{root.name}"
     env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint.url}
@@ -117,12 +140,7 @@ def mlflow_server(postgres_server, s3_endpoint, tmp_path_factory) -> Iterator[Ml
             _wait_for(f"{url}/health", 120, alive=lambda: server.poll() is None)
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"{error}\n--- {log}:\n{log.read_text()}") from None
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_TRACKING_URI", url)
-            patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-            yield MlflowServer(url=url, database_uri=database_uri, artifacts=artifacts, log=log)
-            mlflow.set_tracking_uri(None)
-            mlflow.set_registry_uri(None)
+        yield MlflowServer(url=url, database_uri=database_uri, artifacts=artifacts, log=log)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -131,4 +149,3 @@ def mlflow_server(postgres_server, s3_endpoint, tmp_path_factory) -> Iterator[Ml
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
-        postgres_server.drop_database(database)

@@ -42,7 +42,8 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,35 +119,83 @@ def _volume_records(curated_dir: Path) -> pd.DataFrame:
     return volumes.sort_values(["shard", "shard_index"], kind="stable").reset_index(drop=True)
 
 
-def _shape_batches(
-    curated: CuratedDataset, rows: pd.DataFrame, batch_volumes: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(first row, volumes (B, S, H, W), display ranges (B, 2))`` for consecutive rows of
-    one shape, B ≤ batch_volumes.
+@dataclass(frozen=True)
+class BatchPlan:
+    """One encoder batch: consecutive volumes of one shape within one cache shard."""
 
-    encode_slices needs one (S, H, W) per batch; planes may differ in slices and size,
-    so a batch ends early where the shape changes rather than padding pixels.
+    shard_number: int  # the cache shard it lands in
+    first: int  # its first volume's position in that shard
+    rows: tuple[int, ...]  # positions in the cached records (the sorted 3D manifest rows)
+
+
+def _plan_batches(curated: CuratedDataset, rows: pd.DataFrame, batch_volumes: int,
+                  shard_volumes: int) -> list[BatchPlan]:
+    """Batches of ≤ ``batch_volumes`` consecutive rows of one shape, none crossing a cache shard.
+
+    encode_slices needs one (S, H, W) per batch; planes may differ in slices and size, so a batch ends early where
+    the shape changes rather than padding pixels. Shapes come from the memory-mapped curated shards' headers (no
+    pixel is read here), and a volume whose shape disagrees with the manifest is refused.
     """
-    pending: list[np.ndarray] = []
-    ranges: list[tuple[float, float]] = []
-    first = 0
-    for position, row in enumerate(rows.itertuples(index=False)):
-        volume = curated.shard(row.shard)[int(row.shard_index)]
-        if volume.ndim != 3 or volume.shape[0] != int(row.slices):
-            raise SliceCacheError(
-                f"{curated.root / row.shard}[{row.shard_index}]: record {row.record_id} has shape "
-                f"{tuple(volume.shape)}, the manifest says {row.slices} slices"
-            )
-        if pending and (len(pending) == batch_volumes or volume.shape != pending[0].shape):
-            yield first, np.stack(pending), np.array(ranges, dtype=np.float32)
-            pending, ranges = [], []
-        if not pending:
-            first = position
-        pending.append(volume)
+    plans: list[BatchPlan] = []
+    shapes = {name: tuple(curated.shard(name).shape[1:]) for name in rows["shard"].unique()}
+    described = list(zip(rows["shard"], rows["shard_index"], rows["slices"], rows["record_id"], strict=True))
+    for shard_number, start in enumerate(range(0, len(rows), shard_volumes)):
+        pending: list[int] = []
+        shape: tuple[int, ...] = ()
+        for position in range(start, min(start + shard_volumes, len(rows))):
+            shard, shard_index, slices, record_id = described[position]
+            volume_shape = shapes[shard]
+            if len(volume_shape) != 3 or volume_shape[0] != int(slices):
+                raise SliceCacheError(
+                    f"{curated.root / shard}[{shard_index}]: record {record_id} has shape "
+                    f"{volume_shape}, the manifest says {slices} slices"
+                )
+            if pending and (len(pending) == batch_volumes or volume_shape != shape):
+                plans.append(BatchPlan(shard_number, pending[0] - start, tuple(pending)))
+                pending = []
+            shape = volume_shape
+            pending.append(position)
+        if pending:
+            plans.append(BatchPlan(shard_number, pending[0] - start, tuple(pending)))
+    return plans
+
+
+class SliceBatchEncoder:
+    """Encodes planned batches: reads their volumes from the curated shards (memory-mapped, opened in whichever
+    process runs it) and returns per-slice embeddings ``(B, S, D)`` in float32. Plain data and a model: it pickles,
+    so a Ray Data actor on any node that mounts the curated data can run it."""
+
+    def __init__(self, model: RadCLIP, curated_dir: str | Path, records: pd.DataFrame, plans: list[BatchPlan],
+                 device: str = "cpu"):
+        self.model, self.curated_dir, self.plans, self.device = model, Path(curated_dir), plans, device
+        columns = ["shard", "shard_index"] + [c for c in ("display_low", "display_high") if c in records.columns]
+        self.records = records[columns].reset_index(drop=True)
+        self.curated: CuratedDataset | None = None
+
+    def __call__(self, batch_number: int) -> np.ndarray:
+        if self.curated is None:  # first call in this process: open the data, put the model on its device
+            self.curated = CuratedDataset(self.curated_dir)
+            self.model.to(self.device).eval()
+        rows = self.records.iloc[list(self.plans[batch_number].rows)]
+        volumes = np.stack([self.curated.shard(shard)[int(index)]
+                            for shard, index in zip(rows["shard"], rows["shard_index"], strict=True)])
         # Manifests curated before display ranges were recorded: NaN = the encoder's percentile rule.
-        ranges.append((getattr(row, "display_low", np.nan), getattr(row, "display_high", np.nan)))
-    if pending:
-        yield first, np.stack(pending), np.array(ranges, dtype=np.float32)
+        display = np.stack([rows[c].to_numpy(np.float32) if c in rows else np.full(len(rows), np.nan, np.float32)
+                            for c in ("display_low", "display_high")], axis=1)
+        with torch.no_grad():
+            return self.model.encode_slices(volumes, display_range=display).to("cpu", torch.float32).numpy()
+
+
+# ``map_batches(make_encoder, count)``: the embeddings of batches 0 … count-1, in that order, computed by encoders
+# ``make_encoder()`` builds (radclip.io.ray_data.map_in_order runs them as Ray Data actors).
+BatchMapper = Callable[[Callable[[], Callable[[int], np.ndarray]], int], Iterator[np.ndarray]]
+
+
+def map_in_process(make_encoder: Callable[[], Callable[[int], np.ndarray]], count: int) -> Iterator[np.ndarray]:
+    """The default :data:`BatchMapper`: one encoder, in this process."""
+    encoder = make_encoder()
+    for batch_number in range(count):
+        yield encoder(batch_number)
 
 
 def write_slice_cache(
@@ -158,13 +207,15 @@ def write_slice_cache(
     shard_volumes: int = 512,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
+    map_batches: BatchMapper = map_in_process,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Encode every slice of every curated 3D record with the frozen 2D encoder into ``out_dir``.
 
     ``meta`` (e.g. the model directory and its hash) is stored verbatim in cache.json
-    (JSON-serialisable). Memory stays bounded by one batch of volumes plus the
-    memory-mapped shard being written, whatever the dataset size. Returns the
-    cache.json content.
+    (JSON-serialisable). ``map_batches`` runs the encoder over the planned batches (in this process, or as Ray
+    Data actors) on ``device``; the result is the same either way. Memory stays bounded by the batches in flight
+    plus the memory-mapped shard being written, whatever the dataset size. Returns the cache.json content.
     """
     if batch_volumes < 1 or shard_volumes < 1:
         raise ValueError(f"batch_volumes and shard_volumes must be ≥ 1, got {batch_volumes}, {shard_volumes}")
@@ -173,6 +224,7 @@ def write_slice_cache(
     curated = CuratedDataset(curated_dir)
     records = _volume_records(curated_dir)
     embedding_dim = int(model.embedding_dim)
+    plans = _plan_batches(curated, records, batch_volumes, shard_volumes)
 
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crashed run
@@ -184,28 +236,40 @@ def write_slice_cache(
     was_training = model.training
     model.eval()
     bar = progress_bar(progress)
+    block: np.memmap | None = None
+
+    def open_shard(shard_number: int) -> np.memmap:
+        rows = records.iloc[shard_number * shard_volumes : (shard_number + 1) * shard_volumes]
+        name = SHARD_PATTERN.format(shard_number)
+        padded_slices = int(rows["slices"].max())
+        start = shard_number * shard_volumes
+        shard_names[start : start + len(rows)] = name
+        shard_rows[start : start + len(rows)] = np.arange(len(rows))
+        shards.append({"file": name, "count": len(rows), "slices": padded_slices})
+        # Written through a memory map batch by batch: only the batches in flight are in RAM.
+        return np.lib.format.open_memmap(staging / name, mode="w+", dtype=EMBEDDING_DTYPE,
+                                         shape=(len(rows), padded_slices, embedding_dim))
+
     try:
-        with bar, torch.no_grad():
+        with bar:
             task = bar.add_task("slice cache", total=len(records))
-            for shard_number, start in enumerate(range(0, len(records), shard_volumes)):
-                rows = records.iloc[start : start + shard_volumes]
-                name = SHARD_PATTERN.format(shard_number)
-                padded_slices = int(rows["slices"].max())
-                # Written through a memory map batch by batch: only one batch of embeddings is in RAM.
-                block = np.lib.format.open_memmap(
-                    staging / name, mode="w+", dtype=EMBEDDING_DTYPE, shape=(len(rows), padded_slices, embedding_dim)
-                )
-                for first, volumes, display in _shape_batches(curated, rows, batch_volumes):
-                    embeddings = model.encode_slices(volumes, display_range=display).to("cpu", torch.float32).numpy()
-                    count, slices = volumes.shape[:2]
-                    block[first : first + count, :slices] = embeddings.astype(EMBEDDING_DTYPE)
-                    block[first : first + count, slices:] = 0  # explicit: padding never depends on the filesystem
-                    bar.update(task, advance=count)
+
+            def make_encoder() -> SliceBatchEncoder:
+                return SliceBatchEncoder(model, curated_dir, records, plans, device)
+
+            for plan, embeddings in zip(plans, map_batches(make_encoder, len(plans)), strict=True):
+                if len(shards) <= plan.shard_number:
+                    if block is not None:
+                        block.flush()
+                    block = open_shard(plan.shard_number)
+                assert block is not None  # the first plan opens shard 0
+                count, slices = embeddings.shape[:2]
+                block[plan.first : plan.first + count, :slices] = embeddings.astype(EMBEDDING_DTYPE)
+                block[plan.first : plan.first + count, slices:] = 0  # explicit: padding never depends on the filesystem
+                bar.update(task, advance=count)
+            if block is not None:
                 block.flush()
-                del block
-                shard_names[start : start + len(rows)] = name
-                shard_rows[start : start + len(rows)] = np.arange(len(rows))
-                shards.append({"file": name, "count": len(rows), "slices": padded_slices})
+            del block
     finally:
         model.train(was_training)
 

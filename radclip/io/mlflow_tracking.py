@@ -329,8 +329,8 @@ def active_run_id() -> str | None:
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None, *, run_id: str | None = None,
                 model_id: str | None = None) -> None:
-    """Log numbers (floats, ints, 0-d tensors) to the active run, or to ``run_id`` from another
-    process (Ray Train's rank 0 logging into the driver's run; the tracking URI is inherited).
+    """Log numbers (floats, ints, 0-d tensors) to the active run, or to ``run_id`` from a thread where it is
+    not active (the driver's thread that logs Ray Train's epochs).
     ``model_id`` links them to that LoggedModel as well (its metrics in MLflow's Logged Models view)."""
     values = {key: float(value) for key, value in metrics.items()}
     if run_id is None:
@@ -432,16 +432,6 @@ def set_logged_model_tags(model_id: str, tags: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- models by URI
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
-
-
-def metric_history(run_id: str, keys: tuple[str, ...]) -> list[dict]:
-    """Per-step metrics of a run, ``[{"epoch": step, key: value, ...}]`` in step order."""
-    client = MlflowClient()
-    by_step: dict[int, dict] = {}
-    for key in keys:
-        for point in client.get_metric_history(run_id, key):
-            by_step.setdefault(point.step, {"epoch": point.step})[key] = point.value
-    return [by_step[step] for step in sorted(by_step)]
 
 
 def is_model_uri(value: str) -> bool:

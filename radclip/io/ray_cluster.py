@@ -15,7 +15,9 @@ and nodes advertise the machine's public interface address instead of 127.0.0.1.
 - usage stats off, and their report URL set to a closed loopback port.
 
 On a cluster (``ray.address`` set) the cluster's own start-up is in charge;
-README's "Scaling out" shows the same settings for ``ray start``.
+README's "Scaling out" shows the same settings for ``ray start``. The driver joins it with a
+``runtime_env`` (:func:`cluster_runtime_env`) that ships this checkout's ``radclip`` package and the
+offline and tracking settings to every worker, so the nodes run the driver's code, not whatever they have installed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from radclip.config import Params
 
@@ -39,6 +41,14 @@ LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single node on 127.0.0.1
     "GLOO_SOCKET_IFNAME": "lo",  # torch.distributed gloo (Ray Train on CPU) on the loopback interface
 }
+
+# What the driver's environment tells every worker on a cluster: offline switches, tracking and rendezvous settings
+# and curation's salt (README, Scaling out). Values stay in the job's runtime_env, visible to the cluster's operators.
+FORWARDED_ENV = (
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY",
+    "MLFLOW_TRACKING_URI", "RAY_USAGE_STATS_ENABLED", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RADCLIP_PHI_SALT",
+)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # radclip/
 
 # Unix socket paths are limited to 107 bytes; Ray nests several levels under its temp dir.
 _MAX_TEMP_DIR_LENGTH = 40  # + "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store" (~63)
@@ -78,6 +88,16 @@ def _patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def cluster_runtime_env() -> dict:
+    """The job's runtime_env on a cluster: this ``radclip`` package (uploaded once, put first on the workers'
+    path) and the :data:`FORWARDED_ENV` variables the driver has set."""
+    return {
+        "py_modules": [str(PACKAGE_DIR)],
+        "excludes": ["__pycache__"],
+        "env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ},
+    }
+
+
 @contextlib.contextmanager
 def ray_session(params: Params, *, num_cpus: int | None = None) -> Iterator[None]:
     """Run the body with Ray initialised (and shut down after, if we started it)."""
@@ -87,7 +107,11 @@ def ray_session(params: Params, *, num_cpus: int | None = None) -> Iterator[None
         yield
         return
     if params.ray.address:
-        ray.init(address=params.ray.address, configure_logging=False, log_to_driver=True)
+        # _node_ip_address is ray.init's documented keyword for this node's address (no public alternative):
+        # on a machine with several interfaces Ray's guess may name one the cluster's nodes do not listen on.
+        extra: dict[str, Any] = {"_node_ip_address": params.ray.node_ip_address} if params.ray.node_ip_address else {}
+        ray.init(address=params.ray.address, runtime_env=cluster_runtime_env(), configure_logging=False,
+                 log_to_driver=True, **extra)
     else:
         real_home = Path.home()
         env = dict(LOCAL_RAY_ENV)

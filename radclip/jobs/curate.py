@@ -16,7 +16,11 @@ def run(params: Params, *, progress: bool = True) -> CurationSummary:
     if settings.engine == "serial":
         summary = curate(params, progress=progress)
     else:
-        # Ray tasks, 2 × workers in flight: memory stays flat, results in order (deterministic output).
+        # Ray tasks, 2 × workers in flight: memory stays flat, results in order (deterministic output). Kept
+        # rather than Ray Data: a chunk returns its records' arrays and manifest rows, which the driver checks
+        # for duplicates across chunks and writes into shards in input order; Ray Data would only add a
+        # conversion of variable-shape pixels into Arrow blocks, while ordered gets over a bounded queue already
+        # give the back-pressure, and a failed chunk is retried as a unit.
         with ray_cluster.ray_session(params, num_cpus=settings.workers if not params.ray.address else None):
             summary = curate(params, progress=progress, executor=lambda function, tasks: ray_cluster.run_ordered(
                 function, tasks, in_flight=2 * settings.workers))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from radclip.jobs.common import (
 )
 
 STAGE = "embed_slices"
-PARAMS: tuple[str, ...] = ()  # the encoder and the curated data decide the cache; no params do
+PARAMS: tuple[str, ...] = ("embed",)  # how it runs; the encoder and the curated data decide the cache
 METRICS = ("count", "embedding_dim", "max_slices", "seconds", "volumes_per_second")
 MODEL_CACHES = "slice_cache_by_fingerprint"  # under paths.tmp: caches of models outside the pipeline
 
@@ -30,15 +31,33 @@ def run(params: Params, *, encoder: str = CACHE_FINETUNED, progress: bool = True
     """The pipeline's cache of one 2D encoder (``finetuned`` or ``vanilla``)."""
     out = slice_cache_dir(params, encoder)
     model = RadCLIP.from_pretrained(model_dir(params, ENCODER_MODELS[encoder]))
-    info = write_slice_cache(model, params.resolve(params.paths.curated), out, progress=progress,
-                             meta={"model": str(Path(params.paths.models) / ENCODER_MODELS[encoder]),
-                                   "encoder": encoder})
+    info = build_cache(params, model, out, progress=progress,
+                       meta={"model": str(Path(params.paths.models) / ENCODER_MODELS[encoder]), "encoder": encoder})
     report = report_name(STAGE, encoder)
     write_metrics(params, f"{report}.json", {k: info[k] for k in METRICS})
     write_effective_params(params, report, PARAMS, {"encoder": encoder})
     log.info("embed_slices (%s): %d volumes cached at %.1f volumes/s",
              encoder, info["count"], info["volumes_per_second"])
     return info
+
+
+def build_cache(params: Params, model: RadCLIP, out: Path, *, meta: dict[str, Any], progress: bool = True
+                ) -> dict[str, Any]:
+    """``model``'s slice cache of the curated data in ``out``, in this process or (``embed.engine: ray``) on Ray
+    Data actors, on the local Ray or the cluster at ``ray.address``."""
+    embed = params.embed
+    curated = params.resolve(params.paths.curated)
+    if embed.engine == "local":
+        return write_slice_cache(model, curated, out, batch_volumes=embed.batch_volumes, meta=meta, progress=progress)
+    from radclip.io.ray_cluster import ray_session
+    from radclip.io.ray_data import map_in_order
+
+    device = "cuda" if embed.num_gpus > 0 else "cpu"
+    with ray_session(params):
+        return write_slice_cache(
+            model, curated, out, batch_volumes=embed.batch_volumes, meta=meta, progress=progress, device=device,
+            map_batches=functools.partial(map_in_order, concurrency=embed.concurrency, num_cpus=embed.num_cpus,
+                                          num_gpus=embed.num_gpus))
 
 
 def cache_for(params: Params, model: RadCLIP, *, progress: bool = True) -> Path:
@@ -53,8 +72,7 @@ def cache_for(params: Params, model: RadCLIP, *, progress: bool = True) -> Path:
     own = params.resolve(params.paths.tmp) / MODEL_CACHES / fingerprint[:16]
     if not (own / INFO_FILE).is_file():
         log.info("slice cache for encoder %s… (not the pipeline's): encoding every curated volume", fingerprint[:12])
-        write_slice_cache(model, params.resolve(params.paths.curated), own, progress=progress,
-                          meta={"encoder_fingerprint": fingerprint})
+        build_cache(params, model, own, progress=progress, meta={"encoder_fingerprint": fingerprint})
     return own
 
 

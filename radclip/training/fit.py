@@ -2,8 +2,9 @@
 
 The driver opens the MLflow run (params, lineage tags, worker count), starts the
 workers (``TorchTrainer`` with ``ScalingConfig``/``TorchConfig``/``FailureConfig``
-from params, on the local loopback Ray or ``ray.address``), lets rank 0 log the
-per-epoch metrics into that run, then rebuilds the model from the last checkpoint
+from params, on the local loopback Ray or ``ray.address``), logs each epoch the workers
+report (``ray.train.report``, relayed to the driver by :mod:`radclip.io.ray_train`) into that run
+and tags it with the nodes the workers ran on, then rebuilds the model from the last checkpoint
 with the best-validation weights, saves it (HF-style directory, safetensors) and
 logs it as a LoggedModel of that run (the served pyfunc, :mod:`radclip.io.mlflow_pyfunc`), with the
 training data as the run's input. A crash ends the run FAILED.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -39,7 +39,6 @@ from radclip.training.loop import (
 )
 
 log = logging.getLogger("radclip.training")
-STOP_FILE = "stop-requested"  # in the run's scratch dir: workers stop after the epoch that finds it
 
 
 @dataclass
@@ -56,10 +55,6 @@ class FitResult:
     mlflow_model_id: str | None = None  # the LoggedModel it was logged as (none with log_model=False)
 
 
-def _ray_storage(params: Params) -> Path:
-    return params.resolve(params.paths.tmp) / "ray-results"
-
-
 def fit(
     params: Params,
     stage: Stage,
@@ -69,6 +64,7 @@ def fit(
     out_dir: Path,
     model_source: Path | None = None,
     fail_at: tuple[int, int] | None = None,
+    fail_node: str | None = None,
     tags: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict], bool] | None = None,
     parent_run_id: str | None = None,
@@ -83,7 +79,8 @@ def fit(
     run (a sweep trial under its sweep). ``log_model=False`` logs no LoggedModel and no loss curves (sweep
     trials and the ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
     line per epoch (epoch, losses, pairs/s, time left at most); the sweep and the ablation, which fit many
-    short runs, log one line per run instead.
+    short runs, log one line per run instead. ``fail_at`` (epoch, step) kills one Ray worker once there, the last
+    rank or the one on node ``fail_node`` (resume tests).
     """
     from radclip.core.models import RadCLIP
     from radclip.core.preprocessing import Preprocessing
@@ -95,29 +92,28 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     workers = train.num_workers if train.engine == "ray" else 1
     started = time.perf_counter()
-    stop_file = run_dir / STOP_FILE
-    stop_file.unlink(missing_ok=True)
-    stopped = threading.Event()
-
+    stopped = False
     first_epoch_at: float | None = None  # when the first epoch ended: later epochs' pace excludes start-up
-
-    def epoch_done(metrics: dict) -> None:
-        nonlocal first_epoch_at
-        if epoch_lines:
-            now = time.perf_counter()
-            first_epoch_at = now if first_epoch_at is None else first_epoch_at
-            log.info("%s", epoch_line(f"pretrain_{stage}" + (f" {run_name}" if run_name else ""), metrics,
-                                      train.epochs, now - started, now - first_epoch_at))
-        if on_epoch is not None and not stopped.is_set() and on_epoch(metrics):
-            stopped.set()
-            stop_file.touch()
-
-    hook = epoch_done if (on_epoch is not None or epoch_lines) else None
 
     with tracking.start_run(
         params, stage=f"pretrain_{stage}", run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
         tags={"ray.workers": workers, "engine": train.engine, **(tags or {})},
     ) as run:
+
+        def epoch_done(metrics: dict) -> bool:
+            """On the driver, after every epoch: log it, and ask ``on_epoch`` whether to stop."""
+            nonlocal first_epoch_at, stopped
+            tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]),
+                                 run_id=run.info.run_id)
+            if epoch_lines:
+                now = time.perf_counter()
+                first_epoch_at = now if first_epoch_at is None else first_epoch_at
+                log.info("%s", epoch_line(f"pretrain_{stage}" + (f" {run_name}" if run_name else ""), metrics,
+                                          train.epochs, now - started, now - first_epoch_at))
+            if on_epoch is not None and not stopped and on_epoch(metrics):
+                stopped = True
+            return stopped
+
         config = FitConfig(
             params=params.model_dump(mode="json", by_alias=True),
             stage=stage,
@@ -125,17 +121,18 @@ def fit(
             vocabulary=vocabulary,
             run_dir=str(run_dir),
             model_source=str(model_source) if model_source else None,
-            mlflow_run_id=run.info.run_id,
             fail_at=fail_at,
-            stop_file=str(stop_file),
+            fail_node=fail_node,
+            relay=ray_train.relay_name(name) if train.engine == "ray" else None,
+            driver_decides=on_epoch is not None,
         )
         if train.engine == "ray":
-            with _EpochPoller(run.info.run_id, hook):
-                checkpoint_dir = ray_train.run_trainer(params, train, train_worker, asdict(config), name=name,
-                                                       storage=_ray_storage(params))
-            history = _history_from_run(run.info.run_id)
+            trained = ray_train.run_trainer(params, train, train_worker, asdict(config), name=name,
+                                            checkpoint_copy=run_dir / "final-checkpoint", on_report=epoch_done)
+            history, checkpoint_dir = trained.history, trained.checkpoint_dir
+            tracking.set_tags({"ray.worker_nodes": ",".join(trained.worker_nodes)})
         else:
-            reports = train_worker(asdict(config), on_epoch=hook)
+            reports = train_worker(asdict(config), on_epoch=epoch_done)
             history = [metrics for metrics, _ in reports]
             checkpoint_dir = Path(reports[-1][1])
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())["state"]
@@ -179,13 +176,14 @@ def fit(
             seconds=seconds,
             mlflow_run_id=run.info.run_id,
             workers=workers,
-            stopped_by_callback=stopped.is_set(),
+            stopped_by_callback=stopped,
             mlflow_model_id=model_id,
         )
     # The run finished: its scratch and Ray Train checkpoints are no longer needed (names are unique,
     # so nothing would ever resume from them).
     shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.rmtree(_ray_storage(params) / name, ignore_errors=True)
+    if train.engine == "ray":
+        ray_train.delete_run_storage(ray_train.storage_location(params), name)
     return result
 
 
@@ -201,45 +199,3 @@ def epoch_line(name: str, metrics: Mapping[str, float], max_epochs: int, elapsed
     extra = f", local {metrics['val_local_loss']:.4f}" if "val_local_loss" in metrics else ""
     return (f"{name} epoch {done}/{max_epochs}: train {metrics['train_loss']:.4f}, val {metrics['val_loss']:.4f}"
             f"{extra}, {metrics['pairs_per_second']:.0f} pairs/s, ≤ {minutes}m{seconds:02d}s left")
-
-
-class _EpochPoller:
-    """Driver-side per-epoch hook for Ray workers: rank 0 logs each epoch into the run, this thread
-    reads the run's metric history and calls ``callback`` once per new epoch (Optuna trials live
-    on the driver, never in Ray workers)."""
-
-    def __init__(self, run_id: str, callback: Callable[[dict], None] | None, interval: float = 1.0):
-        self.run_id, self.callback, self.interval = run_id, callback, interval
-        self.done = threading.Event()
-        self.seen = -1
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="radclip-epoch-poller")
-
-    def _poll(self) -> None:
-        assert self.callback is not None  # polling runs only with a callback (__enter__, __exit__)
-        for metrics in _history_from_run(self.run_id):
-            if metrics["epoch"] > self.seen and "val_loss" in metrics:
-                self.seen = metrics["epoch"]
-                self.callback(metrics)
-
-    def _loop(self) -> None:
-        while not self.done.wait(self.interval):
-            self._poll()
-
-    def __enter__(self) -> _EpochPoller:
-        if self.callback is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        if self.callback is not None:
-            self.thread.join()
-            self._poll()  # epochs logged after the last poll
-
-
-HISTORY_KEYS = ("train_loss", "val_loss", "lr", "temperature", "pairs_per_second", "train_local_loss", "val_local_loss")
-
-
-def _history_from_run(run_id: str) -> list[dict]:
-    """Per-epoch metrics as rank 0 logged them into the run (Ray keeps only the last report)."""
-    return tracking.metric_history(run_id, HISTORY_KEYS)

@@ -40,7 +40,6 @@ from torch.utils.data.distributed import DistributedSampler
 
 from radclip.config import Params, TrainParams
 from radclip.core.losses import MAX_LOGIT_SCALE
-from radclip.io import mlflow_tracking as tracking
 from radclip.io import ray_train
 
 if TYPE_CHECKING:
@@ -65,9 +64,10 @@ class FitConfig:
     vocabulary: list[str]  # texts the tokenizer of a freshly built model is made from
     run_dir: str  # local scratch of this run (fault-injection marker)
     model_source: str | None = None  # RadCLIP directory to start from; None: build from params
-    mlflow_run_id: str | None = None
-    fail_at: tuple[int, int] | None = None  # (epoch, step): kill the last worker once (tests)
-    stop_file: str | None = None  # when this file exists after an epoch, every worker stops (sweep pruning)
+    fail_at: tuple[int, int] | None = None  # (epoch, step): kill one worker once (tests)
+    fail_node: str | None = None  # the worker killed is the one on this node; None: the last rank
+    relay: str | None = None  # Ray Train: the driver's relay actor (radclip.io.ray_train)
+    driver_decides: bool = False  # after each epoch the driver says whether to stop (sweep pruning)
 
 
 # --------------------------------------------------------------------------- data
@@ -155,6 +155,7 @@ class WorkerContext:
     world_size: int = 1
     in_ray: bool = False
     checkpoint_dir: str | None = None  # the checkpoint to resume from
+    node_ip: str | None = None  # Ray Train: the worker's node
     local_reports: list = field(default_factory=list)  # engine local: (metrics, checkpoint dir) per epoch
     local_root: str | None = None
 
@@ -163,7 +164,8 @@ class WorkerContext:
         worker = ray_train.current_worker()
         if worker is None:
             return cls(local_root=local_root)
-        return cls(rank=worker.rank, world_size=worker.world_size, in_ray=True, checkpoint_dir=worker.checkpoint_dir)
+        return cls(rank=worker.rank, world_size=worker.world_size, in_ray=True, checkpoint_dir=worker.checkpoint_dir,
+                   node_ip=worker.node_ip)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if self.in_ray:
@@ -350,15 +352,23 @@ def _loader(dataset: Dataset, per_worker: int, ctx: WorkerContext, seed: int, sh
     return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True, num_workers=0), sampler
 
 
-def _stop_requested(config: FitConfig, ctx: WorkerContext) -> bool:
-    """Rank 0 looks for the stop file; the answer is shared so that all workers stop at the same epoch."""
-    seen = float(ctx.rank == 0 and config.stop_file is not None and Path(config.stop_file).exists())
-    return _all_reduce_sum([seen], ctx.world_size)[0] > 0
+def _stop_requested(config: FitConfig, ctx: WorkerContext, epoch: int) -> bool:
+    """On Ray, rank 0 waits for the driver's decision on ``epoch``; the answer is shared so that all workers stop
+    at the same epoch."""
+    says_stop = ctx.rank == 0 and config.relay is not None and ray_train.driver_says_stop(config.relay, epoch)
+    return _all_reduce_sum([float(says_stop)], ctx.world_size)[0] > 0
 
 
-def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = None) -> list:
+def _kill_here(config: FitConfig, ctx: WorkerContext, epoch: int, step: int) -> bool:
+    if config.fail_at != (epoch, step):
+        return False
+    return ctx.node_ip == config.fail_node if config.fail_node else ctx.rank == ctx.world_size - 1
+
+
+def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = None) -> list:
     """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly,
-    with ``on_epoch`` called after every epoch's report: the sweep's pruning hook)."""
+    with ``on_epoch`` called after every epoch's report: the driver's logging and the sweep's pruner, which
+    returns True to stop)."""
     from radclip.core.losses import GlobalLocalLoss
     from radclip.core.models import RadCLIP
     from radclip.training.build import build_model
@@ -389,7 +399,10 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
                               else LrclrStep(model) if local else ImageStep(model))
     if ctx.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
-        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=device_ids)
+        # The attention reducer reads only its pooling attention's scores, so that module's output projection
+        # never gets a gradient; DDP must be told, or its second step fails waiting for those gradients.
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=device_ids,
+                                                          find_unused_parameters=config.stage == "adapter")
 
     train_set, val_set, train_captions, val_captions = _datasets(config)
     per_worker = max(1, train.batch_size // ctx.world_size)
@@ -428,11 +441,11 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         val_batches: float
         started, loss_sum, local_sum, batches, samples = time.perf_counter(), 0.0, 0.0, 0, 0
         for step, batch in enumerate(train_loader):
-            if config.fail_at == (epoch, step) and ctx.rank == ctx.world_size - 1:
+            if _kill_here(config, ctx, epoch, step):
                 marker = Path(config.run_dir) / FAULT_MARKER
                 if not marker.exists():  # once: the restarted worker must get past this point
                     marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(f"worker {ctx.rank} killed at epoch {epoch} step {step}\n")
+                    marker.write_text(f"worker {ctx.rank} on node {ctx.node_ip} killed at epoch {epoch} step {step}\n")
                     os._exit(1)
             out = _batch_forward(step_module, batch, config.stage, device, train.bf16, train_tokens)
             loss, _, local_loss = loss_fn(out.features, train_text[out.caption_ids], out.local_image, out.local_text,
@@ -482,13 +495,9 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], None] | None = Non
         if ctx.rank == 0:
             checkpoint_dir = tempfile.mkdtemp(prefix="radclip-ckpt-")
             _save_checkpoint(Path(checkpoint_dir), model, optimizer, scheduler, state, best)
-            if config.mlflow_run_id:
-                tracking.log_metrics(
-                    {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=config.mlflow_run_id
-                )
-        ctx.report(metrics, checkpoint_dir)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if _stop_requested(config, ctx):
+        ctx.report(metrics, checkpoint_dir)  # on Ray, the driver logs the epoch (radclip.io.ray_train)
+        if on_epoch is not None and on_epoch(metrics):  # in-process: the driver's hook, called right here
+            break
+        if config.driver_decides and _stop_requested(config, ctx, epoch):
             break
     return ctx.local_reports

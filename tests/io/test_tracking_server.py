@@ -27,7 +27,7 @@ GATE = "brain_mri_4class.probe_accuracy_mean"
 
 @pytest.fixture(scope="module")
 def trained(tiny_curated, mlflow_server, tmp_path_factory):
-    """The 2D stage on Ray Train (its worker logs each epoch to the server over HTTP), tracked by the server."""
+    """The 2D stage on Ray Train (the driver logs each epoch its worker reports), tracked by the server."""
     from radclip.jobs import pretrain_2d
 
     workspace = tiny_curated.workspace(tmp_path_factory.mktemp("server-project"))
