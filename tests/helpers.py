@@ -159,3 +159,21 @@ def assert_same_cache(built: Path, reference: Path) -> None:
     assert shards and shards == sorted(path.name for path in built.glob("embeddings-*.npy"))
     for name in shards:
         assert np.array_equal(np.load(built / name), np.load(reference / name)), name
+
+
+# --------------------------------------------------------------------------- fits
+
+
+def assert_resumed_like_uninterrupted(resumed: Any, uninterrupted: Any) -> None:
+    """A fit resumed after a killed worker (FitResult) matches the uninterrupted one: every epoch's losses and
+    the saved 2D weights."""
+    import pytest
+    from safetensors.torch import load_file
+
+    for before, after in zip(uninterrupted.history, resumed.history, strict=True):
+        assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-5)
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
+    original = load_file(str(Path(uninterrupted.model_dir) / "clip" / "model.safetensors"))
+    again = load_file(str(Path(resumed.model_dir) / "clip" / "model.safetensors"))
+    for name, tensor in original.items():
+        assert np.allclose(tensor.numpy(), again[name].numpy(), atol=1e-5), name

@@ -11,11 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import assert_same_cache, tiny_params
+from helpers import assert_resumed_like_uninterrupted, assert_same_cache, tiny_params
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file
 
 from radclip.config import Params
 
@@ -81,13 +79,7 @@ def test_a_worker_killed_on_the_second_node_resumes_from_shared_storage_at_the_s
 
     resumed = _fit(params, "resumed", fail_at=(1, 1), fail_node=ray_cluster.second_ip, on_epoch=record_the_kill)
     assert killed and f"on node {ray_cluster.second_ip} killed at epoch 1 step 1" in killed[0]
-    for before, after in zip(uninterrupted.history, resumed.history, strict=True):
-        assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-5)
-        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
-    original = load_file(str(Path(uninterrupted.model_dir) / "clip" / "model.safetensors"))
-    again = load_file(str(Path(resumed.model_dir) / "clip" / "model.safetensors"))
-    for name, tensor in original.items():
-        assert np.allclose(tensor.numpy(), again[name].numpy(), atol=1e-5), name
+    assert_resumed_like_uninterrupted(resumed, uninterrupted)
 
 
 def test_the_drivers_stop_reaches_both_nodes_after_the_epoch_it_decided_on(ray_cluster, mlflow_server, workspace):

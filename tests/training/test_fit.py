@@ -9,9 +9,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import tiny_params
+from helpers import assert_resumed_like_uninterrupted, tiny_params
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file
 
 from radclip.config import Params
 
@@ -107,13 +106,7 @@ def test_resume_after_a_killed_worker_ends_at_the_same_metrics(curated, ray_run)
     from radclip.jobs import pretrain_2d
 
     resumed = pretrain_2d.run(_params(curated, engine="ray", num_workers=2), progress=False, fail_at=(1, 1))
-    for before, after in zip(ray_run.history, resumed.history, strict=True):
-        assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-5)
-        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
-    original = load_file(str(Path(ray_run.model_dir) / "clip" / "model.safetensors"))
-    again = load_file(str(Path(resumed.model_dir) / "clip" / "model.safetensors"))
-    for name, tensor in original.items():
-        assert np.allclose(tensor.numpy(), again[name].numpy(), atol=1e-5), name
+    assert_resumed_like_uninterrupted(resumed, ray_run)
 
 
 def test_single_process_matches_two_workers_at_equal_global_batch(curated, ray_run):
