@@ -7,6 +7,7 @@ function and prints what it did. Progress goes to the terminal with rich.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,13 @@ from rich.console import Console
 
 from radclip.config import Params, ParamsError, load_params
 from radclip.jobs.common import configure_logging
+
+
+class Device(str, enum.Enum):  # typer's choices: the values of InferenceParams.device
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RadCLIP: train, tune, evaluate, track and ship.")
 console = Console(stderr=True)
@@ -31,16 +39,22 @@ def _global_options(
     ] = None,
     profile: Annotated[Optional[str], typer.Option(help="overlay params/<profile>.yaml (e.g. paper)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    device: Annotated[Optional[Device], typer.Option(
+        help="where models run for inference (embed, zero-shot, evaluate, ablate, serve...; default: params' "
+             "inference.device); auto: CUDA when torch sees a GPU")] = None,
 ) -> None:
     _state.clear()  # one invocation's params: a second one in the same process reads its own --params
-    _state.update(params_file=params_file, profile=profile, quiet=quiet)
+    _state.update(params_file=params_file, profile=profile, quiet=quiet, device=device)
     configure_logging()
 
 
 def _params() -> Params:
     if "params" not in _state:
         try:
-            _state["params"] = load_params(_state.get("params_file"), profile=_state.get("profile"))
+            params = load_params(_state.get("params_file"), profile=_state.get("profile"))
+            if _state.get("device") is not None:
+                params = params.with_values({"inference.device": _state["device"].value})
+            _state["params"] = params
         except ParamsError as error:
             console.print(f"[red]params error[/red]\n{error}")
             raise typer.Exit(2) from None
@@ -245,6 +259,7 @@ def _source(collection: Optional[str], region: str, modality: str):
 
 def _predictor(model: Optional[str]):
     """The model (directory or MLflow URI) ready to predict, preprocessing inputs by its own contract."""
+    from radclip.core.device import DeviceUnavailable
     from radclip.core.preprocessing import ContractError
     from radclip.jobs.common import MODEL_FINAL, model_dir
     from radclip.serving import Predictor
@@ -253,9 +268,13 @@ def _predictor(model: Optional[str]):
     try:
         with _model_location(params, model) as location:
             # Loaded into memory here, so the downloaded copy may go with the scratch folder.
-            return Predictor.from_directory(location or model_dir(params, MODEL_FINAL))
+            return Predictor.from_directory(location or model_dir(params, MODEL_FINAL),
+                                            device=params.inference.device, bf16=params.inference.bf16)
     except (FileNotFoundError, ContractError) as error:
         console.print(f"[red]model error[/red] {error}")
+        raise typer.Exit(1) from None
+    except DeviceUnavailable as error:
+        console.print(f"[red]device error[/red] {error}")
         raise typer.Exit(1) from None
 
 
@@ -377,11 +396,12 @@ def serve(
     max_rows: Annotated[int, typer.Option(help="most rows per request")] = 256,
 ) -> None:
     """Serve the registered model (by alias) over HTTP: POST /invocations with base64 images, captions or paths."""
+    from radclip.core.device import DeviceUnavailable
     from radclip.io.mlflow_registry import REGISTRY_ERRORS
     from radclip.jobs import serve as job
 
     params = _params()
-    refusals: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ValueError)
+    refusals: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ValueError, DeviceUnavailable)
     try:
         status = job.run(params, model=model, alias=alias, host=host, port=port, workers=workers,
                          path_root=path_root, max_upload_bytes=int(max_upload_mb * 2**20), max_rows=max_rows)

@@ -559,14 +559,22 @@ class RegistryParams(Strict):
 # --------------------------------------------------------------------------- root
 
 
+class InferenceParams(Strict):
+    """Where frozen models run outside Ray Train: embed_slices (its local engine; Ray actors run on CUDA when they
+    hold GPUs), evaluate, ablate, localise, serving and the CLI. Training stages: ``train_*.use_gpu``."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU; cuda without one: an error
+    bf16: bool = True  # bfloat16 autocast on CUDA (outputs cast back to float32); the CPU always runs fp32
+
+
 class EmbedParams(Strict):
-    """embed_slices: the frozen 2D encoder over every slice of every curated volume (the cache is the same
-    whichever engine builds it)."""
+    """How a frozen 2D encoder runs over curated data: embed_slices (every slice of every curated volume) and the 2D
+    features of evaluate and ablate. The output is the same whichever engine computes it."""
 
     engine: Literal["local", "ray"] = "local"  # ray: Ray Data actors (a cluster's nodes and GPUs)
     concurrency: int = Field(default=2, ge=1)  # ray: encoder actors
     num_cpus: float = Field(default=1.0, gt=0)  # ray: CPUs per actor (and its torch threads)
-    num_gpus: float = Field(default=0.0, ge=0)  # ray: GPUs per actor; > 0 encodes on CUDA
+    num_gpus: float = Field(default=0.0, ge=0)  # ray: GPUs per actor; > 0 encodes on CUDA (inference.bf16 applies)
     batch_volumes: int = Field(default=8, ge=1)  # volumes per encoder batch
 
 
@@ -574,6 +582,7 @@ class Params(Strict):
     profile: str = "default"
     paths: Paths = Paths()
     ray: RayParams = RayParams()
+    inference: InferenceParams = InferenceParams()
     embed: EmbedParams = EmbedParams()
     phantoms: PhantomParams = PhantomParams()
     data: DataParams = DataParams()

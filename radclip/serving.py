@@ -24,6 +24,7 @@ The MLflow pyfunc that serves it lives in :mod:`radclip.io.mlflow_pyfunc`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tempfile
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from radclip.core.device import DEVICE_NAMES, bf16_autocast, resolve_device
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import ContractError, Prepared, Preprocessing
 from radclip.core.records import InputError, LoadedImage
@@ -47,6 +49,8 @@ UPLOAD_TYPES = "PNG, JPEG, BMP, TIFF, DICOM (Part 10), NIfTI (.nii/.nii.gz) or .
 ENV_PATH_ROOT = "RADCLIP_SERVE_PATH_ROOT"
 ENV_MAX_UPLOAD_BYTES = "RADCLIP_SERVE_MAX_UPLOAD_BYTES"
 ENV_MAX_ROWS = "RADCLIP_SERVE_MAX_ROWS"
+ENV_DEVICE = "RADCLIP_SERVE_DEVICE"  # auto | cpu | cuda
+ENV_BF16 = "RADCLIP_SERVE_BF16"  # 1 | 0: bf16 autocast on CUDA
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20  # a 512 x 512 x 120 int16 CT is 60 MiB
 DEFAULT_MAX_ROWS = 256
 _NIFTI_HEADER = 544  # bytes that hold the magic of NIfTI-1 (348 + 4) and NIfTI-2 (540 + ...)
@@ -105,22 +109,28 @@ def load_upload(content: bytes, name: str = UPLOAD) -> LoadedImage:
 @dataclass(frozen=True)
 class ServingPolicy:
     """What a serving process accepts: server-side paths only under ``path_root`` (none: uploads only),
-    uploads up to ``max_upload_bytes``, requests up to ``max_rows`` rows."""
+    uploads up to ``max_upload_bytes``, requests up to ``max_rows`` rows; and where its model runs (``device``,
+    see :func:`radclip.core.device.resolve_device`; ``bf16`` autocast on CUDA)."""
 
     path_root: Path | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_rows: int = DEFAULT_MAX_ROWS
+    device: str = "auto"
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_rows < 1:
             raise ValueError(f"max_upload_bytes and max_rows must be positive, got {self.max_upload_bytes} "
                              f"and {self.max_rows}")
+        if self.device not in DEVICE_NAMES:
+            raise ValueError(f"serving device must be one of {', '.join(DEVICE_NAMES)}, got {self.device!r}")
         if self.path_root is not None and not Path(self.path_root).is_dir():
             raise ValueError(f"serving path root {self.path_root} is not a directory")
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> ServingPolicy:
-        """From ``RADCLIP_SERVE_PATH_ROOT``, ``RADCLIP_SERVE_MAX_UPLOAD_BYTES``, ``RADCLIP_SERVE_MAX_ROWS``."""
+        """From ``RADCLIP_SERVE_PATH_ROOT``, ``RADCLIP_SERVE_MAX_UPLOAD_BYTES``, ``RADCLIP_SERVE_MAX_ROWS``,
+        ``RADCLIP_SERVE_DEVICE`` and ``RADCLIP_SERVE_BF16``."""
         def number(name: str, default: int) -> int:
             text = environ.get(name, "").strip()
             try:
@@ -129,13 +139,18 @@ class ServingPolicy:
                 raise ValueError(f"{name}={text!r} is not a whole number") from None
 
         root = environ.get(ENV_PATH_ROOT, "").strip()
+        bf16 = environ.get(ENV_BF16, "1").strip()
+        if bf16 not in ("0", "1"):
+            raise ValueError(f"{ENV_BF16}={bf16!r}: expected 1 or 0")
         return cls(path_root=Path(root).resolve() if root else None,
                    max_upload_bytes=number(ENV_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_BYTES),
-                   max_rows=number(ENV_MAX_ROWS, DEFAULT_MAX_ROWS))
+                   max_rows=number(ENV_MAX_ROWS, DEFAULT_MAX_ROWS),
+                   device=environ.get(ENV_DEVICE, "").strip() or "auto", bf16=bf16 == "1")
 
     def environment(self) -> dict[str, str]:
         """The environment variables :meth:`from_environment` reads this policy back from."""
-        values = {ENV_MAX_UPLOAD_BYTES: str(self.max_upload_bytes), ENV_MAX_ROWS: str(self.max_rows)}
+        values = {ENV_MAX_UPLOAD_BYTES: str(self.max_upload_bytes), ENV_MAX_ROWS: str(self.max_rows),
+                  ENV_DEVICE: self.device, ENV_BF16: "1" if self.bf16 else "0"}
         return {**values, ENV_PATH_ROOT: str(self.path_root) if self.path_root is not None else ""}
 
     def server_path(self, text: str) -> Path:
@@ -173,16 +188,21 @@ class ZeroShot:
 class Predictor:
     """Embeddings and zero-shot scores for files, arrays and captions."""
 
-    def __init__(self, model: RadCLIP, model_dir: str | Path = "<model>"):
+    def __init__(self, model: RadCLIP, model_dir: str | Path = "<model>", *, bf16: bool = True):
         if model.preprocessing is None:
             raise ContractError(f"{model_dir}: the model carries no preprocessing contract (preprocessing.json); "
                                 "models saved by the pipeline's stages carry the one of their training data")
         self.model = model.eval()
         self.preprocessing: Preprocessing = model.preprocessing
+        self.bf16 = bf16  # autocast on CUDA; outputs are float32 either way
 
     @classmethod
-    def from_directory(cls, model_dir: str | Path) -> Predictor:
-        return cls(RadCLIP.from_pretrained(model_dir), model_dir)
+    def from_directory(cls, model_dir: str | Path, *, device: str = "auto", bf16: bool = True) -> Predictor:
+        """The model in ``model_dir`` on ``device`` (``auto`` | ``cpu`` | ``cuda``)."""
+        return cls(RadCLIP.from_pretrained(model_dir, device=resolve_device(device)), model_dir, bf16=bf16)
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        return bf16_autocast(self.model.device, self.bf16)
 
     def prepare(self, source: str | Path | np.ndarray, origin: Source = Source()) -> Prepared:
         """Load (path) or wrap (array), check and normalise one input as curation does."""
@@ -216,11 +236,12 @@ class Predictor:
             for start in range(0, len(indices), ENCODE_BATCH):
                 batch = indices[start : start + ENCODE_BATCH]
                 arrays = torch.from_numpy(np.stack([prepared[i].array for i in batch]))
-                if kind == "2d":
-                    encoded = self.model.encode_image(arrays)
-                else:
-                    display = torch.tensor([prepared[i].display_range for i in batch], dtype=torch.float32)
-                    encoded = self.model.encode_volume(arrays, display_range=display)
+                with self._precision():
+                    if kind == "2d":
+                        encoded = self.model.encode_image(arrays)
+                    else:
+                        display = torch.tensor([prepared[i].display_range for i in batch], dtype=torch.float32)
+                        encoded = self.model.encode_volume(arrays, display_range=display)
                 out[batch] = encoded.float().cpu().numpy()
         return out
 
@@ -233,7 +254,8 @@ class Predictor:
         """Captions → ``(N, D)`` L2-normalised embeddings."""
         if not texts:
             return np.zeros((0, self.model.embedding_dim), dtype=np.float32)
-        return self.model.encode_text(list(texts)).float().cpu().numpy()
+        with self._precision():
+            return self.model.encode_text(list(texts)).float().cpu().numpy()
 
     @torch.inference_mode()
     def zero_shot(self, embeddings: np.ndarray, candidates: Sequence[str]) -> ZeroShot:

@@ -54,6 +54,7 @@ def tiny_params_dict(base: str, **overrides) -> dict:
     raw["train_2d"].update(TINY_TRAIN)
     raw["train_adapter"].update({"epochs": 4, "batch_size": 8, "lr": 1e-3})
     raw["sweep"]["apply_best"] = False  # tests train adapters without running a sweep first
+    raw["inference"]["device"] = "cpu"  # the same numbers on a machine with a GPU (auto would take it)
     raw["mlflow"]["artifact_root"] = f"{base}/mlruns"  # run artifacts stay in tmp, not in the project's mlruns/
     raw["paths"].update(models=f"{base}/models", slice_cache=f"{base}/slice_cache", sweeps=f"{base}/sweeps",
                         general=f"{base}/general")

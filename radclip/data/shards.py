@@ -38,7 +38,7 @@ def read_boxes(curated_dir: str | Path) -> pd.DataFrame:
 
 class CuratedDataset:
     def __init__(self, curated_dir: str | Path, *, query: str | None = None):
-        self.root = Path(curated_dir)
+        self.root, self.query = Path(curated_dir), query
         manifest_path = self.root / MANIFEST_FILE
         if not manifest_path.exists():
             raise FileNotFoundError(f"{manifest_path}: curated manifest not found (run `dvc repro curate`)")

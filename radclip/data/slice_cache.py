@@ -38,6 +38,7 @@ embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -54,6 +55,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from radclip.core.device import bf16_autocast
 from radclip.core.models.clip import vision_modules
 from radclip.core.models.radclip import RadCLIP
 from radclip.core.preprocessing import DISPLAY_PERCENTILES
@@ -166,8 +168,9 @@ class SliceBatchEncoder:
     so a Ray Data actor on any node that mounts the curated data can run it."""
 
     def __init__(self, model: RadCLIP, curated_dir: str | Path, records: pd.DataFrame, plans: list[BatchPlan],
-                 device: str = "cpu"):
+                 device: str = "cpu", bf16: bool = False):
         self.model, self.curated_dir, self.plans, self.device = model, Path(curated_dir), plans, device
+        self.bf16 = bf16
         columns = ["shard", "shard_index"] + [c for c in ("display_low", "display_high") if c in records.columns]
         self.records = records[columns].reset_index(drop=True)
         self.curated: CuratedDataset | None = None
@@ -182,7 +185,7 @@ class SliceBatchEncoder:
         # Manifests curated before display ranges were recorded: NaN = the encoder's percentile rule.
         display = np.stack([rows[c].to_numpy(np.float32) if c in rows else np.full(len(rows), np.nan, np.float32)
                             for c in ("display_low", "display_high")], axis=1)
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(self.device, self.bf16):
             return self.model.encode_slices(volumes, display_range=display).to("cpu", torch.float32).numpy()
 
 
@@ -198,6 +201,35 @@ def map_in_process(make_encoder: Callable[[], Callable[[int], np.ndarray]], coun
         yield encoder(batch_number)
 
 
+@dataclass(frozen=True)
+class BatchEngine:
+    """How a frozen encoder runs over numbered batches of curated data: ``map_batches`` (see
+    :data:`BatchMapper`) on ``device``, bf16 autocast there when ``bf16`` and CUDA."""
+
+    map_batches: BatchMapper = map_in_process
+    device: str | None = None  # None: the model's own
+    bf16: bool = False
+    on_ray: bool = False
+
+    @contextlib.contextmanager
+    def shipping(self, model: RadCLIP) -> Iterator[RadCLIP]:
+        """``model`` ready to hand to :attr:`map_batches`. Ray actors get it from the CPU: a CUDA tensor unpickles
+        only where a GPU is visible, and the actors' GPUs (if any) are theirs, not this process's. The model goes
+        back to its device afterwards."""
+        if not self.on_ray:
+            yield model
+            return
+        home = model.device
+        model.to("cpu")
+        try:
+            yield model
+        finally:
+            model.to(home)
+
+
+IN_PROCESS = BatchEngine()  # one encoder in this process, on the model's device, fp32
+
+
 def write_slice_cache(
     model: RadCLIP,
     curated_dir: Path,
@@ -207,15 +239,15 @@ def write_slice_cache(
     shard_volumes: int = 512,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
-    map_batches: BatchMapper = map_in_process,
-    device: str = "cpu",
+    engine: BatchEngine = IN_PROCESS,
 ) -> dict[str, Any]:
     """Encode every slice of every curated 3D record with the frozen 2D encoder into ``out_dir``.
 
     ``meta`` (e.g. the model directory and its hash) is stored verbatim in cache.json
-    (JSON-serialisable). ``map_batches`` runs the encoder over the planned batches (in this process, or as Ray
-    Data actors) on ``device``; the result is the same either way. Memory stays bounded by the batches in flight
-    plus the memory-mapped shard being written, whatever the dataset size. Returns the cache.json content.
+    (JSON-serialisable). ``engine`` runs the encoder over the planned batches (in this process, or as Ray
+    Data actors) on its device, with bf16 autocast when it says so and runs on CUDA; the result is the same either
+    way (within bf16 round-off on CUDA). Memory stays bounded by the batches in flight plus the memory-mapped shard
+    being written, whatever the dataset size. Returns the cache.json content.
     """
     if batch_volumes < 1 or shard_volumes < 1:
         raise ValueError(f"batch_volumes and shard_volumes must be ≥ 1, got {batch_volumes}, {shard_volumes}")
@@ -254,19 +286,24 @@ def write_slice_cache(
         with bar:
             task = bar.add_task("slice cache", total=len(records))
 
-            def make_encoder() -> SliceBatchEncoder:
-                return SliceBatchEncoder(model, curated_dir, records, plans, device)
+            device = engine.device or str(model.device)
 
-            for plan, embeddings in zip(plans, map_batches(make_encoder, len(plans)), strict=True):
-                if len(shards) <= plan.shard_number:
-                    if block is not None:
-                        block.flush()
-                    block = open_shard(plan.shard_number)
-                assert block is not None  # the first plan opens shard 0
-                count, slices = embeddings.shape[:2]
-                block[plan.first : plan.first + count, :slices] = embeddings.astype(EMBEDDING_DTYPE)
-                block[plan.first : plan.first + count, slices:] = 0  # explicit: padding never depends on the filesystem
-                bar.update(task, advance=count)
+            def make_encoder() -> SliceBatchEncoder:
+                return SliceBatchEncoder(model, curated_dir, records, plans, device, engine.bf16)
+
+            with engine.shipping(model):
+                batches = zip(plans, engine.map_batches(make_encoder, len(plans)), strict=True)
+                for plan, embeddings in batches:
+                    if len(shards) <= plan.shard_number:
+                        if block is not None:
+                            block.flush()
+                        block = open_shard(plan.shard_number)
+                    assert block is not None  # the first plan opens shard 0
+                    count, slices = embeddings.shape[:2]
+                    block[plan.first : plan.first + count, :slices] = embeddings.astype(EMBEDDING_DTYPE)
+                    # explicit: padding never depends on the filesystem
+                    block[plan.first : plan.first + count, slices:] = 0
+                    bar.update(task, advance=count)
             if block is not None:
                 block.flush()
             del block

@@ -37,6 +37,7 @@ from radclip.core.metrics import (
 )
 from radclip.data.captions import make_caption
 from radclip.data.shards import MANIFEST_FILE
+from radclip.data.slice_cache import IN_PROCESS, BatchEngine
 from radclip.evaluation.features import SuiteFeatures, image_features, volume_features
 
 FIGURES_DIR = "figures"  # under paths.reports
@@ -78,11 +79,12 @@ def check_no_leakage(curated_dir: Path) -> None:
 
 
 def suite_features(
-    model, params: Params, suite: str, slice_cache: Path | None, *, pooling: str = "adapter"
+    model, params: Params, suite: str, slice_cache: Path | None, *, pooling: str = "adapter",
+    engine: BatchEngine = IN_PROCESS,
 ) -> SuiteFeatures:
-    """2D records through the image encoder; a suite without any is a 3D suite (slice cache, pooled
-    by the adapter or, for the ablation, averaged)."""
-    images = image_features(model, params.resolve(params.paths.curated), suite)
+    """2D records through the image encoder (run by ``engine``); a suite without any is a 3D suite (slice cache,
+    pooled by the adapter or, for the ablation, averaged)."""
+    images = image_features(model, params.resolve(params.paths.curated), suite, engine=engine)
     if len(images.features):
         return images
     if slice_cache is None:  # the caller found no 3D records to build a cache for

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from radclip.core.device import bf16_autocast
 from radclip.data.shards import CuratedDataset, validation_query
+from radclip.data.slice_cache import IN_PROCESS, BatchEngine
 
 
 @dataclass
@@ -35,18 +37,49 @@ def _region_modality(table: pd.DataFrame) -> tuple[str, str]:
 VALIDATION = "validation"  # SuiteFeatures.suite of the training collections' validation split
 
 
-def image_features(model, curated_dir: Path, collection: str, *, batch_size: int = 128) -> SuiteFeatures:
+def image_features(model, curated_dir: Path, collection: str, *, batch_size: int = 128,
+                   engine: BatchEngine = IN_PROCESS) -> SuiteFeatures:
+    """A collection's 2D records through the image encoder, run by ``engine`` (in this process, or Ray Data
+    actors: :func:`radclip.jobs._inference.batch_engine`); the features are the same either way (within bf16
+    round-off where the engine autocasts on CUDA)."""
     data = CuratedDataset(curated_dir, query=f"collection == '{collection}' and kind == '2d'")
-    return _image_features(model, data, collection, batch_size)
+    return _image_features(model, data, collection, batch_size, engine)
 
 
-@torch.no_grad()
-def _image_features(model, data: CuratedDataset, name: str, batch_size: int = 128) -> SuiteFeatures:
+class ImageBatchEncoder:
+    """Encodes batch ``i`` of a curated selection: its images read from the curated shards (memory-mapped, opened
+    in whichever process runs it), ``(B, D)`` float32 out. Plain data and a model: it pickles, so a Ray Data actor
+    on any node that mounts the curated data can run it."""
+
+    def __init__(self, model, curated_dir: Path, query: str | None, batch_size: int, device: str, bf16: bool):
+        self.model, self.curated_dir, self.query, self.batch_size = model, Path(curated_dir), query, batch_size
+        self.device, self.bf16 = device, bf16
+        self.data: CuratedDataset | None = None
+
+    def __call__(self, batch_number: int) -> np.ndarray:
+        if self.data is None:  # first call in this process: open the data, put the model on its device
+            self.data = CuratedDataset(self.curated_dir, query=self.query)
+            self.model.to(self.device).eval()
+        start = batch_number * self.batch_size
+        images = np.stack([self.data.array(i) for i in range(start, min(start + self.batch_size, len(self.data)))])
+        with torch.no_grad(), bf16_autocast(self.device, self.bf16):
+            return self.model.encode_image(images).to("cpu", torch.float32).numpy()
+
+
+def _image_features(model, data: CuratedDataset, name: str, batch_size: int = 128,
+                    engine: BatchEngine = IN_PROCESS) -> SuiteFeatures:
+    was_training = model.training
     model.eval()
-    chunks = []
-    for start in range(0, len(data), batch_size):
-        images = np.stack([data.array(i) for i in range(start, min(start + batch_size, len(data)))])
-        chunks.append(model.encode_image(images).float().cpu().numpy())
+    device = engine.device or str(model.device)
+
+    def make_encoder() -> ImageBatchEncoder:
+        return ImageBatchEncoder(model, data.root, data.query, batch_size, device, engine.bf16)
+
+    try:
+        with engine.shipping(model):
+            chunks = list(engine.map_batches(make_encoder, -(-len(data) // batch_size)))
+    finally:
+        model.train(was_training)
     manifest = data.manifest
     return SuiteFeatures(
         suite=name,
@@ -81,12 +114,13 @@ def volume_features(
 
 
 def validation_features(model, curated_dir: Path, slice_cache_dir: Path | None, kind: str, region: str,
-                        modality: str) -> SuiteFeatures:
+                        modality: str, *, engine: BatchEngine = IN_PROCESS) -> SuiteFeatures:
     """The training collections' validation split of one kind, region and modality, encoded like a suite
     (3D: pooled by the adapter from the slice cache, which covers every curated volume)."""
     query = validation_query(region, modality)
     if kind == "2d":
-        return _image_features(model, CuratedDataset(curated_dir, query=f"{query} and kind == '2d'"), VALIDATION)
+        return _image_features(model, CuratedDataset(curated_dir, query=f"{query} and kind == '2d'"), VALIDATION,
+                               engine=engine)
     if slice_cache_dir is None:
         raise ValueError("3D validation features need the model's slice cache")
     return _volume_features(model, slice_cache_dir, query, VALIDATION, "adapter", 64)

@@ -103,8 +103,9 @@ class RadCLIPPyfunc(PythonModel):
     with candidates)."""
 
     def load_context(self, context) -> None:
-        self.predictor = Predictor.from_directory(context.artifacts[MODEL_ARTIFACT])
         self.policy = ServingPolicy.from_environment()  # the serving process's environment, read once
+        self.predictor = Predictor.from_directory(context.artifacts[MODEL_ARTIFACT], device=self.policy.device,
+                                                  bf16=self.policy.bf16)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         candidates = list((params or {}).get(CANDIDATES_PARAM) or [])

@@ -30,6 +30,7 @@ from radclip.evaluation.ablation import (
 from radclip.evaluation.evaluate import evaluate_features, suite_features, suite_names
 from radclip.evaluation.plots import ablation_figure
 from radclip.io import mlflow_tracking as tracking
+from radclip.jobs._inference import inference_precision, load_model
 from radclip.jobs.common import (
     ENCODER_MODELS,
     log,
@@ -39,12 +40,13 @@ from radclip.jobs.common import (
     write_effective_params,
     write_metrics,
 )
+from radclip.jobs.embed_slices import batch_engine
 from radclip.jobs.pretrain_adapter import adapter_params
 from radclip.training.fit import fit
 
 STAGE = "ablate"
-PARAMS = ("ablate", "evaluate", "data.caption", "data.collections", "phantoms.volume_shape", "model.adapter", "loss",
-          "train_adapter", "sweep.apply_best")
+PARAMS = ("ablate", "evaluate", "inference", "embed", "data.caption", "data.collections", "phantoms.volume_shape",
+          "model.adapter", "loss", "train_adapter", "sweep.apply_best")
 GENERAL_REPORT = "pretrain_general.json"
 
 
@@ -78,7 +80,7 @@ def _train_adapter(params: Params, cell: Cell, seed: int, parent_run_id: str) ->
         model_source=model_dir(params, ENCODER_MODELS[cell.encoder]), out_dir=out, parent_run_id=parent_run_id,
         run_name=f"{cell.name}-seed{seed}", tags={"encoder": cell.encoder, "ablation.seed": seed}, log_model=False,
         epoch_lines=False)
-    model = RadCLIP.from_pretrained(out).eval()
+    model = load_model(params, out)
     shutil.rmtree(out, ignore_errors=True)
     return model
 
@@ -87,15 +89,15 @@ def run(params: Params, *, progress: bool = True) -> dict:
     """Every cell × seed × suite; writes ``reports/ablation.{json,csv,md,png}`` with seed means, seed and fold
     stds, and the verdict of each pre-registered threshold."""
     suites = suite_names(params)
-    encoders = {encoder: RadCLIP.from_pretrained(model_dir(params, ENCODER_MODELS[encoder])).eval()
-                for encoder in ENCODERS}
+    encoders = {encoder: load_model(params, model_dir(params, ENCODER_MODELS[encoder])) for encoder in ENCODERS}
     seeds = range(params.ablate.seeds)
     cells = grid_cells(adapter_params(params).model.adapter.reducer)
     per_seed: list[dict] = []
     kinds: dict[str, str] = {}
     chance: dict[str, float] = {}
-    with tracking.start_run(params, stage=STAGE, run_name="ablation-grid",
-                            tags={"ablation.cells": len(cells), "ablation.seeds": len(seeds)}) as parent:
+    with batch_engine(params) as engine, tracking.start_run(
+            params, stage=STAGE, run_name="ablation-grid",
+            tags={"ablation.cells": len(cells), "ablation.seeds": len(seeds)}) as parent:
         encoder_only: dict[tuple[str, str, int], dict] = {}  # 2D suites: the pooling plays no part
         table: dict[str, dict[str, dict]] = {}  # cell -> suite -> seed aggregate
         for cell in cells:
@@ -112,11 +114,13 @@ def run(params: Params, *, progress: bool = True) -> dict:
                         if key in encoder_only:
                             metrics = encoder_only[key]
                         else:
-                            features = suite_features(model, run_params, suite, slice_cache_dir(params, cell.encoder),
-                                                      pooling=pooling)
+                            with inference_precision(params):  # not around _train_adapter: training has its own
+                                features = suite_features(model, run_params, suite,
+                                                          slice_cache_dir(params, cell.encoder), pooling=pooling,
+                                                          engine=engine)
+                                metrics = evaluate_features(model, features, run_params).metrics
                             kinds[suite] = features.kind
                             chance[suite] = _chance(features.labels)
-                            metrics = evaluate_features(model, features, run_params).metrics
                             if features.kind == "2d":
                                 encoder_only[key] = metrics
                         headline = {k: v for k, v in metrics.items() if "_fold" not in k and "." not in k}

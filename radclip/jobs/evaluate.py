@@ -17,6 +17,7 @@ import pandas as pd
 from radclip.config import Params
 from radclip.core.models.radclip import RadCLIP
 from radclip.data.shards import MANIFEST_FILE
+from radclip.data.slice_cache import BatchEngine
 from radclip.evaluation.evaluate import (
     CONFUSION_DIR,
     FIGURES_DIR,
@@ -31,6 +32,7 @@ from radclip.evaluation.evaluate import (
 from radclip.evaluation.features import SuiteFeatures, validation_features
 from radclip.io import mlflow_tracking as tracking
 from radclip.jobs import embed_slices
+from radclip.jobs._inference import inference_precision, load_model
 from radclip.jobs.common import (
     MODEL_FINAL,
     log,
@@ -39,9 +41,10 @@ from radclip.jobs.common import (
     write_effective_params,
     write_metrics,
 )
+from radclip.jobs.embed_slices import batch_engine
 
 STAGE = "evaluate"
-PARAMS = ("evaluate", "data.caption", "data.collections", "phantoms.volume_shape")
+PARAMS = ("evaluate", "inference", "embed", "data.caption", "data.collections", "phantoms.volume_shape")
 
 
 def headline(metrics: dict) -> dict:
@@ -56,9 +59,22 @@ def run(
     pipeline = model is None and not suites
     location = model or model_dir(params, MODEL_FINAL)
     check_no_leakage(params.resolve(params.paths.curated))
-    loaded = RadCLIP.from_pretrained(location).eval()
+    loaded = load_model(params, location)
     names = suites or suite_names(params)
-    cache = embed_slices.cache_for(params, loaded, progress=progress) if _has_volumes(params, names) else None
+    with batch_engine(params) as engine:  # embed.engine: 2D features (and a missing slice cache) on Ray Data
+        cache = embed_slices.cache_for(params, loaded, progress=progress) if _has_volumes(params, names) else None
+        flat = _evaluate(params, loaded, location, names, cache, engine, pipeline)
+    for name, metrics in flat.items():
+        log.info("%s (%s): probe acc %.3f ± %.3f, F1 %.3f ± %.3f; matching P@1 %.3f; zero-shot top-1 %.3f", name,
+                 metrics["kind"], metrics["probe_accuracy_mean"], metrics["probe_accuracy_std"],
+                 metrics["probe_macro_f1_mean"], metrics["probe_macro_f1_std"], metrics["matching_p1"],
+                 metrics["zero_shot_top1"])
+    return flat
+
+
+def _evaluate(params: Params, loaded: RadCLIP, location: Path, names: list[str], cache: Path | None,
+              engine: BatchEngine, pipeline: bool) -> dict[str, dict]:
+    """The suites scored in one MLflow run; the pipeline's evaluation also writes its reports."""
     results: dict[str, SuiteResult] = {}
     # The LoggedModel these weights were logged as by the run that trained them: the metrics are linked to it.
     logged = tracking.find_logged_model(params, location)
@@ -67,14 +83,15 @@ def run(
         log.warning("%s: logged as no LoggedModel in this MLflow store; the evaluation run holds the metrics, "
                     "no model links them", location)
     run_tags = {"model.dir": str(location), **({"model.id": model_id} if model_id else {})}
-    with tracking.start_run(params, stage=STAGE, tags=run_tags) as run:
+    with tracking.start_run(params, stage=STAGE, tags=run_tags) as run, inference_precision(params):
         tracking.log_dataset_input(params, params.paths.curated, context="evaluation", model_id=model_id)
         validation: dict[tuple[str, str, str], SuiteFeatures] = {}  # per kind, region, modality
         for suite in names:
-            features = suite_features(loaded, params, suite, cache)
+            features = suite_features(loaded, params, suite, cache, engine=engine)
             key = (features.kind, *features.region_modality)
             if key not in validation:
-                validation[key] = validation_features(loaded, params.resolve(params.paths.curated), cache, *key)
+                validation[key] = validation_features(loaded, params.resolve(params.paths.curated), cache, *key,
+                                                      engine=engine)
             results[suite] = evaluate_features(loaded, features, params, validation[key])
             tracking.log_metrics({f"{suite}.{k}": v for k, v in results[suite].metrics.items()}, model_id=model_id)
         flat = {suite: {"kind": r.kind, **r.metrics} for suite, r in results.items()}
@@ -89,11 +106,6 @@ def run(
             tracking.log_artifact(write_effective_params(params, STAGE, PARAMS), "params")
             if model_id:  # what `register` gates this model on: the pipeline's evaluation, not a partial one
                 tracking.set_logged_model_tags(model_id, {tracking.TAG_EVALUATION_RUN: run.info.run_id})
-    for name, metrics in flat.items():
-        log.info("%s (%s): probe acc %.3f ± %.3f, F1 %.3f ± %.3f; matching P@1 %.3f; zero-shot top-1 %.3f", name,
-                 metrics["kind"], metrics["probe_accuracy_mean"], metrics["probe_accuracy_std"],
-                 metrics["probe_macro_f1_mean"], metrics["probe_macro_f1_std"], metrics["matching_p1"],
-                 metrics["zero_shot_top1"])
     return flat
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from radclip.config import Params
 from radclip.core.metrics import DETECTION_METRICS, detection_table
-from radclip.core.models.radclip import RadCLIP
 from radclip.evaluation.localisation import (
     HEATMAPS,
     TOP_K,
@@ -34,6 +33,7 @@ from radclip.evaluation.localisation import (
 )
 from radclip.evaluation.plots import localisation_figure
 from radclip.io import mlflow_tracking as tracking
+from radclip.jobs._inference import load_model
 from radclip.jobs.common import (
     MODEL_LRCLR,
     MODEL_LRCLR_CONTROL,
@@ -45,7 +45,8 @@ from radclip.jobs.common import (
 )
 
 STAGE = "localise"
-PARAMS = ("evaluate.bootstrap", "evaluate.protocol_seed", "lrclr", "data.caption", "data.collections")
+PARAMS = ("evaluate.bootstrap", "evaluate.protocol_seed", "inference.device", "lrclr", "data.caption",
+          "data.collections")
 REPORT = "localisation"
 FIGURE = "localisation.png"
 TITLES = {"control_rollout": "control: rollout", "lrclr_rollout": "LRCLR: rollout",
@@ -55,7 +56,9 @@ METRICS = ("pointing", f"top{TOP_K}", "auroc", "iou")
 
 def run(params: Params, *, progress: bool = True) -> dict[str, Any]:
     lrclr = params.lrclr
-    models = {arm: RadCLIP.from_pretrained(model_dir(params, name)).eval()
+    # On inference.device, in fp32 even on CUDA (inference.bf16 is not applied): attention rollout multiplies the
+    # attention matrices of every layer, where bf16's 8-bit mantissa compounds and can move the selected patches.
+    models = {arm: load_model(params, model_dir(params, name))
               for arm, name in (("control", MODEL_LRCLR_CONTROL), ("lrclr", MODEL_LRCLR))}
     suite = boxed_suite(params, lrclr.suite)
     maps = {arm: model_maps(model, suite) for arm, model in models.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from radclip.config import Params
+from radclip.core.device import resolve_device
 from radclip.io import mlflow_pyfunc
 from radclip.io import mlflow_registry as registry
 from radclip.io import mlflow_tracking as tracking
@@ -36,10 +37,13 @@ def run(params: Params, *, model: str | None = None, alias: str = DEFAULT_ALIAS,
     exit status."""
     tracking.configure(params)  # the project's store: models:/ resolves in its registry
     policy = ServingPolicy(path_root=path_root.resolve() if path_root else None,
-                           max_upload_bytes=max_upload_bytes, max_rows=max_rows)
+                           max_upload_bytes=max_upload_bytes, max_rows=max_rows,
+                           device=params.inference.device, bf16=params.inference.bf16)
+    resolve_device(policy.device)  # a missing GPU fails here, not in the server's worker after start-up
     uri = model or model_uri(params, alias)
     log.info("scoring server on http://%s:%d/invocations; server-side paths: %s; uploads up to %d bytes, "
-             "%d rows per request", host, port, policy.path_root or "refused", max_upload_bytes, max_rows)
+             "%d rows per request; model on %s", host, port, policy.path_root or "refused", max_upload_bytes, max_rows,
+             policy.device)
     if host != LOOPBACK:
         log.warning("binding %s: the server is reachable from other machines and has no authentication", host)
     return mlflow_pyfunc.serve(uri, policy, host=host, port=port, workers=workers)

@@ -35,7 +35,7 @@ from radclip.data.dicom_write import write_dicom_image, write_dicom_series
 from radclip.data.shards import CuratedDataset
 from radclip.io import mlflow_pyfunc
 from radclip.io import mlflow_tracking as tracking
-from radclip.serving import ENV_PATH_ROOT, Predictor, ServingPolicy
+from radclip.serving import ENV_DEVICE, ENV_PATH_ROOT, Predictor, ServingPolicy
 from radclip.training.build import build_model
 
 # MLflow's own deprecated calls (SQLAlchemy loader option, a pandas comparison); not ours to fix.
@@ -381,13 +381,29 @@ def test_without_a_root_no_server_side_path_is_read(workspace, logged):
 
 
 def test_the_policy_round_trips_through_the_environment_and_refuses_bad_values(tmp_path):
-    policy = ServingPolicy(path_root=tmp_path, max_upload_bytes=1234, max_rows=7)
+    policy = ServingPolicy(path_root=tmp_path, max_upload_bytes=1234, max_rows=7, device="cpu", bf16=False)
     assert ServingPolicy.from_environment(policy.environment()) == policy
     assert ServingPolicy.from_environment({}) == ServingPolicy()
+    assert (ServingPolicy().device, ServingPolicy().bf16) == ("auto", True)
     with pytest.raises(ValueError, match="RADCLIP_SERVE_MAX_ROWS='many' is not a whole number"):
         ServingPolicy.from_environment({"RADCLIP_SERVE_MAX_ROWS": "many"})
+    with pytest.raises(ValueError, match="RADCLIP_SERVE_BF16='yes': expected 1 or 0"):
+        ServingPolicy.from_environment({"RADCLIP_SERVE_BF16": "yes"})
+    with pytest.raises(ValueError, match="serving device must be one of auto, cpu, cuda, got 'gpu'"):
+        ServingPolicy.from_environment({"RADCLIP_SERVE_DEVICE": "gpu"})
     with pytest.raises(ValueError, match="is not a directory"):
         ServingPolicy(path_root=tmp_path / "absent")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without a GPU")
+def test_a_server_told_to_run_on_cuda_without_a_gpu_refuses_when_it_loads_the_model(logged):
+    from radclip.core.device import DeviceUnavailable
+
+    assert logged["pyfunc"].unwrap_python_model().predictor.model.device == torch.device("cpu")  # auto, no GPU
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_DEVICE, "cuda")
+        with pytest.raises(DeviceUnavailable, match="device 'cuda' was asked for, but torch sees no CUDA device"):
+            mlflow.pyfunc.load_model(logged["info"].model_uri)
 
 
 # --------------------------------------------------------------------------- the logged model

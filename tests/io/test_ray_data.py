@@ -57,3 +57,25 @@ def test_results_come_back_in_input_order_when_actors_finish_out_of_order(tiny_c
         outputs = list(map_in_order(make_encoder, 12, concurrency=2))
     assert [int(output[0, 0]) for output in outputs] == list(range(12))
     assert [output.shape for output in outputs] == [(1 + n % 3, 2) for n in range(12)]
+
+
+def test_evaluation_image_features_on_ray_data_actors_equal_one_process(in_process):
+    from radclip.evaluation.features import image_features
+    from radclip.jobs.embed_slices import batch_engine
+
+    workspace, _ = in_process
+    local = tiny_params(workspace, embed={"engine": "local"})
+    on_ray = tiny_params(workspace, embed={"engine": "ray", "concurrency": 2})
+    model = _model(local)
+    curated = local.resolve(local.paths.curated)
+    collection = next(c.name for c in local.data.collections if c.role == "train")
+    with batch_engine(local) as engine:
+        assert not engine.on_ray
+        reference = image_features(model, curated, collection, batch_size=5, engine=engine)
+    with batch_engine(on_ray) as engine:
+        assert engine.on_ray and engine.device == "cpu"
+        features = image_features(model, curated, collection, batch_size=5, engine=engine)
+    assert len(reference.features) > 10  # several batches, the last one short
+    # Row order is the manifest's on both paths; the actors' single-threaded matmuls round differently.
+    np.testing.assert_allclose(features.features, reference.features, atol=1e-5)
+    assert (features.source_paths == reference.source_paths).all()

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -147,6 +149,44 @@ def test_each_cli_invocation_reads_its_own_params_file(tmp_path, cli):
         assert result.exit_code == 0, result.output
         printed.append(yaml.safe_load(result.stdout)["evaluate"]["protocol_seed"])
     assert printed == [1, 2]
+
+
+def test_cli_device_option_overrides_inference_device_for_every_command(tmp_path, cli):
+    file = tmp_path / "params.yaml"
+    file.write_text("inference:\n  device: cuda\n")
+    from_file = CliRunner().invoke(cli.app, ["--params", str(file), "params"])
+    overridden = CliRunner().invoke(cli.app, ["--params", str(file), "--device", "cpu", "params"])
+    assert from_file.exit_code == 0 and overridden.exit_code == 0, from_file.output + overridden.output
+    assert yaml.safe_load(from_file.stdout)["inference"]["device"] == "cuda"
+    assert yaml.safe_load(overridden.stdout)["inference"] == {"device": "cpu", "bf16": True}
+    refused = CliRunner().invoke(cli.app, ["--params", str(file), "--device", "gpu", "params"])
+    assert refused.exit_code == 2 and "'gpu' is not one of" in refused.output.replace("\n", " ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without a GPU")
+def test_cli_embed_on_cuda_without_a_gpu_exits_1_with_a_device_error(tmp_path, cli):
+    image = tmp_path / "x.npy"
+    np.save(image, np.zeros((8, 8), np.float32))
+    model = tmp_path / "model"
+    model.mkdir()  # never read: the device is refused before the model directory is opened
+    result = CliRunner().invoke(cli.app, ["--device", "cuda", "embed", str(image), "--model", str(model)])
+    assert result.exit_code == 1, result.output
+    assert "device error" in result.output and "torch sees no CUDA device" in result.output.replace("\n", " ")
+
+
+def test_ray_data_actors_run_where_ray_gives_them_gpus_and_contrary_settings_are_refused():
+    from radclip.config import ParamsError
+    from radclip.jobs.embed_slices import actor_device
+
+    def settings(device: str, gpus: float) -> Params:
+        return Params().with_values({"inference.device": device, "embed.num_gpus": gpus})
+
+    assert actor_device(settings("auto", 0.0)) == actor_device(settings("cpu", 0.0)) == "cpu"
+    assert actor_device(settings("auto", 1.0)) == actor_device(settings("cuda", 0.5)) == "cuda"
+    with pytest.raises(ParamsError, match="inference.device is cuda but embed.num_gpus is 0"):
+        actor_device(settings("cuda", 0.0))
+    with pytest.raises(ParamsError, match="inference.device is cpu but embed.num_gpus is 1.0"):
+        actor_device(settings("cpu", 1.0))
 
 
 def test_cli_prints_the_effective_params_a_stage_ran_with(tmp_project, cli):
