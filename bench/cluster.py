@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's server helpers (started the same way here)
 
 
-def _params(base: Path, volumes: int):
+def default_shape_params(base: Path, volumes: int):
+    """Tiny phantoms (``volumes`` training volumes) at the embedded default's volume shape, curated size and model
+    architecture (fresh weights), every path under ``base``; ``bench/gpu.py`` starts from these too."""
     from helpers import tiny_params_dict
 
     from radclip.config import Params
@@ -85,7 +87,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"  # the project's store stays clean
     try:
-        params = _params(scratch / "project", args.volumes)
+        params = default_shape_params(scratch / "project", args.volumes)
         generate(params)
         curate(params, progress=False)
         curated = params.resolve(params.paths.curated)

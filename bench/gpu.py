@@ -29,31 +29,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's tiny params (the same phantoms the tests curate)
+sys.path.insert(0, str(ROOT / "bench"))  # cluster.py's phantoms at the default's shapes
 
 FP32_COSINE = 0.9999  # fp32 on another device: kernels differ in summation order only
 BF16_COSINE = 0.99  # bfloat16 autocast: 8 bits of mantissa
 
 
 def _params(base: Path, volumes: int, epochs: int, device: str):
-    from helpers import tiny_params_dict
+    from cluster import default_shape_params
 
-    from radclip.config import Params
-
-    default = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw = tiny_params_dict(str(base))
-    raw["model"] = {**default["model"], "pretrained": None}  # the default's architecture, fresh weights
-    raw["curate"].update(volume=default["curate"]["volume"], image_size=default["curate"]["image_size"])
-    raw["phantoms"].update(train_3d=volumes, volume_shape=default["phantoms"]["volume_shape"],
-                           lesion_slices=default["phantoms"]["lesion_slices"])
     gpu = device == "cuda"
-    raw["train_2d"].update(engine="ray", epochs=epochs, patience=epochs, num_workers=1, use_gpu=gpu,
-                           backend="nccl" if gpu else "gloo", bf16=gpu, gradient_checkpointing=gpu, max_failures=0)
-    raw["inference"] = {"device": device, "bf16": gpu}
-    return Params.model_validate(raw)
+    return default_shape_params(base, volumes).with_values({
+        "train_2d.engine": "ray", "train_2d.epochs": epochs, "train_2d.patience": epochs, "train_2d.num_workers": 1,
+        "train_2d.use_gpu": gpu, "train_2d.backend": "nccl" if gpu else "gloo", "train_2d.bf16": gpu,
+        "train_2d.gradient_checkpointing": gpu, "train_2d.max_failures": 0,
+        "inference.device": device, "inference.bf16": gpu})
 
 
 def _timed(function):
@@ -90,6 +83,7 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     os.environ.setdefault("RADCLIP_PHI_SALT", "radclip-embedded-default")  # phantom data, as the tests curate it
     import radclip  # noqa: F401  (offline switches for this process and its children)
+    from radclip.core.device import bf16_autocast
     from radclip.data.curate import curate
     from radclip.data.phantoms import generate
     from radclip.data.shards import CuratedDataset
@@ -122,7 +116,8 @@ def main() -> int:
                   f"{runs[label]:.0f} pairs/s, validation loss {losses[0]:.4f} -> best {result.best_val_loss:.4f}")
             if not (np.isfinite(losses).all() and result.best_val_loss < losses[0]):
                 failures.append(f"pretrain_2d {label} did not train (validation losses {losses})")
-        print(f"pretrain_2d pairs/s, nccl+bf16+checkpointing / fp32 = {runs['nccl+bf16+checkpointing'] / runs['fp32']:.2f}×")
+        ratio = runs["nccl+bf16+checkpointing"] / runs["fp32"]
+        print(f"pretrain_2d pairs/s, nccl+bf16+checkpointing / fp32 = {ratio:.2f}×")
 
         # 2. embed_slices: Ray Data with one GPU actor (bf16) against one CPU process (fp32)
         start = model_dir(params, MODEL_INIT)
@@ -135,9 +130,9 @@ def main() -> int:
                                                            scratch / "cache-gpu", meta={}, progress=False))
         cpu_cache, gpu_cache = SliceCacheDataset(scratch / "cache-cpu"), SliceCacheDataset(scratch / "cache-gpu")
         cosine = min(_min_cosine(cpu_cache[i][0].numpy(), gpu_cache[i][0].numpy()) for i in range(len(cpu_cache)))
-        volumes = cpu_info["count"]
+        volumes, precision = cpu_info["count"], "bf16" if device == "cuda" else "fp32"
         print(f"embed_slices, {volumes} volumes: one CPU process (fp32) {volumes / cpu_seconds:.1f} volumes/s, "
-              f"Ray Data 1 {device} actor ({'bf16' if gpu_params.inference.bf16 and device == 'cuda' else 'fp32'}) "
+              f"Ray Data 1 {device} actor ({precision}) "
               f"{volumes / gpu_seconds:.1f} volumes/s (Ray start-up included): ratio {cpu_seconds / gpu_seconds:.2f}×; "
               f"smallest slice cosine {cosine:.5f} (tolerance {BF16_COSINE})")
         if gpu_info["count"] != volumes or cosine < BF16_COSINE:
@@ -153,8 +148,7 @@ def main() -> int:
         with torch.inference_mode():
             reference = (on_cpu.encode_image(images).numpy(), on_cpu.encode_volume(volume_batch).numpy())
             for precision, tolerance in (("fp32", FP32_COSINE), ("bf16", BF16_COSINE)):
-                enabled = precision == "bf16" and device == "cuda"
-                with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=enabled):
+                with bf16_autocast(device, precision == "bf16"):  # the stages' autocast: a no-op on the CPU
                     encoded = (on_device.encode_image(images).float().cpu().numpy(),
                                on_device.encode_volume(volume_batch).float().cpu().numpy())
                 for kind, ref, got in zip(("images", "volumes"), reference, encoded, strict=True):

@@ -443,8 +443,8 @@ class SweepParams(Strict):
     max_consecutive_failures: int = Field(default=3, ge=1)
     # A trial whose process died (killed, its machine gone) ends FAIL and its params run again, at most
     # max_retries times (0: never). On RDB storage every running trial beats each heartbeat_seconds, and one
-    # silent for grace_seconds is failed by the next trial any worker starts; on the journal a re-run fails
-    # the trials of dead processes on this machine.
+    # silent for grace_seconds is failed by the next trial any worker starts (or by a worker waiting at the
+    # end); on either storage a worker fails the trials of dead processes on this machine.
     max_retries: int = Field(default=1, ge=0)
     heartbeat_seconds: int = Field(default=30, ge=1)
     grace_seconds: int = Field(default=120, ge=1)

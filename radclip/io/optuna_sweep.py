@@ -11,10 +11,12 @@ several machines (PostgreSQL, MySQL). A re-run loads the study (``load_if_exists
 runs only the trials still missing, so no finished trial is lost or repeated. A trial
 whose process died ends FAIL and is retried with its params (Optuna's
 ``RetryHeartbeatStaleTrialCallback``, up to ``sweep.max_retries``): on RDB storage when its
-heartbeat stops (any worker's next trial fails it), on either storage when a re-run finds
-it RUNNING with its process on this machine gone. The study's name digests everything its trials depend on,
-radclip's own source included: a re-run after any change (``dvc repro -f`` after a code
-edit) starts a fresh study rather than reusing trials that other code trained.
+heartbeat stops (any worker's next trial fails it), on either storage when a worker finds
+it RUNNING with its process on this machine gone. A worker that reaches ``n_trials`` waits for the trials
+other workers still run and runs the retries of those that died, so a study ends with no trial RUNNING.
+The study's name digests everything its trials depend on, radclip's own source included: a re-run
+after any change (``dvc repro -f`` after a code edit) starts a fresh study rather than reusing trials
+that other code trained.
 
 Every trial is an MLflow child run under one sweep run per study, however many local
 processes fill it (``sweep.workers``: the first opens the run, the others nest their trials
@@ -36,6 +38,7 @@ import multiprocessing
 import os
 import shutil
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, cast
 
 import optuna
 import optuna.storages.journal
+import psutil
 from optuna.trial import TrialState
 
 from radclip.config import Params
@@ -166,12 +170,12 @@ def _alive_here(worker: str) -> bool | None:
     if host != socket.gethostname() or not pid.isdigit():
         return None
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        # a zombie (a killed sweep helper its parent has not joined yet) is gone too: it runs no trial
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # another user's process: it exists
         return True
-    return True
 
 
 def fail_interrupted_trials(study: optuna.Study, params: Params) -> list[int]:
@@ -284,26 +288,61 @@ class StopAfterConsecutiveFailures:
 
     def __init__(self, limit: int):
         self.limit = limit
+        self.stopped = False
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         ended = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()), key=lambda t: t.number)
         last = ended[-self.limit:]
         if len(last) == self.limit and all(t.state == TrialState.FAIL for t in last):
+            self.stopped = True
             study.stop()
 
 
+def unsettled_trials(study: optuna.Study, params: Params) -> list[int]:
+    """Fail (and retry) the RUNNING trials whose process is gone, and return the numbers of those still RUNNING
+    whose end this worker will see. On RDB storage heartbeats decide, for this machine's trials too: one silent
+    past the grace period is failed, the others are waited for. On the journal a trial of a dead process on this
+    machine is failed and one of a live process is waited for; another machine's trial there has no heartbeat,
+    so it is not waited for."""
+    running = (TrialState.RUNNING,)
+    if params.sweep.storage:
+        with warnings.catch_warnings():  # Optuna's public call for it, marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return [t.number for t in study.get_trials(deepcopy=False, states=running)]
+    fail_interrupted_trials(study, params)
+    return [t.number for t in study.get_trials(deepcopy=False, states=running)
+            if _alive_here(str(t.user_attrs.get(WORKER_ATTR, ""))) is True]
+
+
 def _optimize(params: Params, data_dir: Path, model_source: Path, target: int, parent_run_id: str) -> None:
-    """Fill the study up to ``target`` finished trials, each a child run of ``parent_run_id``."""
+    """Fill the study up to ``target`` finished trials, each a child run of ``parent_run_id``, then settle it:
+    wait for the trials other workers still run, and run the retry of any whose process died (also one found
+    dead only after the target was reached), so that no trial is left RUNNING or WAITING."""
     study, _ = open_study(params, cache_fingerprint(data_dir))
     scratch = params.resolve(params.paths.tmp) / "sweep" / _this_worker().replace(":", "-")
-    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
-        return
-    study.optimize(
-        _objective(params, parent_run_id, scratch, data_dir, model_source),
-        callbacks=[optuna.study.MaxTrialsCallback(n_trials=target, states=FINISHED),
-                   StopAfterConsecutiveFailures(params.sweep.max_consecutive_failures)],
-        catch=(Exception,),  # recorded FAIL with the traceback in the log; the next trial goes on
-    )
+    objective = _objective(params, parent_run_id, scratch, data_dir, model_source)
+    failures = StopAfterConsecutiveFailures(params.sweep.max_consecutive_failures)
+    poll_seconds = min(params.sweep.heartbeat_seconds, 5)
+    waited_for: list[int] = []
+    while not failures.stopped:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if finished < target or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            # past the target the callback stops after one trial: the waiting retry, which Optuna runs first
+            study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(n_trials=target, states=FINISHED),
+                                                 failures],
+                           catch=(Exception,))  # recorded FAIL with the traceback in the log; the next trial goes on
+            continue
+        running = unsettled_trials(study, params)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            continue  # a dead worker's trial was failed just now: run its retry
+        if not running:
+            return
+        if running != waited_for:
+            log.info("sweep: %d trials finished; waiting for trial(s) %s that other workers still run",
+                     finished, ", ".join(map(str, running)))
+            waited_for = running
+        time.sleep(poll_seconds)
 
 
 def sweep(params: Params, *, data_dir: Path, model_source: Path, n_trials: int | None = None) -> SweepResult:

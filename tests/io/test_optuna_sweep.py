@@ -137,6 +137,24 @@ def test_fail_interrupted_trials_fails_running_trials_of_dead_processes_only():
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
 
 
+def test_a_zombie_worker_is_dead_and_a_live_one_alive():
+    """A sweep helper killed before its parent joined it is a zombie: its trial runs no more (waiting on it would
+    hang the parent's sweep, which joins its helpers only at the end)."""
+    from radclip.io.optuna_sweep import _alive_here
+
+    host = socket.gethostname()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not reaped until wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive_here(f"{host}:{zombie.pid}"):
+        time.sleep(0.05)
+    assert os.path.exists(f"/proc/{zombie.pid}")  # still in the process table: os.kill(pid, 0) would succeed
+    assert _alive_here(f"{host}:{zombie.pid}") is False
+    zombie.wait()
+    assert _alive_here(f"{host}:{zombie.pid}") is False
+    assert _alive_here(f"{host}:{os.getpid()}") is True
+    assert _alive_here(f"other-host.invalid:{os.getpid()}") is None
+
+
 def test_a_failed_trial_is_retried_at_most_max_retries_times():
     from radclip.io.optuna_sweep import WORKER_ATTR, fail_interrupted_trials
 
@@ -241,6 +259,41 @@ def test_on_postgresql_a_dead_workers_trial_fails_by_its_heartbeat_and_is_retrie
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert params.sweep.n_trials <= len(finished) <= params.sweep.n_trials + 1  # both may start the last one
     assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.slow
+def test_a_worker_past_the_target_waits_for_live_trials_and_retries_dead_ones(project, tmp_path):
+    """The study already holds n_trials finished trials, plus one RUNNING trial of a dead process and one of a
+    process still alive (it exits a few seconds later). The sweep must not end with either left over: it fails the
+    dead one and runs its retry, waits for the live one, then fails that one too and runs its retry."""
+    from radclip.io.optuna_sweep import FINISHED, WORKER_ATTR
+    from radclip.jobs import sweep
+
+    params, _ = _with_sweep(project[1], tmp_path, study="settle", n_trials=2, pruner="none")
+    sweep.run(params, progress=False)
+    study = _study(params)
+    [done, *_] = study.get_trials(states=(TrialState.COMPLETE,))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(6)"])
+    host = socket.gethostname()
+    orphans = {}
+    for name, pid in (("dead", dead.pid), ("alive", alive.pid)):
+        trial = study.ask(fixed_distributions=done.distributions)
+        trial.set_user_attr(WORKER_ATTR, f"{host}:{pid}")
+        orphans[name] = trial.number
+    try:
+        sweep.run(params, progress=False)
+        assert alive.poll() is not None, "the sweep ended while the live process's trial was still running"
+    finally:
+        alive.kill()
+    trials = {t.number: t for t in _study(params).get_trials()}
+    assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number in orphans.values():
+        assert trials[number].state == TrialState.FAIL
+        [retry] = [t for t in trials.values() if t.system_attrs.get("failed_trial") == number]
+        assert retry.params == trials[number].params and retry.state in FINISHED
+    assert sum(t.state in FINISHED for t in trials.values()) == params.sweep.n_trials + 2  # the two retries
 
 
 @pytest.mark.slow
