@@ -66,18 +66,43 @@ class RayParams(Strict):
 # --------------------------------------------------------------------------- captions
 
 
+# Caption styles: each a preset of CaptionTemplate's fields (the ones a collection sets win).
+CAPTION_STYLES: dict[str, dict[str, Any]] = {
+    # RadCLIP's "[Region] [Modality] with [Condition]".
+    "template": {"template": "{region} {modality} with {condition}", "normal": "Normal {region} {modality}",
+                 "joiner": " and ", "finding": "{condition}", "lowercase": False},
+    # CXR-CML's meta labels: "Chest X-ray: edema is present, pleural effusion is present".
+    "meta": {"template": "{region} {modality}: {condition}", "normal": "{region} {modality}: no finding",
+             "joiner": ", ", "finding": "{condition} is present", "lowercase": True},
+}
+
+
 class CaptionTemplate(Strict):
-    """``[Region] [Modality] with [Condition]``; the normal case has its own template."""
+    """``[Region] [Modality] with [Condition]``; the normal case has its own template.
 
-    template: str = "{region} {modality} with {condition}"
-    normal: str = "Normal {region} {modality}"
-    joiner: str = " and "  # between several conditions of a multi-label study
+    ``style`` picks a preset (``template`` or ``meta``, see ``CAPTION_STYLES``); fields given beside it
+    override the preset's. ``finding`` is one condition's phrase, ``joiner`` joins several into
+    ``{condition}``; ``lowercase`` lowers condition names except acronyms (COVID-19 stays)."""
 
-    @field_validator("template")
+    style: Literal["template", "meta"] = "template"
+    template: str = CAPTION_STYLES["template"]["template"]
+    normal: str = CAPTION_STYLES["template"]["normal"]
+    joiner: str = CAPTION_STYLES["template"]["joiner"]  # between several conditions of a multi-label study
+    finding: str = CAPTION_STYLES["template"]["finding"]
+    lowercase: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _style_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("style", "template") in CAPTION_STYLES:
+            return {**CAPTION_STYLES[value.get("style", "template")], **value}
+        return value
+
+    @field_validator("template", "finding")
     @classmethod
     def _needs_condition(cls, value: str) -> str:
         if "{condition}" not in value:
-            raise ValueError("caption template must contain {condition}")
+            raise ValueError("caption template and finding must contain {condition}")
         return value
 
 
@@ -87,7 +112,9 @@ class CaptionTemplate(Strict):
 class CollectionBase(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: str
-    role: Literal["train", "eval"] = "train"
+    # train: pretrain_2d and the stages after it; finetune: split like train, but only a fine-tuning stage
+    # on top of the 2D model reads it (CXR-CML's long-tail collection); eval: a held-out suite.
+    role: Literal["train", "finetune", "eval"] = "train"
     region: str = ""
     modality: str = ""
     caption: CaptionTemplate | None = None  # None: data.caption
@@ -199,6 +226,27 @@ class ChestXray14Collection(CollectionBase):
     boxed_only: bool = False  # keep only images the box list covers (the real list: 880 of 112,120)
 
 
+class CxrLtCollection(CollectionBase):
+    """CXR-LT (MIMIC-CXR-JPG frontal images, long-tailed multi-label): one CSV per split with ``dicom_id``,
+    ``subject_id``, ``study_id`` and one 0/1 column per class."""
+
+    format: Literal["cxr_lt"] = "cxr_lt"
+    region: str = "Chest"
+    modality: str = "X-ray"
+    index: str = "train.csv"
+    # The image path column, relative to ``images`` under the collection; null: MIMIC-CXR-JPG's layout
+    # from the ids, files/p<first 2 digits of subject>/p<subject>/s<study>/<dicom_id>.jpg.
+    path_column: str | None = "fpath"
+    images: str = "."
+    # [] = every column but the ids, path, view, normal_column and ignore_columns.
+    classes: list[str] = []
+    labels: dict[str, str | None] = {}  # class column -> condition (null: normal); {} = the column names
+    normal_column: str | None = "No Finding"  # 1 there and a positive class elsewhere is an error item
+    view_column: str | None = "ViewPosition"  # with frontal_only: rows whose view is not AP/PA are skipped
+    frontal_only: bool = True
+    ignore_columns: list[str] = ["split"]
+
+
 class MedmnistCollection(CollectionBase):
     """A MedMNIST ``.npz`` (2D or 3D) from a local path; class names from params."""
 
@@ -210,7 +258,7 @@ class MedmnistCollection(CollectionBase):
 
 Collection = Annotated[
     Union[CsvCollection, FolderCollection, ChexpertCollection, IxiCollection, CovidCtMdCollection,
-          ChestXray14Collection, MedmnistCollection],
+          ChestXray14Collection, CxrLtCollection, MedmnistCollection],
     Field(discriminator="format"),
 ]
 
@@ -242,6 +290,14 @@ class PhantomSuites(Strict):
     chest_xray_boxes: int = Field(default=40, ge=0)  # ChestX-ray14 layout, lesion boxes: per focal finding, normals
 
 
+class PhantomLongTail(Strict):
+    """The long-tail chest X-ray collection in CXR-LT's layout (``cxr_lt/``, issue 13): ``train.csv``
+    (training images, rare findings about 1 % each) and ``test.csv`` (the multi-label suite)."""
+
+    train: int = Field(default=1800, ge=0)
+    test_per_class: int = Field(default=25, ge=0)  # positives of each class in test.csv
+
+
 class PhantomParams(Strict):
     enabled: bool = True  # false: real data only, the stage writes an empty folder
     data_seed: int = 0  # every phantom: which scene, finding, format and patient, and its pixels
@@ -253,6 +309,7 @@ class PhantomParams(Strict):
     dicom_fraction: float = Field(default=0.15, ge=0, le=1)
     images_per_patient: int = Field(default=2, ge=1)
     suites: PhantomSuites = PhantomSuites()
+    cxr_lt: PhantomLongTail = PhantomLongTail()
     workers: int = Field(default=2, ge=1)
 
 
@@ -510,6 +567,28 @@ class LrclrThresholds(Strict):
     zero_shot_auroc_margin: float = 0.01
 
 
+class CmlThresholds(Strict):
+    """CXR-CML's pre-registered pass/fail criteria on the phantoms (issue 13), fixed before its stage's first
+    run and judged on seed means on the long-tail suite (macro AUROC, paired-bootstrap CIs at ``ci_level``):
+    ``t`` − ``control``: rare ≥ ``rare_gain`` with the CI above 0, base ≥ −``base_margin``, total ≥
+    ``total_gain``; ``t`` − ``meta`` reported, called reproduced only if its CI excludes 0; the NMI between
+    pseudo-labels and the true label sets of ``t`` ≥ that of ``gauss`` (no number: a comparison)."""
+
+    ci_level: float = Field(default=0.95, gt=0, lt=1)
+    rare_gain: float = 0.03
+    base_margin: float = 0.01
+    total_gain: float = 0.0
+
+
+class CmlParams(Strict):
+    """CXR-CML (paper 003, issue 13): the long-tail collection and suite, and the pre-registered criteria.
+    Its stage (finetune_cml: arms control, meta, gauss, t) is the next step of that issue."""
+
+    collection: str = "phantom_cxr_lt"  # role finetune: what the arms train on
+    suite: str = "phantom_cxr_lt_test"  # the multi-label long-tail suite (role eval)
+    thresholds: CmlThresholds = CmlThresholds()
+
+
 class CrossModalParams(Strict):
     """LRCLR's cross-modality transformer over [image CLS; K regions; caption tokens] (its size is
     not in the paper: one layer at the joint space's width is the smallest that mixes the two)."""
@@ -599,6 +678,7 @@ class Params(Strict):
     general: GeneralParams = GeneralParams()
     ablate: AblateParams = AblateParams()
     lrclr: LrclrParams = LrclrParams()
+    cml: CmlParams = CmlParams()
     sweep: SweepParams = SweepParams()
     registry: RegistryParams = RegistryParams()
 

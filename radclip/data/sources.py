@@ -129,6 +129,20 @@ Layouts, as you prepare real data (``<path>`` is the collection's ``path``)
   ``boxed_only`` keeps only the images the box list covers (the others are skipped by
   design and counted in the log, ``extra`` ``skipped_unboxed``).
 
+``format: cxr_lt`` -- CXR-LT's long-tailed multi-label CSVs over MIMIC-CXR-JPG::
+
+    <path>/train.csv                              (``index``; development.csv, test.csv alike)
+    <path>/<images>/files/p10/p10000032/s50414267/02aa804e-....jpg
+
+  Columns ``dicom_id``, ``subject_id`` (the patient id), ``study_id``, the image path
+  (``path_column``, relative to ``<path>/<images>``; null: MIMIC-CXR-JPG's path built from the
+  three ids) and one 0/1 column per class: ``classes``, or by default every other column but
+  ``view_column``, ``normal_column`` and ``ignore_columns``. ``labels`` renames classes (null =
+  normal). 1 or 1.0 is positive, 0, 0.0 or blank negative; any other value is an error item, as
+  is a row whose ``normal_column`` is 1 beside a positive class. With ``frontal_only`` rows whose
+  view is not AP or PA are skipped by design and counted in the log (``extra``
+  ``skipped_lateral``). A configured class missing from the header raises :class:`InputError`.
+
 ``format: medmnist`` -- ``<path>`` is the MedMNIST ``.npz`` itself (e.g.
   ``pneumoniamnist.npz`` with ``train_images``/``train_labels``...). One item per
   image of each of ``splits``; ``class_names[i]`` names class index i (null =
@@ -160,6 +174,7 @@ from radclip.config import (
     Collection,
     CovidCtMdCollection,
     CsvCollection,
+    CxrLtCollection,
     FolderCollection,
     IxiCollection,
     MedmnistCollection,
@@ -191,6 +206,7 @@ def scan_collection(collection: Collection, root: str | Path) -> Iterator[Source
         IxiCollection: _scan_ixi,
         CovidCtMdCollection: _scan_covid_ct_md,
         ChestXray14Collection: _scan_chestxray14,
+        CxrLtCollection: _scan_cxr_lt,
         MedmnistCollection: _scan_medmnist,
     }
     scanner = scanners.get(type(collection))
@@ -870,6 +886,87 @@ def _chestxray14_items(collection: ChestXray14Collection, index: Path, header: l
     if skipped:
         log.info("chestxray14 %s: %d images without a box skipped (boxed_only)", collection.name, skipped,
                  extra={"collection": collection.name, "skipped_unboxed": skipped})
+
+
+# --------------------------------------------------------------------------- cxr_lt
+
+CXR_LT_IDS = ("dicom_id", "subject_id", "study_id")
+CXR_LT_FRONTAL = ("AP", "PA")
+CXR_LT_TRUE, CXR_LT_FALSE = ("1", "1.0"), ("0", "0.0", "")
+
+
+def _cxr_lt_classes(collection: CxrLtCollection, header: list[str]) -> list[str]:
+    if collection.classes:
+        return list(collection.classes)
+    meta = {*CXR_LT_IDS, collection.path_column, collection.view_column, collection.normal_column,
+            *collection.ignore_columns}
+    return [name for name in header if name not in meta]
+
+
+def _scan_cxr_lt(collection: CxrLtCollection, base: Path) -> Iterator[SourceItem]:
+    _require_dir(base, "collection folder")
+    index = base / collection.index
+    _require_file(index, "index file")
+    optional = [collection.path_column, collection.normal_column, collection.view_column]
+    header = _read_header(index, [*CXR_LT_IDS, *(c for c in optional if c), *collection.classes])
+    classes = _cxr_lt_classes(collection, header)
+    if not classes:
+        raise InputError(str(index), f"no class columns: the header has only {header}")
+    unknown = [c for c in collection.labels if c not in classes]
+    if unknown:
+        raise InputError(str(index), f"labels name column(s) {unknown} that are not classes {classes}")
+    return _cxr_lt_items(collection, base, index, header, classes)
+
+
+def _cxr_lt_path(collection: CxrLtCollection, row: dict[str, str]) -> str:
+    if collection.path_column:
+        return row[collection.path_column]
+    subject, study, dicom = row["subject_id"], row["study_id"], row["dicom_id"]
+    if not (subject and study and dicom):
+        return ""
+    return f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
+
+
+def _cxr_lt_items(collection: CxrLtCollection, base: Path, index: Path, header: list[str],
+                  classes: list[str]) -> Iterator[SourceItem]:
+    images = base / collection.images
+    skipped = 0
+    for line, row in _rows(index, header):
+        view = row[collection.view_column] if collection.view_column else ""
+        if collection.frontal_only and collection.view_column and view.upper() not in CXR_LT_FRONTAL:
+            skipped += 1
+            continue
+        errors: list[str] = []
+        positives = []
+        for name in classes:
+            value = row[name]
+            if value in CXR_LT_TRUE:
+                positives.append(name)
+            elif value not in CXR_LT_FALSE:
+                errors.append(f"column {name!r}: {value!r} is not 0 or 1")
+        conditions, label_errors = _map_labels(positives, {c: collection.labels.get(c, c) for c in classes},
+                                               "the class columns")
+        errors += label_errors
+        normal = row[collection.normal_column] if collection.normal_column else ""
+        if normal in CXR_LT_TRUE and conditions:
+            errors.append(f"{collection.normal_column!r} is 1 beside the positive class(es) {positives}")
+        elif normal not in CXR_LT_TRUE + CXR_LT_FALSE:
+            errors.append(f"column {collection.normal_column!r}: {normal!r} is not 0 or 1")
+        cell = _cxr_lt_path(collection, row)
+        if not cell:
+            errors.insert(0, f"no image path (blank {collection.path_column or 'id'!r} cell)")
+            full, rel, loader = images, f"{Path(collection.index).as_posix()} line {line}", None
+        else:
+            full, rel = _index_rel(images, cell)
+            loader, problem = loader_for(full)
+            if problem:
+                errors.insert(0, problem)
+        yield _item(collection, path=full, rel_path=rel, loader=loader, region=collection.region,
+                    modality=collection.modality, conditions=conditions, errors=errors,
+                    patient_id=row["subject_id"] or None, expect_kind="2d")
+    if skipped:
+        log.info("cxr_lt %s: %d non-frontal rows skipped (frontal_only)", collection.name, skipped,
+                 extra={"collection": collection.name, "skipped_lateral": skipped})
 
 
 # --------------------------------------------------------------------------- medmnist

@@ -44,7 +44,8 @@ def test_paper_profile_overlays_the_default(tmp_path, project_root):
     default = load_params(project_root / "params.yaml")
     assert paper.curate.image_size == 224 and default.curate.image_size == 64
     assert not paper.phantoms.enabled
-    assert {c.format for c in paper.data.collections} == {"csv", "chexpert", "image_folders", "ixi", "covid_ct_md", "chestxray14"}
+    assert {c.format for c in paper.data.collections} == {"csv", "chexpert", "image_folders", "ixi", "covid_ct_md", "chestxray14",
+                                                        "cxr_lt"}
     assert paper.model.init_seed == default.model.init_seed  # keys the overlay does not name stay
     assert paper.digest() != default.digest()
 

@@ -250,3 +250,94 @@ def _place_xray_nodule(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
 def _draw_xray_nodule(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
     cv = _xray_canvas(grid, a)
     paint(image, cv.ellipsoid(s["center"], (s["radius"], INF, s["radius"])), 1.05 * a.soft)
+
+
+# --------------------------------------------------------------------------- long-tail findings (CXR-LT)
+# Rare in the long-tail collection (about 1 % of its images each), each with its own look so that a model
+# can learn it from a handful of examples: what makes them hard is how few there are, not how faint.
+
+
+def _place_rib_fracture(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
+    side = _xray_side(rng)
+    x = side * (a.half_width - rng.uniform(5.0, 20.0))  # lateral ribs, where fractures are seen
+    dome = a.domes[0 if side < 0 else 1]
+    z = dome + (a.apex - dome) * rng.uniform(0.3, 0.7)
+    return {"center": (x, 0.0, z), "radii": (rng.uniform(9.0, 13.0), INF, rng.uniform(6.0, 9.0)),
+            "gap": rng.uniform(-0.4, 0.4)}
+
+
+def _draw_rib_fracture(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
+    """A healing fracture: a bright callus around the rib with a dark fracture line through it."""
+    cv = _xray_canvas(grid, a)
+    x, _, z = s["center"]
+    image += 3.0 * a.bone * cv.ellipsoid(s["center"], s["radii"])
+    dx, dz = 12.0 * math.sin(s["gap"]), 12.0 * math.cos(s["gap"])
+    paint(image, cv.segment((x - dx, z - dz), (x + dx, z + dz), 1.8, (0, 2)), a.lung, 0.8)
+
+
+def _place_mass(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
+    side = _xray_side(rng)
+    x, z = _lung_point(rng, a, side, 0.35, 0.75)
+    radius = rng.uniform(17.0, 26.0)
+    return {"center": (x, 0.0, z), "radius": radius, "lobes": random_lobes(rng, order=4.0, roughness=0.12)}
+
+
+def _draw_mass(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
+    """A large, round, well-defined opacity (a nodule is under 11 mm, a mass 17-26 mm)."""
+    cv = _xray_canvas(grid, a)
+    r = s["radius"]
+    paint(image, cv.ellipsoid(s["center"], (r, INF, r), lobes=s["lobes"]), 1.1 * a.soft)
+
+
+def _place_granuloma(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
+    spots = []
+    for _ in range(1 + int(rng.integers(0, 3))):
+        side = _xray_side(rng)
+        x, z = _lung_point(rng, a, side, 0.3, 0.85)
+        spots.append(((x, 0.0, z), rng.uniform(3.5, 5.0)))
+    return {"spots": spots}
+
+
+def _draw_granuloma(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
+    """One to three small spots as dense as bone (calcified), brighter than any nodule."""
+    cv = _xray_canvas(grid, a)
+    for center, radius in s["spots"]:
+        paint(image, cv.ellipsoid(center, (radius, INF, radius)), a.soft + 6.0 * a.bone)
+
+
+def _place_hiatal_hernia(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
+    return {"radii": (rng.uniform(20.0, 28.0), INF, rng.uniform(16.0, 22.0)), "level": rng.uniform(0.3, 0.6),
+            "offset": rng.uniform(-8.0, 12.0)}
+
+
+def _draw_hiatal_hernia(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
+    """A retrocardiac round lucency just above the diaphragm with an air-fluid level across it."""
+    cv = _xray_canvas(grid, a)
+    rx, _, rz = s["radii"]
+    center = (s["offset"], 0.0, max(a.domes) + rz - 2.0)
+    pouch = cv.ellipsoid(center, s["radii"])
+    fluid_top = center[2] - rz + 2 * rz * s["level"]
+    air = pouch * cv.above(2, fluid_top)
+    paint(image, air, 0.3 * a.soft)
+    paint(image, pouch * (1 - cv.above(2, fluid_top)), 1.05 * a.soft)
+
+
+def _place_subcutaneous_emphysema(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
+    sides = [-1, 1] if rng.uniform() < 0.3 else [_xray_side(rng)]
+    streaks = []
+    for side in sides:
+        for _ in range(int(rng.integers(5, 9))):
+            x = side * (a.half_width + rng.uniform(8.0, 32.0))  # chest wall, outside the ribs
+            z = rng.uniform(min(a.domes) - 20.0, a.apex + 30.0)
+            angle = rng.uniform(-0.6, 0.6)
+            half = rng.uniform(10.0, 22.0)
+            streaks.append(((x - half * math.sin(angle), z - half * math.cos(angle)),
+                            (x + half * math.sin(angle), z + half * math.cos(angle)), rng.uniform(1.5, 2.6)))
+    return {"streaks": streaks}
+
+
+def _draw_subcutaneous_emphysema(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
+    """Dark branching streaks of gas in the soft tissue of the chest wall."""
+    cv = _xray_canvas(grid, a)
+    for start, end, half in s["streaks"]:
+        paint(image, cv.segment(start, end, half, (0, 2)), 0.12, 0.9)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from radclip.config import Params
+from radclip.data.phantoms.longtail import plan_longtail
 from radclip.data.phantoms.plan import TrainRow, plan_training
 from radclip.data.phantoms.render import RenderSettings
 from radclip.data.phantoms.suites import ANATOMY_COLUMNS, CHESTXRAY14_BOX_COLUMNS, SuitePlan, box_rows, plan_suites
@@ -66,7 +67,7 @@ def _write_lesion_truth(out_dir: Path, suites: list[SuitePlan], truths: dict[str
     (path relative to its suite, as curation records ``source_path``), for the attention plots."""
     rows = []
     for suite in suites:
-        root = out_dir / "eval" / suite.name
+        root = out_dir / suite.location
         for job in suite.jobs:
             if job.kind == "3d":
                 slices = truths[job.path].finding_slices
@@ -83,7 +84,7 @@ def _write_anatomy_truth(out_dir: Path, suites: list[SuitePlan]) -> None:
     parameters the plan chose (``ANATOMY_COLUMNS``; path relative to its suite)."""
     rows = []
     for suite in suites:
-        root = out_dir / "eval" / suite.name
+        root = out_dir / suite.location
         for job in suite.jobs:
             if job.path in suite.anatomy:
                 values = suite.anatomy[job.path]
@@ -144,6 +145,11 @@ eval/brain_mri_3d_sex/                   IXI layout labelled by SEX_ID (1 male, 
 eval/chest_xray_boxes/                   NIH ChestX-ray14 layout: images/NNNNNNNN_000.png,
                                          Data_Entry_2017.csv, BBox_List_2017.csv (x, y, w, h in pixels
                                          around where each focal finding was drawn; a localisation suite)
+cxr_lt/                                  CXR-LT layout, long-tailed multi-label chest X-rays (format: cxr_lt):
+  train.csv, test.csv                    dicom_id,subject_id,study_id,ViewPosition,fpath + a 0/1 column
+                                         per class (No Finding among them); train: rare findings about
+                                         1 % each; test: the multi-label suite, its own patients
+  files/p19/p<subject>/s<study>/<id>.png the images (MIMIC-CXR-JPG's folders)
 lesion_slices.csv                        per evaluation volume: the slices its finding was drawn into
 anatomy_truth.csv                        per sex-suite volume: SEX_ID, head scale/aspect/height, semi-axes
 phantoms.json                            counts per region/modality/condition and per suite
@@ -174,22 +180,25 @@ def generate(params: Params, out_dir: Path | None = None) -> dict:
     settings = RenderSettings(ph.data_seed, ph.image_size, ph.volume_shape, ph.lesion_slices)
     train_jobs, train_rows = plan_training(params, out_dir)
     suites = plan_suites(params, out_dir)
-    truths = _run_all(train_jobs + [job for suite in suites for job in suite.jobs], settings, ph.workers)
+    longtail = plan_longtail(params, out_dir)
+    truths = _run_all(train_jobs + [job for suite in (*suites, longtail) for job in suite.jobs], settings,
+                      ph.workers)
 
     header = ("path", "patient_id", "region", "modality", "findings")
     _write_table(out_dir / "train" / "index.csv", header, [[getattr(r, h) for h in header] for r in train_rows])
-    for suite in suites:
+    for suite in (*suites, longtail):
         for folder in suite.folders:
-            (out_dir / "eval" / suite.name / folder).mkdir(parents=True, exist_ok=True)
+            (out_dir / suite.location / folder).mkdir(parents=True, exist_ok=True)
         for rel, (columns, rows) in suite.tables.items():
-            _write_table(out_dir / "eval" / suite.name / rel, columns, rows)
+            _write_table(out_dir / suite.location / rel, columns, rows)
         if suite.box_table is not None:
             boxes = {job.path: truths[job.path].finding_boxes for job in suite.jobs}
-            _write_table(out_dir / "eval" / suite.name / suite.box_table, CHESTXRAY14_BOX_COLUMNS,
+            _write_table(out_dir / suite.location / suite.box_table, CHESTXRAY14_BOX_COLUMNS,
                          box_rows(suite, boxes))
     _write_lesion_truth(out_dir, suites, truths)
     _write_anatomy_truth(out_dir, suites)
     summary = _summary(params, train_rows, train_jobs, suites)
+    summary["cxr_lt"] = {"total": len(longtail.jobs), "per_class": longtail.counts}
     (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     low, high = ph.lesion_slices
     (out_dir / "README.txt").write_text(README.format(seed=ph.data_seed, lesion_min=low, lesion_max=high))

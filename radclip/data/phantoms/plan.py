@@ -32,6 +32,9 @@ STREAM_BRAIN_MRI_3D_2CLASS = 13
 STREAM_CHEST_CT_3D_3CLASS = 14
 STREAM_BRAIN_MRI_3D_SEX = 15
 STREAM_CHEST_XRAY_BOXES = 16
+STREAM_CXR_LT_PLAN = 20  # the long-tail collection (longtail.py): its plan, training and test images
+STREAM_CXR_LT_TRAIN = 21
+STREAM_CXR_LT_TEST = 22
 
 # How the training set is split between scenes (2D images and 3D volumes).
 TRAIN_2D_MIX = {"chest_xray": 0.40, "brain_mri": 0.20, "chest_ct": 0.15, "abdomen_ct": 0.12, "knee_mri": 0.13}

@@ -64,15 +64,25 @@ from radclip.data.phantoms.chest_xray import (
     _draw_consolidation,
     _draw_edema,
     _draw_effusion,
+    _draw_granuloma,
+    _draw_hiatal_hernia,
+    _draw_mass,
     _draw_nothing,
     _draw_pneumothorax,
+    _draw_rib_fracture,
+    _draw_subcutaneous_emphysema,
     _draw_xray_nodule,
     _place_atelectasis,
     _place_consolidation,
     _place_edema,
     _place_effusion,
+    _place_granuloma,
+    _place_hiatal_hernia,
+    _place_mass,
     _place_nothing,
     _place_pneumothorax,
+    _place_rib_fracture,
+    _place_subcutaneous_emphysema,
     _place_xray_nodule,
     _render_chest_xray,
     _sample_chest_xray,
@@ -146,7 +156,7 @@ class Scene:
     def label_weights(self, kind: str) -> dict[tuple[str, ...], float]:
         """Relative frequency of each label set; volumes carry at most one finding."""
         weights: dict[tuple[str, ...], float] = {(): self.normal_weight}
-        weights.update({(f.name,): f.weight for f in self.findings})
+        weights.update({(f.name,): f.weight for f in self.findings if f.weight > 0})
         if kind == "2d":
             weights.update(dict(self.combos))
         return weights
@@ -195,6 +205,15 @@ SCENES: dict[str, Scene] = {
                 Finding("Pleural Effusion", 0.12, _place_effusion, _draw_effusion),
                 Finding("Pneumothorax", 0.025, _place_pneumothorax, _draw_pneumothorax),
                 Finding("Nodule", 0.025, _place_xray_nodule, _draw_xray_nodule),
+                # The long-tail collection's rare findings (CXR-LT): weight 0 keeps them out of the general
+                # training mix, which draws from label_weights; the long-tail plan has its own weights.
+                *(Finding(name, 0.0, place, draw) for name, place, draw in (
+                    ("Rib Fracture", _place_rib_fracture, _draw_rib_fracture),
+                    ("Mass", _place_mass, _draw_mass),
+                    ("Calcified Granuloma", _place_granuloma, _draw_granuloma),
+                    ("Hiatal Hernia", _place_hiatal_hernia, _draw_hiatal_hernia),
+                    ("Subcutaneous Emphysema", _place_subcutaneous_emphysema, _draw_subcutaneous_emphysema),
+                )),
             ),
             normal_weight=0.22,
             combos=(

@@ -100,6 +100,12 @@ class SuitePlan:
     # renderer drew; None: the suite has none. ``box_names``: job path -> the image name the table uses.
     box_table: str | None = None
     box_names: dict[str, str] = field(default_factory=dict)
+    parent: str = "eval"  # the folder under the phantom root that holds the suite's folder
+
+    @property
+    def location(self) -> Path:
+        """The suite's folder relative to the phantom root."""
+        return Path(self.parent) / self.name
 
 
 def _shuffled_classes(classes: Sequence[Any], per_class: int, rng: Rng) -> list[Any]:

@@ -31,7 +31,7 @@ REQUIRED_COLUMNS = (
     "slices", "height", "width", "content_hash", *STAT_COLUMNS,
 )  # fmt: skip
 PLANES = ("axial", "coronal", "sagittal")
-SPLITS_OF_ROLE = {"train": ("train", "val", "test"), "eval": ("eval",)}
+SPLITS_OF_ROLE = {"train": ("train", "val", "test"), "finetune": ("train", "val", "test"), "eval": ("eval",)}
 
 # 3D volumes are z-scored per volume: whole-volume std ~1, mean ~0. The band
 # leaves room for resampling after z-scoring (smoothing lowers std) and float16
