@@ -236,6 +236,15 @@ def localise() -> None:
     job.run(_params(), progress=_progress())
 
 
+@app.command("finetune-cml")
+def finetune_cml() -> None:
+    """CXR-CML from the fine-tuned 2D encoder on cml.collection: arms control, meta, gauss and t (Ray Train),
+    scored on cml.suite (macro AUROC total / base / rare, paired CIs, the verdicts)."""
+    from radclip.jobs import finetune_cml as job
+
+    job.run(_params(), progress=_progress())
+
+
 # --------------------------------------------------------------------------- serving and the model registry
 
 ModelOption = Annotated[Optional[str], typer.Option(

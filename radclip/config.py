@@ -581,11 +581,26 @@ class CmlThresholds(Strict):
 
 
 class CmlParams(Strict):
-    """CXR-CML (paper 003, issue 13): the long-tail collection and suite, and the pre-registered criteria.
-    Its stage (finetune_cml: arms control, meta, gauss, t) is the next step of that issue."""
+    """CXR-CML (paper 003): stage ``finetune_cml`` fine-tunes the fine-tuned 2D encoder further on the long-tail
+    collection in four arms with equal epochs, data and seeds (the text tower stays frozen): ``control`` (InfoNCE,
+    template captions), ``meta`` (meta-label captions), ``gauss`` (meta + triplets on Gaussian-mixture
+    pseudo-labels), ``t`` (meta + triplets on Student-t-mixture pseudo-labels, ν = ``nu``), and scores each on
+    the long-tail suite (``reports/longtail.{json,md}``)."""
 
-    collection: str = "phantom_cxr_lt"  # role finetune: what the arms train on
+    collection: str = "phantom_cxr_lt"  # role finetune: what the arms train on (its train/val split)
     suite: str = "phantom_cxr_lt_test"  # the multi-label long-tail suite (role eval)
+    seeds: int = Field(default=3, ge=1)  # seed k: train.loop_seed + k and mixture_seed + k; verdicts on seed means
+    # L = L_c + metric_weight · L_m; the paper weighs both equally (003 l. 89).
+    metric_weight: float = Field(default=1.0, ge=0)
+    margin: float = Field(default=0.2, ge=0)  # α of the triplet loss (not in the paper)
+    mining: Literal["semi-hard", "hard", "all"] = "semi-hard"  # within a worker's batch (not in the paper)
+    nu: float = Field(default=4.0, gt=0)  # the t arm's degrees of freedom (the paper's best of 2, 4, 6)
+    components: int | None = Field(default=None, ge=2)  # None: the collection's number of classes (paper: N = 40)
+    pca_dims: int = Field(default=32, ge=1)  # the mixture is fitted on this many principal components
+    refit_every: int = Field(default=1, ge=1)  # epochs between mixture fits (each on all training images)
+    mixture_iterations: int = Field(default=100, ge=1)
+    mixture_seed: int = 0
+    train: TrainParams = TrainParams(epochs=6, batch_size=32, lr=1e-4, patience=6)
     thresholds: CmlThresholds = CmlThresholds()
 
 

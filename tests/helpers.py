@@ -26,7 +26,7 @@ TINY_PHANTOMS = {
     "workers": 1,
     "suites": {"chest_xray_5class": 3, "brain_mri_4class": 3, "brain_mri_3d_2class": 3, "chest_ct_3d_3class": 2,
                "brain_mri_3d_sex": 3, "chest_xray_boxes": 2},
-    "cxr_lt": {"train": 24, "test_per_class": 2},
+    "cxr_lt": {"train": 60, "test_per_class": 3},
 }
 TINY_MODEL = {
     "pretrained": None,  # a fresh tiny CLIP (params.yaml names pretrain_general's output)

@@ -89,6 +89,8 @@ COMBINATIONS = [
     ("phantom_chest_ct_3d_3class", "dicom_series", "Chest", "CT"),  # COVID-CT-MD layout
     ("phantom_brain_mri_3d_sex", "nifti", "Brain", "MRI"),  # IXI layout, labelled by sex
     ("phantom_chest_xray_boxes", "png", "Chest", "X-ray"),  # ChestX-ray14 layout (localisation suite)
+    ("phantom_cxr_lt", "png", "Chest", "X-ray"),  # CXR-LT layout, long-tail training (role finetune)
+    ("phantom_cxr_lt_test", "png", "Chest", "X-ray"),  # CXR-LT layout, the long-tail suite
 ]
 
 

@@ -374,6 +374,16 @@ def _index_rel(base: Path, cell: str) -> tuple[Path, str]:
     return base / rel, rel
 
 
+def _locate(base: Path, cell: str, where: str, blank: str) -> tuple[Path, str, str | None, str | None]:
+    """``(path, rel_path, loader, problem)`` of an index's path cell relative to ``base``; a blank cell has the
+    problem ``blank`` and the rel_path ``where`` (the index line), so the error item says which row it was."""
+    if not cell:
+        return base, where, None, blank
+    full, rel = _index_rel(base, cell)
+    loader, problem = loader_for(full)
+    return full, rel, loader, problem
+
+
 # --------------------------------------------------------------------------- csv
 
 
@@ -396,15 +406,10 @@ def _csv_items(collection: CsvCollection, base: Path, index: Path, header: list[
         patient_id = (row[collection.patient_column] if collection.patient_column else "") or None
         raw_labels = [v.strip() for v in row[collection.label_column].split(collection.label_separator) if v.strip()]
         conditions, errors = _map_labels(raw_labels, collection.labels, f"column {collection.label_column!r}")
-        cell = row[collection.path_column]
-        if not cell:
-            errors.insert(0, f"blank {collection.path_column!r} cell")
-            full, rel, loader = base, f"{index_name} line {line}", None
-        else:
-            full, rel = _index_rel(base, cell)
-            loader, problem = loader_for(full)
-            if problem:
-                errors.insert(0, problem)
+        full, rel, loader, problem = _locate(base, row[collection.path_column], f"{index_name} line {line}",
+                                             f"blank {collection.path_column!r} cell")
+        if problem:
+            errors.insert(0, problem)
         yield _item(
             collection,
             path=full,
@@ -952,15 +957,11 @@ def _cxr_lt_items(collection: CxrLtCollection, base: Path, index: Path, header: 
             errors.append(f"{collection.normal_column!r} is 1 beside the positive class(es) {positives}")
         elif normal not in CXR_LT_TRUE + CXR_LT_FALSE:
             errors.append(f"column {collection.normal_column!r}: {normal!r} is not 0 or 1")
-        cell = _cxr_lt_path(collection, row)
-        if not cell:
-            errors.insert(0, f"no image path (blank {collection.path_column or 'id'!r} cell)")
-            full, rel, loader = images, f"{Path(collection.index).as_posix()} line {line}", None
-        else:
-            full, rel = _index_rel(images, cell)
-            loader, problem = loader_for(full)
-            if problem:
-                errors.insert(0, problem)
+        full, rel, loader, problem = _locate(images, _cxr_lt_path(collection, row),
+                                             f"{Path(collection.index).as_posix()} line {line}",
+                                             f"no image path (blank {collection.path_column or 'id'!r} cell)")
+        if problem:
+            errors.insert(0, problem)
         yield _item(collection, path=full, rel_path=rel, loader=loader, region=collection.region,
                     modality=collection.modality, conditions=conditions, errors=errors,
                     patient_id=row["subject_id"] or None, expect_kind="2d")

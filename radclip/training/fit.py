@@ -39,6 +39,7 @@ from radclip.training.loop import (
 )
 
 log = logging.getLogger("radclip.training")
+STAGE_NAMES = {"2d": "pretrain_2d", "adapter": "pretrain_adapter", "lrclr": "pretrain_lrclr", "cml": "finetune_cml"}
 
 
 @dataclass
@@ -71,6 +72,8 @@ def fit(
     run_name: str | None = None,
     log_model: bool = True,
     epoch_lines: bool = True,
+    arm: str | None = None,
+    seed_offset: int = 0,
 ) -> FitResult:
     """Train one stage and save the best model to ``out_dir``; ``tags`` go on its MLflow run.
 
@@ -80,13 +83,14 @@ def fit(
     trials and the ablation's seed replicates, evaluated and discarded). ``epoch_lines`` logs one
     line per epoch (epoch, losses, pairs/s, time left at most); the sweep and the ablation, which fit many
     short runs, log one line per run instead. ``fail_at`` (epoch, step) kills one Ray worker once there, the last
-    rank or the one on node ``fail_node`` (resume tests).
+    rank or the one on node ``fail_node`` (resume tests). ``arm`` and ``seed_offset``: stage cml's arm and seed.
     """
     from radclip.core.models import RadCLIP
     from radclip.core.preprocessing import Preprocessing
     from radclip.training.build import build_model
 
     train = train_params_for(params, stage)
+    stage_name = STAGE_NAMES[stage]
     name = run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
     run_dir = params.resolve(params.paths.tmp) / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,7 @@ def fit(
     first_epoch_at: float | None = None  # when the first epoch ended: later epochs' pace excludes start-up
 
     with tracking.start_run(
-        params, stage=f"pretrain_{stage}", run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
+        params, stage=stage_name, run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
         tags={"ray.workers": workers, "engine": train.engine, **(tags or {})},
     ) as run:
 
@@ -108,7 +112,7 @@ def fit(
             if epoch_lines:
                 now = time.perf_counter()
                 first_epoch_at = now if first_epoch_at is None else first_epoch_at
-                log.info("%s", epoch_line(f"pretrain_{stage}" + (f" {run_name}" if run_name else ""), metrics,
+                log.info("%s", epoch_line(stage_name + (f" {run_name}" if run_name else ""), metrics,
                                           train.epochs, now - started, now - first_epoch_at))
             if on_epoch is not None and not stopped and on_epoch(metrics):
                 stopped = True
@@ -125,6 +129,8 @@ def fit(
             fail_node=fail_node,
             relay=ray_train.relay_name(name) if train.engine == "ray" else None,
             driver_decides=on_epoch is not None,
+            arm=arm,
+            seed_offset=seed_offset,
         )
         if train.engine == "ray":
             trained = ray_train.run_trainer(params, train, train_worker, asdict(config), name=name,
@@ -157,7 +163,7 @@ def fit(
             # Logged once, here, in the run that trained it: evaluation links its metrics to this LoggedModel
             # and `register` registers it, so the registered version's source is this run.
             model_id = mlflow_pyfunc.log_model(out_dir, name=f"radclip-{stage}",
-                                               tags={tracking.TAG_STAGE: f"pretrain_{stage}"}).model_id
+                                               tags={tracking.TAG_STAGE: stage_name}).model_id
         tracking.log_metrics(
             {"best_val_loss": state["best_val"], "best_epoch": state["best_epoch"], "seconds": seconds},
             model_id=model_id,
@@ -165,7 +171,7 @@ def fit(
         tracking.log_dataset_input(params, data_dir, context="training", model_id=model_id)
         if log_model:
             curves = loss_curves_figure(history, run_dir / f"loss_{stage}.png",
-                                        title=f"pretrain_{stage}: loss per epoch")
+                                        title=f"{stage_name}: loss per epoch")
             tracking.log_artifact(curves, "plots")
         result = FitResult(
             model_dir=str(out_dir),

@@ -5,7 +5,9 @@ gloo or nccl, per-worker data shards) or in-process (``engine: local``, world si
 Stage ``2d`` fine-tunes the vision tower on curated image–caption pairs; stage
 ``adapter`` trains only the slice pooling adapter on the slice-embedding cache; stage
 ``lrclr`` fine-tunes the vision tower further with LRCLR's L_global + λ·L_local (the
-cross-modal transformer trains too; λ = 0 is the plain global loss, the control arm).
+cross-modal transformer trains too; λ = 0 is the plain global loss, the control arm); stage
+``cml`` fine-tunes it on the long-tail collection with CXR-CML's InfoNCE + w·triplet loss on
+mixture pseudo-labels refitted every ``cml.refit_every`` epochs (:mod:`radclip.training.cml`).
 In all, the frozen text tower runs once per unique caption (tables of caption
 embeddings and, for LRCLR, token states, looked up by caption id every step).
 
@@ -44,8 +46,9 @@ from radclip.io import ray_train
 
 if TYPE_CHECKING:
     from radclip.data.slice_cache import SliceCacheDataset
+    from radclip.training.cml import LongTailDataset
 
-Stage = Literal["2d", "adapter", "lrclr"]
+Stage = Literal["2d", "adapter", "lrclr", "cml"]
 TRAINABLE_FILE = "trainable.safetensors"
 BEST_FILE = "best.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -68,6 +71,8 @@ class FitConfig:
     fail_node: str | None = None  # the worker killed is the one on this node; None: the last rank
     relay: str | None = None  # Ray Train: the driver's relay actor (radclip.io.ray_train)
     driver_decides: bool = False  # after each epoch the driver says whether to stop (sweep pruning)
+    arm: str | None = None  # stage cml: which arm (radclip.training.cml.ARMS)
+    seed_offset: int = 0  # stage cml: seed k of the arm (added to the mixture seed; loop_seed comes in params)
 
 
 # --------------------------------------------------------------------------- data
@@ -92,11 +97,18 @@ class ImageCaptionDataset(Dataset):
 
 
 def _datasets(
-    config: FitConfig,
-) -> tuple[ImageCaptionDataset | SliceCacheDataset, ImageCaptionDataset | SliceCacheDataset, list[str], list[str]]:
-    train: ImageCaptionDataset | SliceCacheDataset
-    val: ImageCaptionDataset | SliceCacheDataset
-    if config.stage in ("2d", "lrclr"):
+    config: FitConfig, params: Params,
+) -> tuple[ImageCaptionDataset | SliceCacheDataset | LongTailDataset,
+           ImageCaptionDataset | SliceCacheDataset | LongTailDataset, list[str], list[str]]:
+    train: ImageCaptionDataset | SliceCacheDataset | LongTailDataset
+    val: ImageCaptionDataset | SliceCacheDataset | LongTailDataset
+    if config.stage == "cml":
+        from radclip.training.cml import LongTailDataset
+
+        assert config.arm is not None  # fit() always passes the arm of a cml run
+        train = LongTailDataset(params, config.data_dir, "train", config.arm)
+        val = LongTailDataset(params, config.data_dir, "val", config.arm)
+    elif config.stage in ("2d", "lrclr"):
         train, val = ImageCaptionDataset(config.data_dir, "train"), ImageCaptionDataset(config.data_dir, "val")
     else:
         from radclip.data.slice_cache import SliceCacheDataset
@@ -244,7 +256,8 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[dict
 
 
 def train_params_for(params: Params, stage: Stage) -> TrainParams:
-    return {"2d": params.train_2d, "adapter": params.train_adapter, "lrclr": params.lrclr.train}[stage]
+    return {"2d": params.train_2d, "adapter": params.train_adapter, "lrclr": params.lrclr.train,
+            "cml": params.cml.train}[stage]
 
 
 def prepare_lrclr(model, params: Params) -> None:
@@ -324,6 +337,7 @@ class StepOutput:
     caption_ids: torch.Tensor
     local_image: torch.Tensor | None = None
     local_text: torch.Tensor | None = None
+    indices: torch.Tensor | None = None  # stage cml: the records' dataset indices (their pseudo-labels)
 
 
 def _batch_forward(step_module, batch, stage: Stage, device: torch.device, bf16: bool,
@@ -334,6 +348,10 @@ def _batch_forward(step_module, batch, stage: Stage, device: torch.device, bf16:
         if stage == "adapter":
             slices, mask, caption_ids = batch
             features, scale = step_module(slices, mask)
+        elif stage == "cml":
+            images, caption_ids, indices = batch
+            features, scale = step_module(images)
+            return StepOutput(features.float(), scale.float(), caption_ids, indices=indices)
         elif tokens is None:  # 2d, and lrclr's control arm (λ = 0)
             images, caption_ids = batch
             features, scale = step_module(images)
@@ -365,6 +383,58 @@ def _kill_here(config: FitConfig, ctx: WorkerContext, epoch: int, step: int) -> 
     return ctx.node_ip == config.fail_node if config.fail_node else ctx.rank == ctx.world_size - 1
 
 
+@dataclass
+class _MetricTerm:
+    """Stage cml's metric loss: the arm's mixture pseudo-labels of every training record, refitted every
+    ``cml.refit_every`` epochs by each worker on all training images (so every rank holds the same labels
+    without exchanging them), and the triplet loss over them. Inactive in the other stages and arms."""
+
+    active: bool = False
+    arm: str = ""
+    weight: float = 0.0
+    params: Params | None = None
+    seed: int = 0
+    components: int = 0
+    labels: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, config: FitConfig, params: Params, train_set: Dataset) -> _MetricTerm:
+        if config.stage != "cml":
+            return cls()
+        from radclip.training.cml import arm_spec, mixture_components
+
+        assert config.arm is not None
+        if arm_spec(config.arm).mixture is None:
+            return cls()
+        return cls(True, config.arm, params.cml.metric_weight, params, params.cml.mixture_seed + config.seed_offset,
+                   mixture_components(params, train_set))  # type: ignore[arg-type]
+
+    def refit(self, model, train_set: Dataset, device: torch.device, epoch: int) -> dict[str, float]:
+        """Refit at this epoch if due (or if no labels yet: a resumed run); the fit's diagnostics."""
+        if not self.active:
+            return {}
+        assert self.params is not None
+        if self.labels is not None and epoch % self.params.cml.refit_every:
+            return {}
+        from radclip.training.cml import embed_all, pseudo_labels
+
+        started = time.perf_counter()
+        embeddings = embed_all(model, train_set, device)  # type: ignore[arg-type]
+        fitted = pseudo_labels(embeddings, train_set.label_sets, self.params, self.arm,  # type: ignore[attr-defined]
+                               self.seed + 1_009 * epoch, self.components)
+        self.labels = torch.as_tensor(fitted.labels, dtype=torch.long)
+        return {"nmi": fitted.nmi, "pca_explained_variance": fitted.explained_variance,
+                "clusters_used": float(len(np.unique(fitted.labels))),
+                "refit_seconds": time.perf_counter() - started}  # embedding every image + the mixture fit
+
+    def loss(self, features: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        from radclip.core.metric_loss import triplet_loss
+
+        assert self.params is not None and self.labels is not None and indices is not None
+        labels = self.labels[indices.cpu()].to(features.device)
+        return triplet_loss(features, labels, margin=self.params.cml.margin, mining=self.params.cml.mining)
+
+
 def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = None) -> list:
     """One worker of a fit (Ray Train calls it with the config dict; engine local calls it directly,
     with ``on_epoch`` called after every epoch's report: the driver's logging and the sweep's pruner, which
@@ -389,8 +459,8 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = Non
     if config.stage == "lrclr":
         prepare_lrclr(model, params)
     local = config.stage == "lrclr" and model.cross_modal is not None
-    model.trainable_parameters(config.stage)
-    if train.gradient_checkpointing and config.stage == "2d":
+    model.trainable_parameters("2d" if config.stage == "cml" else config.stage)  # cml: the image tower, as 2d
+    if train.gradient_checkpointing and config.stage in ("2d", "cml"):
         model.clip.gradient_checkpointing_enable()  # recompute activations in backward: ViT-L batches fit
     device = _device(train, ctx)
     model.to(device)
@@ -404,7 +474,8 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = Non
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=device_ids,
                                                           find_unused_parameters=config.stage == "adapter")
 
-    train_set, val_set, train_captions, val_captions = _datasets(config)
+    train_set, val_set, train_captions, val_captions = _datasets(config, params)
+    metric = _MetricTerm.build(config, params, train_set)
     per_worker = max(1, train.batch_size // ctx.world_size)
     if len(train_set) < per_worker * ctx.world_size or len(val_set) < per_worker * ctx.world_size:
         per_worker = max(1, min(len(train_set), len(val_set)) // ctx.world_size)
@@ -439,6 +510,7 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = Non
         batches: float  # counts, summed across workers as floats below
         samples: float
         val_batches: float
+        epoch_metrics = metric.refit(model, train_set, device, epoch)
         started, loss_sum, local_sum, batches, samples = time.perf_counter(), 0.0, 0.0, 0, 0
         for step, batch in enumerate(train_loader):
             if _kill_here(config, ctx, epoch, step):
@@ -450,6 +522,9 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = Non
             out = _batch_forward(step_module, batch, config.stage, device, train.bf16, train_tokens)
             loss, _, local_loss = loss_fn(out.features, train_text[out.caption_ids], out.local_image, out.local_text,
                                           out.scale, out.caption_ids)
+            if metric.active:  # CXR-CML: L_c + w·L_m; local_loss carries L_m into the epoch's metrics
+                local_loss = metric.loss(out.features, out.indices)
+                loss = loss + metric.weight * local_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -490,6 +565,8 @@ def train_worker(raw_config: dict, on_epoch: Callable[[dict], bool] | None = Non
             "stopped_early": int(state["stopped_early"]),
             **({"train_local_loss": local_sum / max(1.0, batches),
                 "val_local_loss": val_local_sum / max(1.0, val_batches)} if local else {}),
+            **({"train_metric_loss": local_sum / max(1.0, batches)} if metric.active else {}),
+            **epoch_metrics,
         }
         checkpoint_dir = None
         if ctx.rank == 0:

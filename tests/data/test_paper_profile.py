@@ -98,7 +98,7 @@ def test_paper_profile_validates_and_runs_the_four_evaluation_sets(paper):
     assert paper.profile == "paper" and not paper.phantoms.enabled
     eval_names = [c.name for c in paper.data.collections if c.role == "eval"]
     lrclr_suites = {paper.lrclr.suite, *paper.lrclr.zero_shot_suites}
-    assert sorted(eval_names) == sorted([*SUITES, *lrclr_suites]) and sorted(paper.evaluate.suites) == sorted(SUITES)
+    assert sorted(eval_names) == sorted([*SUITES, *lrclr_suites, paper.cml.suite]) and sorted(paper.evaluate.suites) == sorted(SUITES)
 
 
 def test_paper_profile_runs_lrclr_on_chexperts_test_set_and_nih_boxes(paper):

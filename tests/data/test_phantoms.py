@@ -37,6 +37,7 @@ from radclip.data.phantoms import (
     synthesize,
 )
 from radclip.data.phantoms.brain import HEAD_RANGE, HeadShape
+from radclip.data.phantoms.longtail import RARE as RARE_LONGTAIL
 from radclip.data.sources import IXI_NAME, scan_collection
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".dcm", ".nii.gz")
@@ -476,6 +477,24 @@ def test_2d_finding_is_visible_on_the_same_anatomy(scene_key, condition):
         slab = Slab(2, depth) if scene.slice_range else None
         finding.draw(after, grid, with_finding, finding.place(with_finding, slab, rng))
         assert np.count_nonzero(np.abs(after - before) >= threshold) >= 3, seed
+
+
+@pytest.mark.parametrize("condition", RARE_LONGTAIL)
+def test_long_tail_rare_findings_show_at_the_curated_size(default_params, condition):
+    """The long-tail collection's rare findings, drawn at the curated size (64 px: 6.25 mm a pixel), change
+    several pixels clearly: rare must mean few examples, never sub-pixel."""
+    scene, finding = SCENES["chest_xray"], SCENES["chest_xray"].finding(condition)
+    size = default_params.curate.image_size
+    for seed in range(5):
+        rng = np.random.default_rng([13, seed])
+        anatomy = scene.sample(rng)
+        grid = image_grid(scene, size, 0.0)
+        before = scene.render(anatomy, grid, np.random.default_rng(1))
+        after = scene.render(anatomy, grid, np.random.default_rng(1))
+        finding.draw(after, grid, anatomy, finding.place(anatomy, None, rng))
+        change = np.abs(after - before)
+        assert change.max() >= 2 * VISIBLE["xray"], seed
+        assert np.count_nonzero(change >= 0.5 * change.max()) >= 4, seed  # its core spans pixels, not a speck
 
 
 # --------------------------------------------------------------------------- plan at the default sizes

@@ -254,7 +254,8 @@ def _draw_xray_nodule(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dic
 
 # --------------------------------------------------------------------------- long-tail findings (CXR-LT)
 # Rare in the long-tail collection (about 1 % of its images each), each with its own look so that a model
-# can learn it from a handful of examples: what makes them hard is how few there are, not how faint.
+# can learn it from a handful of examples: what makes them hard is how few there are, not how faint. Each
+# spans at least two pixels of the curated 64-pixel image (6.25 mm a pixel; tests/data/test_phantoms.py).
 
 
 def _place_rib_fracture(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
@@ -262,7 +263,7 @@ def _place_rib_fracture(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
     x = side * (a.half_width - rng.uniform(5.0, 20.0))  # lateral ribs, where fractures are seen
     dome = a.domes[0 if side < 0 else 1]
     z = dome + (a.apex - dome) * rng.uniform(0.3, 0.7)
-    return {"center": (x, 0.0, z), "radii": (rng.uniform(9.0, 13.0), INF, rng.uniform(6.0, 9.0)),
+    return {"center": (x, 0.0, z), "radii": (rng.uniform(14.0, 20.0), INF, rng.uniform(9.0, 13.0)),
             "gap": rng.uniform(-0.4, 0.4)}
 
 
@@ -270,9 +271,9 @@ def _draw_rib_fracture(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: di
     """A healing fracture: a bright callus around the rib with a dark fracture line through it."""
     cv = _xray_canvas(grid, a)
     x, _, z = s["center"]
-    image += 3.0 * a.bone * cv.ellipsoid(s["center"], s["radii"])
-    dx, dz = 12.0 * math.sin(s["gap"]), 12.0 * math.cos(s["gap"])
-    paint(image, cv.segment((x - dx, z - dz), (x + dx, z + dz), 1.8, (0, 2)), a.lung, 0.8)
+    image += 4.0 * a.bone * cv.ellipsoid(s["center"], s["radii"])
+    dx, dz = 16.0 * math.sin(s["gap"]), 16.0 * math.cos(s["gap"])
+    paint(image, cv.segment((x - dx, z - dz), (x + dx, z + dz), 3.0, (0, 2)), a.lung, 0.8)
 
 
 def _place_mass(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
@@ -294,12 +295,12 @@ def _place_granuloma(a: ChestXrayAnatomy, slab: None, rng: Rng) -> dict:
     for _ in range(1 + int(rng.integers(0, 3))):
         side = _xray_side(rng)
         x, z = _lung_point(rng, a, side, 0.3, 0.85)
-        spots.append(((x, 0.0, z), rng.uniform(3.5, 5.0)))
+        spots.append(((x, 0.0, z), rng.uniform(7.0, 10.0)))
     return {"spots": spots}
 
 
 def _draw_granuloma(image: np.ndarray, grid: Grid, a: ChestXrayAnatomy, s: dict) -> None:
-    """One to three small spots as dense as bone (calcified), brighter than any nodule."""
+    """One to three spots as dense as bone (calcified): a nodule's size, far brighter than any nodule."""
     cv = _xray_canvas(grid, a)
     for center, radius in s["spots"]:
         paint(image, cv.ellipsoid(center, (radius, INF, radius)), a.soft + 6.0 * a.bone)
@@ -326,13 +327,13 @@ def _place_subcutaneous_emphysema(a: ChestXrayAnatomy, slab: None, rng: Rng) -> 
     sides = [-1, 1] if rng.uniform() < 0.3 else [_xray_side(rng)]
     streaks = []
     for side in sides:
-        for _ in range(int(rng.integers(5, 9))):
+        for _ in range(int(rng.integers(6, 11))):
             x = side * (a.half_width + rng.uniform(8.0, 32.0))  # chest wall, outside the ribs
             z = rng.uniform(min(a.domes) - 20.0, a.apex + 30.0)
             angle = rng.uniform(-0.6, 0.6)
             half = rng.uniform(10.0, 22.0)
             streaks.append(((x - half * math.sin(angle), z - half * math.cos(angle)),
-                            (x + half * math.sin(angle), z + half * math.cos(angle)), rng.uniform(1.5, 2.6)))
+                            (x + half * math.sin(angle), z + half * math.cos(angle)), rng.uniform(3.5, 5.5)))
     return {"streaks": streaks}
 
 
