@@ -4,6 +4,10 @@
 # The environment is rebuilt when pyproject.toml changes (stamp file below).
 
 PYTHON ?= python3
+# pytest-xdist workers for make test (0: one process). The suite waits on servers and subprocesses (Ray,
+# PostgreSQL, DVC stages) as much as it computes, so TEST_WORKERS=2 on two cores overlaps the waits (1.3x); each
+# worker starts its own servers. Opt-in until it has run clean repeatedly (README, Two commands).
+TEST_WORKERS ?= 0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.radclip-installed
@@ -38,7 +42,7 @@ run: venv
 test: venv
 	$(BIN)/ruff check radclip pipelines
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv
 	$(BIN)/python bench/curate.py

@@ -354,7 +354,9 @@ def _write_curated(root: Path, volumes: np.ndarray) -> list[str]:
     rows, captions = [], []
     for index in range(count):
         caption = CAPTIONS[index % len(CAPTIONS)]
-        row = {name: "" for name in MANIFEST_COLUMNS}
+        # Columns this benchmark does not describe: empty strings, null numbers (display_low/high: NaN = the
+        # encoder's percentile rule, as for manifests curated before display ranges were recorded).
+        row = {name: "" if pa.types.is_string(MANIFEST_SCHEMA.field(name).type) else None for name in MANIFEST_COLUMNS}
         row.update(record_id=f"vol{index:04d}", collection="phantom-3d", role="train", kind="3d", split="train",
                    caption=caption, label=caption, plane="axial", patient_hash=f"p{index:04d}", shard=shard,
                    shard_index=index, slices=slices, height=size, width=size, mean=0.0, std=1.0, min=-3.0, max=3.0)

@@ -34,12 +34,28 @@ import pytest
 pytest_plugins = ["postgres_server", "tracking_server", "ray_cluster"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
-_NETGUARD_LOG = PROJECT_ROOT / ".tmp" / f"netguard-{os.getpid()}.log"
+# Under pytest-xdist (``TEST_WORKERS=2 make test``) a worker appends to the log its controller made and
+# exported before starting it; only the controller reads it at the end, because a worker's exit status does not
+# reach the controller.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER:
+    # A temp root per worker, set before anything asks tempfile for it: local Ray keeps its HOME and auth token
+    # under it (radclip.io.ray_cluster._ray_home), and two workers sharing one token file raced on it (a
+    # two-node-cluster test then failed to authenticate).
+    import tempfile
+
+    _worker_tmp = Path("/tmp") / f"radclip-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'xdist')[:8]}-{_XDIST_WORKER}"
+    _worker_tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(_worker_tmp)
+    tempfile.tempdir = None  # tempfile caches its first answer
+_INHERITED_LOG = os.environ.get("RADCLIP_NETGUARD_LOG") if _XDIST_WORKER else None
+_NETGUARD_LOG = Path(_INHERITED_LOG) if _INHERITED_LOG else PROJECT_ROOT / ".tmp" / f"netguard-{os.getpid()}.log"
 
 
 def _install_network_guard() -> None:
     _NETGUARD_LOG.parent.mkdir(parents=True, exist_ok=True)
-    _NETGUARD_LOG.write_text("")
+    if not _INHERITED_LOG:
+        _NETGUARD_LOG.write_text("")
     os.environ["RADCLIP_NETGUARD_LOG"] = str(_NETGUARD_LOG)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(NETGUARD_DIR), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
@@ -78,6 +94,12 @@ import radclip  # noqa: E402,F401  (applies the offline switches for this proces
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _XDIST_WORKER:
+        import shutil
+
+        shutil.rmtree(os.environ["TMPDIR"], ignore_errors=True)  # this worker's temp root (see above)
+    if _INHERITED_LOG:
+        return  # an xdist worker: the controller reads the shared log
     refused = _NETGUARD_LOG.read_text().strip() if _NETGUARD_LOG.exists() else ""
     if refused:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

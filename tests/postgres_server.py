@@ -99,9 +99,10 @@ def _run_as(account: pwd.struct_passwd | None) -> dict:
 def _let_account_traverse(path: Path, basetemp: Path) -> None:
     """Root only: pytest makes its tmp folders 0700, so the unprivileged server could not reach its data folder.
     Add search permission for others (x, not read: nothing becomes listable) to ``path`` and its ancestors up to
-    pytest's own root ``pytest-of-<user>`` (which pytest sets back to 0700 at its next session), or up to the
-    ``--basetemp`` given; above that, every folder must already be searchable."""
-    stop = basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp
+    pytest's own root ``pytest-of-<user>`` (which pytest sets back to 0700 at its next session; under pytest-xdist
+    a worker's basetemp is one level deeper, ``pytest-of-<user>/pytest-N/popen-gwK``), or up to the ``--basetemp``
+    given; above that, every folder must already be searchable."""
+    stop = next((folder for folder in basetemp.parents if folder.name.startswith("pytest-of-")), basetemp)
     below = True
     for folder in [path, *path.parents]:
         mode = folder.stat().st_mode
@@ -170,9 +171,12 @@ def running_postgres(base: Path, traverse_from: Path) -> Iterator[PostgresServer
     try:
         try:
             # --no-sync, fsync=off and friends: a throwaway server; durability would only cost time.
+            # max_connections: one session's server serves every PostgreSQL test of its (xdist) worker, and the
+            # test process keeps MLflow's and Optuna's pooled connections to each database it used until it
+            # ends; the default 100 ran out once under xdist's module order.
             pg("initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--no-locale",
                "--no-sync")
-            options = (f"-c listen_addresses='' -k {shlex.quote(str(data))} "
+            options = (f"-c listen_addresses='' -k {shlex.quote(str(data))} -c max_connections=400 "
                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
             pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:

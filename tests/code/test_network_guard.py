@@ -44,3 +44,28 @@ def test_offline_switches_are_set_for_every_library():
 
     for key in ("HF_HUB_OFFLINE", "DVC_NO_ANALYTICS", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED"):
         assert os.environ[key] == OFFLINE_ENV[key]
+
+
+def test_a_refusal_in_an_xdist_worker_fails_the_whole_session(tmp_path, project_root):
+    # TEST_WORKERS=2 make test runs the suite on pytest-xdist workers, whose exit status never reaches the controller:
+    # the workers must log to the controller's file and the controller must fail the session on what they logged.
+    (tmp_path / "test_refused.py").write_text(
+        "import socket\n\n\n"
+        "def test_swallows_a_refusal():\n"
+        "    try:\n"
+        "        socket.getaddrinfo('metadata.google.internal', 80)\n"
+        "    except OSError:\n"
+        "        pass\n\n\n"
+        "def test_other():\n"
+        "    assert True\n"
+    )
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RADCLIP_NETGUARD_LOG", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(project_root / "tests"), str(project_root), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-n", "1", "-q", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), str(tmp_path / "test_refused.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "2 passed" in result.stdout, result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "NETWORK GUARD" in result.stdout and "metadata.google.internal" in result.stdout
