@@ -22,7 +22,7 @@ export DO_NOT_TRACK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test venv bench clean
+.PHONY: run test venv bench bench-deps clean
 
 venv: $(STAMP)
 
@@ -44,7 +44,17 @@ test: venv
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-bench: venv
+# open_clip for bench/train.py's peer row, outside the venv (bench/requirements.txt says why)
+BENCH_SITE := $(VENV)/bench-site
+BENCH_STAMP := $(BENCH_SITE)/.radclip-installed
+
+$(BENCH_STAMP): bench/requirements.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(BENCH_SITE) -c constraints.txt -r bench/requirements.txt
+	@touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
+
+bench: venv $(BENCH_STAMP)
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/evaluate.py

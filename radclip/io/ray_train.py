@@ -244,6 +244,13 @@ class _Forwarder:
                 return
 
 
+def trainer_session(params: Params, train: TrainParams) -> contextlib.AbstractContextManager[None]:
+    """Ray for a job that fits several times with ``train`` (arms, seeds): one session for all its fits, so
+    Ray starts and stops once, not once per fit (each :func:`run_trainer` joins a session already open).
+    Nothing when the fits run in-process."""
+    return ray_session(params, num_cpus=None) if train.engine == "ray" else contextlib.nullcontext()
+
+
 def run_trainer(
     params: Params, train: TrainParams, worker: Callable[[dict], Any], config: dict, *, name: str,
     checkpoint_copy: Path, on_report: Callable[[dict], bool],

@@ -32,6 +32,7 @@ from radclip.evaluation.longtail import (
     verdicts,
 )
 from radclip.io import mlflow_tracking as tracking
+from radclip.io import ray_train
 from radclip.jobs._inference import load_model
 from radclip.jobs.common import (
     MODEL_2D,
@@ -71,7 +72,8 @@ def run(params: Params, *, progress: bool = True) -> dict[str, Any]:
     results: dict[str, list[FitResult]] = {}
     scratch = params.resolve(params.paths.tmp) / STAGE
     name = f"{STAGE}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
-    with tracking.start_run(params, stage=STAGE, run_name=name, tags={"cml.arms": ",".join(ARMS)}) as parent:
+    with (tracking.start_run(params, stage=STAGE, run_name=name, tags={"cml.arms": ",".join(ARMS)}) as parent,
+          ray_train.trainer_session(params, cml.train)):
         tracking.log_artifact(effective, "params")
         for arm in ARMS:
             seed_logits = []

@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from radclip.config import Params
 from radclip.io import mlflow_tracking as tracking
+from radclip.io import ray_train
 from radclip.jobs.common import (
     MODEL_2D,
     MODEL_LRCLR,
@@ -51,7 +52,8 @@ def run(params: Params, *, progress: bool = True) -> dict[str, FitResult]:
     captions = vocabulary(params)
     results: dict[str, FitResult] = {}
     name = f"{STAGE}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
-    with tracking.start_run(params, stage=STAGE, run_name=name, tags={"lrclr.arms": ",".join(ARMS)}) as parent:
+    with (tracking.start_run(params, stage=STAGE, run_name=name, tags={"lrclr.arms": ",".join(ARMS)}) as parent,
+          ray_train.trainer_session(params, params.lrclr.train)):
         tracking.log_artifact(effective, "params")
         for arm, model_name in ARMS.items():
             used = arm_params(params, arm)

@@ -148,23 +148,36 @@ def test_adapter_stage_trains_only_the_adapter(curated, adapter_run, ray_run):
     assert changed, "the adapter did not train"
 
 
-def test_ray_workers_stop_when_the_driver_asks(curated):
+def test_ray_workers_stop_when_the_driver_asks_and_fits_in_one_session_share_its_ray(curated):
     """The sweep's pruner lives in the driver: it sees each epoch the workers reported and its stop reaches them
-    before the next epoch starts."""
+    before the next epoch starts. A job that fits several times (arms, seeds) starts Ray once: every fit joins
+    the session, which outlives them all and ends with it; in-process fits start no Ray at all."""
+    import ray
+
+    from radclip.io.ray_train import trainer_session
     from radclip.jobs.common import vocabulary
     from radclip.training.fit import fit
 
     params = _params(curated, engine="ray", num_workers=2, epochs=20, patience=20)
-    seen: list[int] = []
+    jobs = []
+    with trainer_session(params, params.train_2d):
+        for k in range(2):
+            seen: list[int] = []
 
-    def prune_after_first_epoch(metrics: dict) -> bool:
-        seen.append(int(metrics["epoch"]))
-        return True
+            def prune_after_first_epoch(metrics: dict, seen: list[int] = seen) -> bool:
+                seen.append(int(metrics["epoch"]))
+                return True
 
-    result = fit(params, "2d", data_dir=params.resolve(params.paths.curated), vocabulary=vocabulary(params),
-                 out_dir=curated / "stopped", on_epoch=prune_after_first_epoch)
-    assert result.stopped_by_callback and seen == [0]
-    assert [int(epoch["epoch"]) for epoch in result.history] == [0]  # stopped right after the epoch it decided on
+            result = fit(params, "2d", data_dir=params.resolve(params.paths.curated), vocabulary=vocabulary(params),
+                         out_dir=curated / f"stopped-{k}", on_epoch=prune_after_first_epoch)
+            assert result.stopped_by_callback and seen == [0]
+            assert [int(epoch["epoch"]) for epoch in result.history] == [0]  # stopped right after that epoch
+            assert ray.is_initialized(), "a fit shut down the session it joined"
+            jobs.append(ray.get_runtime_context().get_job_id())
+    assert jobs[0] == jobs[1]  # one driver connection: Ray was not restarted between the fits
+    assert not ray.is_initialized()
+    with trainer_session(params, _params(curated, engine="local").train_2d):
+        assert not ray.is_initialized()
 
 
 def test_a_crashing_run_ends_failed(curated):
