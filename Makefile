@@ -20,6 +20,10 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export RAY_USAGE_STATS_ENABLED := 0
+# Ray's system metrics off (a RayConfig switch every Ray process reads from RAY_<name>): nothing reads them
+# without a Prometheus, and their exporters took CPU from the Ray stages (README, Two commands). A cluster
+# started by hand keeps its own setting.
+export RAY_enable_metrics_collection := 0
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test venv bench bench-deps clean

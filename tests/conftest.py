@@ -90,6 +90,12 @@ from radclip.config import CurateParams  # noqa: E402  (after the guard)
 os.environ.setdefault(CurateParams().salt_env, CurateParams().salt)
 from helpers import CuratedPhantoms, curate_phantoms  # noqa: E402  (imports radclip: after the guard)
 
+# Ray's system metrics off for every Ray the tests start, as `make` sets them (the Makefile says why), also when
+# pytest runs without make: with them on, once this process had joined the two-node cluster, the metrics
+# exporter of the next local session held its ray.shutdown() for about 50 s (tests/io/test_ray_data.py after
+# tests/io/test_ray_cluster.py: 61 s against 12 s alone).
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
+
 import radclip  # noqa: E402,F401  (applies the offline switches for this process and its children)
 
 

@@ -126,7 +126,10 @@ def running_mlflow_server(database_uri: str, s3_endpoint: S3Endpoint, root: Path
     port = free_port()
     log = root / "server.log"
     artifacts = f"s3://{s3_endpoint.bucket}/{root.name}"
-    env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint.url}
+    # Job execution off: its runner and huey consumers (MLflow's GenAI jobs, five more processes) serve nothing
+    # radclip calls, and they compete for the two cores with the Ray nodes beside them.
+    env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint.url,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the server's own store comes from its flags
         env.pop(name, None)
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", database_uri,
