@@ -709,7 +709,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions per measurement")
     parser.add_argument("--variants", action="store_true",
                         help="(a) also times our step with fused AdamW and with torch.compile")
-    parser.add_argument("--no-open-clip", action="store_true", help="(a) without open_clip's step (no [bench] extra)")
+    parser.add_argument("--no-open-clip", action="store_true",
+                        help="(a) without open_clip's step (when `make bench-deps` has not run)")
     parser.add_argument("--mfu-sweep", action="store_true", help="only (b), for every vision config")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a (a and b), c, d")
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (default: a temp dir)")
