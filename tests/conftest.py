@@ -95,6 +95,9 @@ from helpers import CuratedPhantoms, curate_phantoms  # noqa: E402  (imports rad
 # exporter of the next local session held its ray.shutdown() for about 50 s (tests/io/test_ray_data.py after
 # tests/io/test_ray_cluster.py: 61 s against 12 s alone).
 os.environ.setdefault("RAY_enable_metrics_collection", "0")
+# Ray Train's controller polls its workers every 2 s by default, and a fit ends only at the poll after it
+# finished (two or three polls: about 7 s of every tiny fit here); make sets the same interval (Makefile).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import radclip  # noqa: E402,F401  (applies the offline switches for this process and its children)
 
