@@ -41,10 +41,13 @@ _XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _XDIST_WORKER:
     # A temp root per worker, set before anything asks tempfile for it: local Ray keeps its HOME and auth token
     # under it (radclip.io.ray_cluster._ray_home), and two workers sharing one token file raced on it (a
-    # two-node-cluster test then failed to authenticate).
+    # two-node-cluster test then failed to authenticate). Short: a local Ray whose temp dir falls back to
+    # <temp root>/radclip-ray-<digest> nests unix sockets under it, and /tmp/radclip-<8 hex>-gw1 left
+    # .../session_<date>_<time>_<usec>_<pid>/sockets/dash_MetricsHead (the dashboard's longest) past the
+    # 107-byte limit: that module died at start-up and the worker's Ray tests failed.
     import tempfile
 
-    _worker_tmp = Path("/tmp") / f"radclip-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'xdist')[:8]}-{_XDIST_WORKER}"
+    _worker_tmp = Path("/tmp") / f"rc{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'xdist')[:6]}{_XDIST_WORKER}"
     _worker_tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ["TMPDIR"] = str(_worker_tmp)
     tempfile.tempdir = None  # tempfile caches its first answer

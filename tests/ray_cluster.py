@@ -82,6 +82,16 @@ def _stop(temp_dirs: list[Path]) -> None:
             time.sleep(0.2)
 
 
+def _reload_ray_config() -> None:
+    # The driver reads RAY_AUTH_MODE through Ray's RayConfig, which a process caches the first time Ray asks for
+    # it; a process whose cache says "disabled" (no local Ray before it, as on a pytest-xdist worker) joined the
+    # token-auth cluster without its token and was refused. No public call re-reads it: this is what Ray's own
+    # token set-up (ray._private.authentication) calls after it sets RAY_AUTH_MODE.
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
     with two_node_cluster() as cluster:
@@ -123,7 +133,9 @@ def two_node_cluster() -> Iterator[RayCluster]:
             patch.setenv("RAY_AUTH_MODE", "token")
             patch.setenv("RAY_AUTH_TOKEN", token)
             patch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+            _reload_ray_config()
             yield RayCluster(address=address, head_ip=HEAD_IP, second_ip=SECOND_IP, storage=storage, root=root)
+        _reload_ray_config()
     finally:
         _stop([head_dir, second_dir])
         shutil.rmtree(root, ignore_errors=True)
