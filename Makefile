@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 # pytest-xdist workers for make test (0: one process). The suite waits on servers and subprocesses (Ray,
-# PostgreSQL, DVC stages) as much as it computes, so TEST_WORKERS=2 on two cores overlaps the waits (1.3x); each
+# PostgreSQL, DVC stages) as much as it computes, so TEST_WORKERS=2 on two cores overlaps the waits (1.3-1.4x); each
 # worker starts its own servers. Opt-in until it has run clean repeatedly (README, Two commands).
 TEST_WORKERS ?= 0
 VENV := .venv
