@@ -135,7 +135,7 @@ def two_node_cluster() -> Iterator[RayCluster]:
             patch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
             _reload_ray_config()
             yield RayCluster(address=address, head_ip=HEAD_IP, second_ip=SECOND_IP, storage=storage, root=root)
-        _reload_ray_config()
     finally:
+        _reload_ray_config()  # the restored environment's auth mode, for the process's later Rays
         _stop([head_dir, second_dir])
         shutil.rmtree(root, ignore_errors=True)
